@@ -1,0 +1,142 @@
+"""Negative prompt calibration at inference, and the rule that no two output objects share a pixel.
+
+PointSAM's calibration: an object whose first-pass mask overlaps another's (mask IoU above a
+threshold, or containing another object's positive click) is predicted again with those
+neighbours' positive clicks added as its negative prompts. Anything still claimed twice then goes
+to the object with the higher logit. Works on :class:`~pointsam_engine.predict.MaskPatch` objects
+and numpy only; the predictor is passed in, so a stub can stand in for SAM.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+from .masks import MaskPatch, Prompt
+
+
+def _window(a: MaskPatch, b: MaskPatch) -> Optional[Tuple[int, int, int, int]]:
+    r0, c0 = max(a.row0, b.row0), max(a.col0, b.col0)
+    r1 = min(a.row0 + a.shape[0], b.row0 + b.shape[0])
+    c1 = min(a.col0 + a.shape[1], b.col0 + b.shape[1])
+    return (r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
+
+
+def _view(p: MaskPatch, win) -> np.ndarray:
+    r0, r1, c0, c1 = win
+    return p.logits[r0 - p.row0:r1 - p.row0, c0 - p.col0:c1 - p.col0]
+
+
+def shared_pixels(a: Optional[MaskPatch], b: Optional[MaskPatch]) -> int:
+    """Number of pixels both masks claim."""
+    if a is None or b is None:
+        return 0
+    win = _window(a, b)
+    return 0 if win is None else int(((_view(a, win) > 0) & (_view(b, win) > 0)).sum())
+
+
+def mask_iou(a: Optional[MaskPatch], b: Optional[MaskPatch]) -> float:
+    inter = shared_pixels(a, b)
+    if inter == 0:
+        return 0.0
+    return inter / (int(a.mask.sum()) + int(b.mask.sum()) - inter)
+
+
+def contains_points(patch: Optional[MaskPatch], points: np.ndarray) -> bool:
+    """Whether the mask covers any of ``points`` ((N, 2) x, y on the patch's grid)."""
+    if patch is None or len(points) == 0:
+        return False
+    rows = np.floor(points[:, 1]).astype(int) - patch.row0
+    cols = np.floor(points[:, 0]).astype(int) - patch.col0
+    inside = (rows >= 0) & (rows < patch.shape[0]) & (cols >= 0) & (cols < patch.shape[1])
+    return bool(inside.any() and (patch.logits[rows[inside], cols[inside]] > 0).any())
+
+
+def find_neighbours(patches: Sequence[Optional[MaskPatch]], positives: Sequence[np.ndarray],
+                    targets: Sequence[int], iou_threshold: float = 0.1) -> Dict[int, List[int]]:
+    """For each target object, the others whose masks overlap it (IoU > threshold, or its mask holds their click)."""
+    found: Dict[int, List[int]] = {}
+    for i in targets:
+        js = [j for j in range(len(patches)) if j != i and (
+            contains_points(patches[i], positives[j]) or mask_iou(patches[i], patches[j]) > iou_threshold)]
+        if js:
+            found[i] = js
+    return found
+
+
+def with_negatives(prompt: Prompt, negatives: np.ndarray) -> Prompt:
+    """The prompt with extra negative clicks appended."""
+    if len(negatives) == 0:
+        return prompt
+    return Prompt(np.vstack([prompt.points, negatives]),
+                  np.concatenate([prompt.labels, np.zeros(len(negatives), dtype=prompt.labels.dtype)]))
+
+
+def calibrate(prompts: Sequence[Prompt], first: Sequence[Optional[MaskPatch]], positives: Sequence[np.ndarray],
+              targets: Sequence[int], predict: Callable[[List[Prompt]], List[Optional[MaskPatch]]],
+              iou_threshold: float = 0.1) -> Tuple[Dict[int, Optional[MaskPatch]], Dict[int, List[int]]]:
+    """Predict again every target whose first-pass mask overlaps a neighbour, with the neighbours' clicks as negatives.
+
+    Args:
+        prompts: each object's original prompt (chip pixels).
+        first: each object's first-pass mask.
+        positives: each object's positive clicks, (N, 2) x, y.
+        targets: the objects that may be re-predicted (the others only serve as neighbours).
+        predict: the predictor's ``predict``.
+    Returns:
+        ``({object: new mask}, {object: neighbours used})`` for the re-predicted objects.
+    """
+    neighbours = find_neighbours(first, positives, targets, iou_threshold)
+    if not neighbours:
+        return {}, {}
+    order = list(neighbours)
+    new_prompts = [with_negatives(prompts[i], np.vstack([positives[j] for j in neighbours[i]])) for i in order]
+    return dict(zip(order, predict(new_prompts))), neighbours
+
+
+def _candidate_pairs(patches: Sequence[Optional[MaskPatch]]) -> List[Tuple[int, int]]:
+    live = [i for i, p in enumerate(patches) if p is not None and p.logits.size]
+    if len(live) < 2:
+        return []
+    box = np.array([[patches[i].row0, patches[i].col0, patches[i].row0 + patches[i].shape[0],
+                     patches[i].col0 + patches[i].shape[1]] for i in live])
+    order = np.argsort(box[:, 0], kind="stable")
+    pairs = []
+    for pos, a in enumerate(order):  # sweep along rows: only boxes starting before a's end can meet it
+        for b in order[pos + 1:]:
+            if box[b, 0] >= box[a, 2]:
+                break
+            if box[b, 1] < box[a, 3] and box[a, 1] < box[b, 3]:
+                pairs.append((live[min(a, b)], live[max(a, b)]))
+    return pairs
+
+
+def overlapping_pairs(patches: Sequence[Optional[MaskPatch]]) -> Set[Tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``i < j``, whose masks share at least one pixel."""
+    return {(i, j) for i, j in _candidate_pairs(patches) if shared_pixels(patches[i], patches[j])}
+
+
+def resolve_overlaps(patches: List[Optional[MaskPatch]]) -> Set[Tuple[int, int]]:
+    """Give every pixel claimed by two masks to the one with the higher logit, in place.
+
+    Returns the pairs that overlapped. Afterwards no two masks share a pixel: a pixel is only ever
+    taken away, and each pair that shares it is settled once.
+    """
+    resolved = set()
+    for i, j in _candidate_pairs(patches):
+        a, b = patches[i], patches[j]
+        win = _window(a, b)
+        va, vb = _view(a, win), _view(b, win)
+        both = (va > 0) & (vb > 0)
+        if not both.any():
+            continue
+        resolved.add((i, j))
+        for patch in (a, b):
+            if not patch.logits.flags.writeable or patch.logits.base is not None:
+                patch.logits = patch.logits.copy()
+        va, vb = _view(a, win), _view(b, win)
+        a_wins = both & (va >= vb)
+        vb[a_wins] = -np.abs(vb[a_wins]) - 1e-3
+        va[both & ~a_wins] = -np.abs(va[both & ~a_wins]) - 1e-3
+    return resolved

@@ -1,0 +1,113 @@
+"""The ``pointsam`` command. Options become a :class:`SegmentConfig`; every ``PointSamError``
+becomes one ``error: ...`` line on stderr and exit code 2 (click's usage errors exit 2 too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+import click
+
+from . import __version__
+from .config import SegmentConfig, parse_bands, parse_stretch
+from .errors import PointSamError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pointsam")
+def main() -> None:
+    """PointSAM: points over remote sensing imagery become instance polygons and boxes."""
+
+
+@main.command()
+@click.argument("raster", type=click.Path(dir_okay=False))
+@click.argument("points", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="GeoPackage to write.")
+@click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
+@click.option("--model", default=None, help="SAM checkpoint path (official vit_b/l/h or PointSAM file) or a registered name.")
+@click.option("--model-type", type=click.Choice(["vit_b", "vit_l", "vit_h"]), default=None, help="Check the checkpoint is of this type.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--bands", default=None, help="1-based bands for R,G,B (e.g. 4,3,2) or one band repeated (e.g. 1).")
+@click.option("--stretch", default="2,98", show_default=True, help="Percentiles low,high; or minmax; or none.")
+@click.option("--nodata", type=float, default=None, help="Nodata value (overrides the raster's tag).")
+@click.option("--sar-db", is_flag=True, help="Apply 10*log10 to the values before stretching (SAR).")
+@click.option("--assume-crs", default=None, help="CRS for a raster that has none, e.g. EPSG:32633.")
+@click.option("--layer", default=None, help="Layer of a multi-layer point file.")
+@click.option("--instance-field", default=None, help="Field whose equal values join points into one object.")
+@click.option("--label-field", default=None, help="Field with 1 (positive) or 0 (negative) per point.")
+@click.option("--class-field", default=None, help="Field carried to the output as 'class'.")
+@click.option("--chip-scale", type=float, default=1.0, show_default=True, help="Source pixels per chip pixel (2 = half resolution).")
+@click.option("--no-calibration", is_flag=True, help="Skip negative prompt calibration.")
+@click.option("--calibration-iou", type=float, default=0.1, show_default=True, help="Mask IoU above which neighbours become negatives.")
+@click.option("--min-area", type=float, default=0.0, show_default=True, help="Drop objects smaller than this (map units²).")
+@click.option("--max-hole-area", type=float, default=None, help="Fill holes smaller than this (map units²; default 25 pixels).")
+@click.option("--simplify", type=float, default=None, help="Simplification tolerance in map units (default one pixel; 0 = none).")
+@click.option("--out-crs", default=None, help="CRS of the output layers (default: the raster's).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Keep image embeddings on disk here.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the run report (JSON) here.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def segment(raster, points, output, overwrite, model, model_type, device, bands, stretch, nodata, sar_db, assume_crs,
+            layer, instance_field, label_field, class_field, chip_scale, no_calibration, calibration_iou, min_area,
+            max_hole_area, simplify, out_crs, cache_dir, report_path, quiet) -> None:
+    """Segment one object per point of POINTS over RASTER into a GeoPackage."""
+    def run():
+        config = SegmentConfig(
+            bands=parse_bands(bands), stretch=parse_stretch(stretch), nodata=nodata, sar_db=sar_db,
+            assume_crs=assume_crs, layer=layer, instance_field=instance_field, label_field=label_field,
+            class_field=class_field, chip_scale=chip_scale, model=model, model_type=model_type, device=device,
+            cache_dir=cache_dir, calibration=not no_calibration, calibration_iou=calibration_iou,
+            min_area=min_area, max_hole_area=max_hole_area, simplify=simplify, out_crs=out_crs, overwrite=overwrite)
+        from .pipeline import segment as run_segment
+
+        with _ProgressBar(disable=quiet) as bar:
+            result = run_segment(raster, points, output, config, progress=bar.update)
+        if report_path:
+            _write_json(report_path, result.report)
+        r = result.report
+        click.echo(f"{r['instances']} instances, {r['skipped']} skipped, {r['encoder_passes']} encoder passes "
+                   f"for {r['objects']} objects -> {result.output}", err=quiet)
+    _guard(run)
+
+
+def _guard(run) -> None:
+    try:
+        run()
+    except PointSamError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; nothing was written", err=True)
+        sys.exit(130)
+
+
+class _ProgressBar:
+    """tqdm bar fed by the pipeline's ``progress(fraction, stage)`` callback."""
+
+    def __init__(self, disable: bool):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=1000, disable=disable, unit="‰", bar_format="{desc:<18}{bar}| {elapsed}<{remaining}")
+
+    def update(self, fraction: float, stage: str) -> None:
+        self._bar.set_description_str(stage)
+        self._bar.update(max(0, int(fraction * 1000) - self._bar.n))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._bar.close()
+
+
+def _write_json(path, data) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Prompts and masks as plain numpy values, shared by prediction, calibration and vectorizing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MASK_THRESHOLD = 0.0  # SAM's logit threshold
+
+
+@dataclass
+class Prompt:
+    """Clicks for one object. ``points``: (N, 2) x, y chip pixels; ``labels``: (N,) 1 positive, 0 negative."""
+
+    points: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class MaskPatch:
+    """An object's mask logits on a window of a pixel grid: rows ``row0..``, cols ``col0..``."""
+
+    row0: int
+    col0: int
+    logits: np.ndarray  # (H, W) float32
+    score: float  # predicted IoU
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.logits > MASK_THRESHOLD
+
+    @property
+    def shape(self):
+        return self.logits.shape
+
+    def shifted(self, rows: int, cols: int) -> "MaskPatch":
+        return MaskPatch(self.row0 + rows, self.col0 + cols, self.logits, self.score)
+
+    def cropped(self) -> "MaskPatch":
+        """The same patch cut to the bounding box of its mask (empty: a 0x0 patch)."""
+        rows = np.flatnonzero(self.mask.any(axis=1))
+        cols = np.flatnonzero(self.mask.any(axis=0))
+        if len(rows) == 0:
+            return MaskPatch(self.row0, self.col0, np.zeros((0, 0), np.float32), self.score)
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        return MaskPatch(self.row0 + int(r0), self.col0 + int(c0), self.logits[r0:r1, c0:c1], self.score)

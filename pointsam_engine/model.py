@@ -1,0 +1,252 @@
+"""Build SAM and load checkpoints: official state dicts, and the engine's own self-describing format.
+
+Official checkpoints (``sam_vit_b_01ec64.pth`` and friends) are bare state dicts; their type
+(vit_b / vit_l / vit_h) is read from the tensor shapes. The engine's own format is a dict with
+``format: "pointsam-sam"`` that records the architecture, the pixel normalisation it expects and
+its provenance, so nothing has to be guessed. Models are always built from segment-anything's own
+classes. This module and :mod:`pointsam_engine.predict` are the only ones that import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from .errors import ModelError, OptionError
+
+POINTSAM_FORMAT = "pointsam-sam"
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class SamArch:
+    """Every hyper-parameter of a SAM; the official ones are in :data:`OFFICIAL_ARCHS`."""
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: Tuple[int, ...]
+    image_size: int = 1024
+    patch_size: int = 16
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_hidden_dim: int = 256
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SamArch":
+        data = dict(data)
+        data["encoder_global_attn_indexes"] = tuple(data["encoder_global_attn_indexes"])
+        return cls(**data)
+
+
+OFFICIAL_ARCHS: Dict[str, SamArch] = {
+    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
+}
+
+# registered names -> official file names, looked up in the model folders (see :func:`model_dirs`)
+REGISTERED: Dict[str, str] = {
+    "vit_b": "sam_vit_b_01ec64.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_h": "sam_vit_h_4b8939.pth",
+}
+DEFAULT_MODEL = "vit_b"
+
+
+@dataclass
+class LoadedModel:
+    """A SAM in eval mode on its device, with what identifies it in outputs and caches."""
+
+    sam: Sam
+    name: str
+    sha256: str
+    model_type: str
+    arch: SamArch
+    device: str
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """``name@sha256-prefix``: written on every output feature."""
+        return f"{self.name}@{self.sha256[:12]}"
+
+    @property
+    def image_size(self) -> int:
+        return self.arch.image_size
+
+
+def build_sam(arch: SamArch, pixel_mean=SAM_PIXEL_MEAN, pixel_std=SAM_PIXEL_STD) -> Sam:
+    """A randomly initialised SAM with the given architecture (segment-anything's classes)."""
+    embedding_size = arch.image_size // arch.patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.encoder_depth,
+            embed_dim=arch.encoder_embed_dim,
+            img_size=arch.image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=arch.encoder_num_heads,
+            patch_size=arch.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=arch.encoder_global_attn_indexes,
+            window_size=arch.window_size,
+            out_chans=arch.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_embed_dim,
+            image_embedding_size=(embedding_size, embedding_size),
+            input_image_size=(arch.image_size, arch.image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=arch.decoder_depth,
+                embedding_dim=arch.prompt_embed_dim,
+                mlp_dim=arch.decoder_mlp_dim,
+                num_heads=arch.decoder_num_heads,
+            ),
+            transformer_dim=arch.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=arch.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(pixel_mean),
+        pixel_std=list(pixel_std),
+    )
+
+
+def save_pointsam_checkpoint(sam: Sam, arch: SamArch, path, *, name: str, provenance: Optional[dict] = None) -> None:
+    """Write a model in the engine's own format (architecture, normalisation and provenance inside)."""
+    torch.save({
+        "format": POINTSAM_FORMAT,
+        "version": 1,
+        "name": name,
+        "arch": arch.to_dict(),
+        "pixel_mean": sam.pixel_mean.flatten().tolist(),
+        "pixel_std": sam.pixel_std.flatten().tolist(),
+        "provenance": provenance or {},
+        "state_dict": sam.state_dict(),
+    }, path)
+
+
+def model_dirs() -> list:
+    """Folders searched for registered models: ``$POINTSAM_MODELS`` (path list), then ``~/.cache/pointsam/models``."""
+    dirs = [Path(p) for p in os.environ.get("POINTSAM_MODELS", "").split(os.pathsep) if p]
+    return dirs + [Path.home() / ".cache" / "pointsam" / "models"]
+
+
+def resolve_model_path(model: Optional[str]) -> Path:
+    """A checkpoint path from ``--model``: a file path, or a registered name found in :func:`model_dirs`."""
+    model = model or DEFAULT_MODEL
+    key = model.removeprefix("sam_")
+    if key in REGISTERED and not os.path.exists(model):
+        for folder in model_dirs():
+            candidate = folder / REGISTERED[key]
+            if candidate.exists():
+                return candidate
+        where = " or ".join(str(d) for d in model_dirs())
+        raise ModelError(f"model {model!r} is registered but {REGISTERED[key]} is not in {where}; "
+                         f"put the official checkpoint there or pass --model PATH")
+    path = Path(model)
+    if not path.exists():
+        names = ", ".join(sorted(REGISTERED))
+        raise ModelError(f"checkpoint {model} does not exist; pass a SAM .pth file or a registered name ({names})")
+    return path
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def detect_model_type(state: dict, path) -> str:
+    """``vit_b`` / ``vit_l`` / ``vit_h`` from an official state dict's tensor shapes."""
+    try:
+        embed_dim = int(state["image_encoder.patch_embed.proj.weight"].shape[0])
+    except (KeyError, AttributeError, IndexError):
+        raise ModelError(f"{path} is not a SAM checkpoint (no image_encoder.patch_embed weights); "
+                         "pass an official file such as sam_vit_b_01ec64.pth") from None
+    depth = len({m.group(1) for k in state if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
+    for name, arch in OFFICIAL_ARCHS.items():
+        if (arch.encoder_embed_dim, arch.encoder_depth) == (embed_dim, depth):
+            return name
+    raise ModelError(f"{path} holds a SAM image encoder of width {embed_dim} and depth {depth}, which is not "
+                     "vit_b, vit_l or vit_h; pass an official checkpoint or a PointSAM model file")
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must be available."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else ("mps" if has_mps else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OptionError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    if device == "mps" and not has_mps:
+        raise OptionError("--device mps was asked for but this machine has no Apple GPU; use --device cpu or auto")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise OptionError(f"--device {device!r} is not known; use auto, cpu, cuda or mps")
+    return device
+
+
+def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None, device: str = "auto") -> LoadedModel:
+    """Load a SAM from a checkpoint path or a registered name, ready for inference.
+
+    Args:
+        model: path to an official SAM state dict or a PointSAM model file, or a registered name.
+        model_type: ``vit_b``, ``vit_l`` or ``vit_h``; checked against the weights when given.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    """
+    if model_type is not None and model_type not in OFFICIAL_ARCHS:
+        raise OptionError(f"--model-type {model_type!r} is not known; use one of {', '.join(OFFICIAL_ARCHS)}")
+    device = pick_device(device)
+    path = resolve_model_path(model)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise ModelError(f"{path} is not a SAM checkpoint (torch cannot load it); "
+                         "pass an official file such as sam_vit_b_01ec64.pth") from None
+    if not isinstance(payload, dict):
+        raise ModelError(f"{path} is not a SAM checkpoint (no state dict inside); pass an official file such as sam_vit_b_01ec64.pth")
+    if payload.get("format") == POINTSAM_FORMAT:
+        arch = SamArch.from_dict(payload["arch"])
+        sam = build_sam(arch, payload["pixel_mean"], payload["pixel_std"])
+        state, name, kind = payload["state_dict"], payload.get("name", path.stem), "pointsam"
+        provenance = payload.get("provenance", {})
+        if model_type is not None:
+            raise ModelError(f"--model-type {model_type} does not apply to {path}, a PointSAM model that records its own architecture; drop --model-type")
+    else:
+        state = payload.get("model", payload.get("state_dict", payload))
+        kind = detect_model_type(state, path)
+        if model_type is not None and model_type != kind:
+            raise ModelError(f"--model-type {model_type} does not match {path}, which holds {kind} weights; "
+                             f"drop --model-type or pass a {model_type} checkpoint")
+        arch, name, provenance = OFFICIAL_ARCHS[kind], path.stem, {"source": "official SAM checkpoint"}
+        sam = build_sam(arch)
+    try:
+        sam.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{path} does not fit the {kind} architecture ({str(exc).splitlines()[0]}); "
+                         "pass an unmodified SAM checkpoint") from None
+    sam.eval().to(device)
+    return LoadedModel(sam=sam, name=name, sha256=file_sha256(path), model_type=kind, arch=arch,
+                       device=device, provenance=provenance)

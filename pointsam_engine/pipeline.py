@@ -1,0 +1,317 @@
+"""``segment()``: a raster and a point layer become instance polygons, boxes and a run report.
+
+Data path: raster (stretch once) -> points (reproject, locate, group) -> chips (greedy cover) ->
+per chip: encode once, decode every object, calibrate, settle shared pixels -> across chips:
+settle shared pixels -> vectorize -> measure -> GeoPackage (atomic).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .cache import EmbeddingCache, embedding_key
+from .calibration import calibrate, overlapping_pairs, resolve_overlaps
+from .chips import Chip, ChipPlan, plan_chips
+from .config import SegmentConfig
+from .errors import Cancelled, PointsError
+from .output import LAYERS, check_target, write_geopackage
+from .points import Instance, PointTable, group_instances, read_points
+from .masks import MaskPatch, Prompt
+from .raster import Raster, compute_normalization
+from .vectorize import (axis_boxes, clean_mask, oriented_boxes, overlapping, remove_overlaps, simplify_coverage,
+                        to_map, trace)
+from .measure import Measurer
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment` returns: the layers (GeoDataFrames), the run report, and the file written."""
+
+    layers: Dict[str, gpd.GeoDataFrame]
+    report: dict
+    output: Optional[Path] = None
+
+
+class _Stages:
+    def __init__(self):
+        self.seconds: Dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def _check_cancel(cancel) -> None:
+    if cancel is None:
+        return
+    if cancel.is_set() if hasattr(cancel, "is_set") else cancel():
+        raise Cancelled("the run was cancelled; nothing was written")
+
+
+def make_predictor(cfg: SegmentConfig):
+    """The SAM predictor a config asks for (model, device, embedding cache)."""
+    from .model import load_model
+    from .predict import ChipPredictor
+
+    model = load_model(cfg.model, model_type=cfg.model_type, device=cfg.device)
+    return ChipPredictor(model, EmbeddingCache(cfg.cache_mb, cfg.cache_dir), cfg.decoder_batch)
+
+
+def segment(raster, points, output=None, config: Optional[SegmentConfig] = None, *,
+            progress: Optional[ProgressCallback] = None, cancel=None, predictor=None, **options) -> SegmentResult:
+    """Segment one object per point (or per ``instance_field`` group) of ``points`` over ``raster``.
+
+    Args:
+        raster: path of a GDAL raster (GeoTIFF, VRT, ...).
+        points: path of an OGR point layer (GeoPackage, Shapefile, GeoJSON, ...).
+        output: GeoPackage to write (atomically); None returns the layers only.
+        config: a :class:`SegmentConfig`; ``**options`` override its fields (e.g. ``calibration=False``).
+        progress: called as ``progress(fraction, stage)`` with fraction in 0..1.
+        cancel: a ``threading.Event`` or a callable returning True to stop; raises :class:`Cancelled`.
+        predictor: a ready :class:`~pointsam_engine.predict.ChipPredictor` (or a stand-in) to reuse.
+
+    Returns:
+        :class:`SegmentResult` with layers ``instances``, ``boxes``, ``bboxes``, ``skipped`` and the report.
+    """
+    cfg = (config or SegmentConfig()).replace(**options) if options else (config or SegmentConfig())
+    stages = _Stages()
+    notify = progress or (lambda fraction, stage: None)
+    if output is not None:
+        check_target(output, cfg.overwrite)
+    notify(0.0, "reading")
+    with Raster(raster, bands=cfg.bands, nodata=cfg.nodata, assume_crs=cfg.assume_crs, chip_scale=cfg.chip_scale) as ras:
+        with stages("normalize"):
+            norm = compute_normalization(ras, cfg.stretch, cfg.sar_db)
+        with stages("points"):
+            table = read_points(points, ras.crs, layer=cfg.layer, instance_field=cfg.instance_field,
+                                label_field=cfg.label_field, class_field=cfg.class_field)
+            inside, reasons = _locate(table, ras, points, raster)
+            instances, unattached = group_instances(table.subset(inside))
+        if not instances:
+            raise PointsError(f"no positive point of {points} lies on data in {raster}; "
+                              "give at least one point with label 1 inside the raster")
+        _check_cancel(cancel)
+        with stages("model"):
+            predictor = predictor or make_predictor(cfg)
+        size = predictor.chip_size
+        pos_w = [_to_working(ras, inst.pos) for inst in instances]
+        neg_w = [_to_working(ras, inst.neg) for inst in instances]
+        anchors = np.array([p.mean(axis=0) for p in pos_w])
+        with stages("plan"):
+            plan = plan_chips(anchors[:, 1], anchors[:, 0], ras.working_shape, size, cfg.chip_margin * size)
+        run = _segment_chips(ras, norm, predictor, plan, pos_w, neg_w, cfg, stages, notify, cancel)
+        notify(0.92, "vectorizing")
+        with stages("vectorize"):
+            layers, counts = _build_layers(ras, instances, pos_w, run, table, reasons, unattached, cfg, predictor.label, raster)
+        report = {
+            "raster": str(raster), "points_path": str(points), "crs": ras.crs.to_string(),
+            "points": len(table), "objects": len(instances), "instances": len(layers["instances"]),
+            "skipped": len(layers["skipped"]), "chips": plan.encoder_passes, "encoder_passes": run.encoder_passes,
+            "encoder_passes_per_point": run.encoder_passes / len(instances),
+            "calibrated": int(run.calibrated.sum()), "calibration": cfg.calibration,
+            "overlaps_before_calibration": len(run.pairs_before), "overlaps_after_calibration": len(run.pairs_after),
+            "overlaps_after": counts["overlaps_after"], "model": predictor.label, "stretch": norm.to_dict(),
+            "chip_size": size, "chip_scale": cfg.chip_scale, "version": __version__,
+            "seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
+        }
+    _check_cancel(cancel)
+    written = None
+    if output is not None:
+        notify(0.97, "writing")
+        start = time.perf_counter()
+        metadata = {"pointsam_version": __version__, "pointsam_model": predictor.label,
+                    "pointsam_stretch": norm.to_dict(), "pointsam_report": {k: v for k, v in report.items() if k != "seconds"}}
+        written = write_geopackage(layers, output, overwrite=cfg.overwrite, metadata=metadata)
+        report["seconds"]["write"] = round(time.perf_counter() - start, 3)
+        report["output"] = str(written)
+    notify(1.0, "done")
+    return SegmentResult(layers, report, written)
+
+
+def _locate(table: PointTable, ras: Raster, points, raster) -> tuple:
+    """Which clicks lie on data; reasons for the others (index -> reason)."""
+    cols, rows = ~ras.transform * (table.x, table.y)
+    cols, rows = np.asarray(cols), np.asarray(rows)
+    finite = np.isfinite(cols) & np.isfinite(rows)
+    on_raster = finite & (cols >= 0) & (cols < ras.width) & (rows >= 0) & (rows < ras.height)
+    if not on_raster.any():
+        raise PointsError(f"no point of {points} lies inside {raster} (raster CRS {ras.crs.to_string()}); "
+                          "check that the layers cover the same area and that the point layer's CRS is right")
+    reasons = {int(i): "outside raster" for i in np.flatnonzero(~on_raster)}
+    idx = np.flatnonzero(on_raster)
+    on_data = ras.valid_at(np.floor(rows[idx]), np.floor(cols[idx]))
+    reasons.update({int(i): "on nodata" for i in idx[~on_data]})
+    keep = np.zeros(len(table), dtype=bool)
+    keep[idx[on_data]] = True
+    return keep, reasons
+
+
+def _to_working(ras: Raster, xy: np.ndarray) -> np.ndarray:
+    """(N, 2) map x, y -> (N, 2) working-grid x (column), y (row), pixel centres at i + 0.5."""
+    if len(xy) == 0:
+        return np.zeros((0, 2))
+    cols, rows = ~ras.working_transform * (xy[:, 0], xy[:, 1])
+    return np.column_stack([cols, rows])
+
+
+@dataclass
+class _ChipRun:
+    patches: List[Optional[MaskPatch]]
+    calibrated: np.ndarray
+    chip_of: np.ndarray
+    pairs_before: set = field(default_factory=set)
+    pairs_after: set = field(default_factory=set)
+    encoder_passes: int = 0
+
+
+def _local(points: np.ndarray, chip: Chip, shape) -> np.ndarray:
+    local = points - (chip.col0, chip.row0)
+    ok = (local[:, 0] >= 0) & (local[:, 0] < shape[1]) & (local[:, 1] >= 0) & (local[:, 1] < shape[0])
+    return local[ok]
+
+
+def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, stages, notify, cancel) -> _ChipRun:
+    n = len(pos_w)
+    run = _ChipRun([None] * n, np.zeros(n, dtype=bool), plan.owner.copy())
+    fingerprint = ras.fingerprint()
+    for k, chip in enumerate(plan.chips):
+        _check_cancel(cancel)
+        with stages("read"):
+            image, valid = ras.read_chip(chip.row0, chip.col0, chip.size, norm)
+        key = embedding_key(raster=fingerprint, stretch=norm.to_dict(), window=(chip.row0, chip.col0, chip.size),
+                            scale=ras.scale, model=predictor.label)
+        with stages("encode"):
+            run.encoder_passes += bool(predictor.set_chip(image, valid, key))
+        members, prompts, positives = [], [], []
+        for i in np.concatenate([plan.assigned[k], plan.context[k]]).astype(int):
+            pos = _local(pos_w[i], chip, image.shape[:2])
+            if len(pos):
+                neg = _local(neg_w[i], chip, image.shape[:2])
+                members.append(i)
+                positives.append(pos)
+                prompts.append(Prompt(np.vstack([pos, neg]), np.r_[np.ones(len(pos), int), np.zeros(len(neg), int)]))
+        n_own = int(np.isin(members, plan.assigned[k]).sum())  # assigned members come first
+        with stages("decode"):
+            first = predictor.predict(prompts)
+        run.pairs_before |= {_pair(members[a], members[b]) for a, b in overlapping_pairs(first) if a < n_own}
+        results = list(first[:n_own])
+        if cfg.calibration:
+            with stages("calibrate"):
+                redo, _ = calibrate(prompts, first, positives, range(n_own), predictor.predict, cfg.calibration_iou)
+            for a, patch in redo.items():
+                results[a] = patch
+                run.calibrated[members[a]] = True
+        with stages("resolve"):
+            max_hole_px = (cfg.max_hole_area / ras.pixel_area) if cfg.max_hole_area is not None else 25.0
+            results = [None if p is None else _clean(p, positives[a], max_hole_px) for a, p in enumerate(results)]
+            run.pairs_after |= {_pair(members[a], members[b]) for a, b in resolve_overlaps(results)}
+        for a, patch in enumerate(results):
+            run.patches[members[a]] = None if patch is None else patch.shifted(chip.row0, chip.col0)
+        notify(0.05 + 0.85 * (k + 1) / len(plan.chips), f"chip {k + 1}/{len(plan.chips)}")
+    with stages("resolve"):
+        run.pairs_after |= {_pair(a, b) for a, b in resolve_overlaps(run.patches)}
+    return run
+
+
+def _pair(a: int, b: int) -> tuple:
+    return (min(a, b), max(a, b))
+
+
+def _clean(patch: MaskPatch, clicks: np.ndarray, max_hole_px: float) -> Optional[MaskPatch]:
+    """Fill small holes and keep only the parts holding a click; cut to the mask's box."""
+    keep = clean_mask(patch, clicks, max_hole_px)
+    logits = np.where(keep, np.maximum(patch.logits, 1e-3), np.minimum(patch.logits, -1e-3)).astype(np.float32)
+    cleaned = MaskPatch(patch.row0, patch.col0, logits, patch.score).cropped()
+    return cleaned if cleaned.logits.size else None
+
+
+def _build_layers(ras, instances: Sequence[Instance], pos_w, run: _ChipRun, table: PointTable, reasons,
+                  unattached, cfg: SegmentConfig, model_label: str, raster) -> tuple:
+    skip_reason: Dict[int, str] = {}
+    geoms_px = []
+    for i, patch in enumerate(run.patches):
+        if patch is None:
+            skip_reason[i] = "empty mask"
+            geoms_px.append(None)
+            continue
+        keep = clean_mask(patch, pos_w[i], 0)  # settling shared pixels may have cut a part off
+        geoms_px.append(trace(keep, patch.row0, patch.col0))
+        if geoms_px[-1] is None:
+            skip_reason[i] = "empty mask"
+    live = [i for i in range(len(instances)) if geoms_px[i] is not None]
+    geoms = to_map([geoms_px[i] for i in live], ras.working_transform)
+    tolerance = cfg.simplify if cfg.simplify is not None else ras.pixel_size
+    scores = np.array([run.patches[i].score for i in live])
+    geoms = remove_overlaps(simplify_coverage(geoms, tolerance), scores)
+    small = [g is None or g.area < cfg.min_area for g in geoms]
+    for i, is_small in zip(live, small):
+        if is_small:
+            skip_reason[i] = "smaller than --min-area"
+    kept = [(i, g) for i, g, s in zip(live, geoms, small) if not s]
+    ids = [i for i, _ in kept]
+    polys = np.array([g for _, g in kept], dtype=object)
+    areas = Measurer(ras.crs).areas(polys)
+    out_crs = cfg.out_crs or ras.crs
+    series = gpd.GeoSeries(polys, crs=ras.crs).to_crs(out_crs)
+    attrs = _attributes(instances, ids, run, areas, cfg, model_label, raster)
+    inst = gpd.GeoDataFrame(attrs, geometry=series.values, crs=series.crs)
+    rects = gpd.GeoSeries(oriented_boxes(series.values), crs=series.crs)
+    angle, length, width = Measurer(series.crs).box_dimensions(rects.values)
+    boxes = gpd.GeoDataFrame({**attrs, "angle_deg": angle, "length_m": length, "width_m": width},
+                             geometry=rects.values, crs=series.crs)
+    bboxes = gpd.GeoDataFrame(attrs, geometry=axis_boxes(series.values), crs=series.crs)
+    skipped = _skipped_layer(table, reasons, instances, skip_reason, unattached, cfg, out_crs, ras.crs)
+    overlaps_after = len(overlapping(series.values))
+    return {"instances": inst, "boxes": boxes, "bboxes": bboxes, "skipped": skipped}, {"overlaps_after": overlaps_after}
+
+
+def _attributes(instances, ids, run: _ChipRun, areas, cfg, model_label, raster) -> dict:
+    attrs = {"point_fid": np.array([instances[i].point_fid for i in ids], dtype=np.int64)}
+    if cfg.instance_field:
+        attrs["instance"] = pd.array([instances[i].key for i in ids]).astype(str) if ids else np.array([], dtype=str)
+    if cfg.class_field:
+        attrs["class"] = np.array([instances[i].cls for i in ids], dtype=object)
+    attrs.update({
+        "score": np.array([run.patches[i].score for i in ids], dtype=np.float64),
+        "area_m2": np.asarray(areas, dtype=np.float64),
+        "calibrated": np.array([bool(run.calibrated[i]) for i in ids], dtype=bool),
+        "n_pos": np.array([len(instances[i].pos) for i in ids], dtype=np.int32),
+        "n_neg": np.array([len(instances[i].neg) for i in ids], dtype=np.int32),
+        "chip": np.array([int(run.chip_of[i]) for i in ids], dtype=np.int32),
+        "model": np.array([model_label] * len(ids), dtype=object),
+        "source": np.array([Path(str(raster)).name] * len(ids), dtype=object),
+    })
+    return attrs
+
+
+def _skipped_layer(table: PointTable, reasons, instances, skip_reason, unattached, cfg, out_crs, raster_crs):
+    rows = dict(reasons)
+    fid_row = {int(f): r for r, f in enumerate(table.fid)}
+    for i, why in skip_reason.items():
+        for fid in instances[i].pos_fids:
+            rows.setdefault(fid_row[fid], why)
+    for fid in unattached:
+        rows.setdefault(fid_row[fid], "negative point with no object")
+    order = sorted(rows)
+    data = {"point_fid": table.fid[order].astype(np.int64),
+            "label": table.label[order].astype(np.int32),
+            "reason": np.array([rows[r] for r in order], dtype=object)}
+    if cfg.class_field:
+        data["class"] = np.array(table.cls[order], dtype=object)
+    geometry = gpd.points_from_xy(table.x[order], table.y[order], crs=raster_crs)
+    return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geometry, crs=raster_crs).to_crs(out_crs).values, crs=out_crs)

@@ -1,0 +1,129 @@
+"""The SAM façade the pipeline uses: encode a chip once, then decode many prompts on it.
+
+``ChipPredictor.set_chip()`` runs the image encoder (or takes the embedding from the cache);
+``predict()`` decodes prompts in batches and returns each object's mask as a :class:`MaskPatch`,
+logits upsampled only around the object: stock ``postprocess_masks`` upsamples every low-res mask
+to the full chip, which for a 50-prompt batch costs more than the decoder itself.
+
+Coordinates are chip pixels with pixel centres at ``i + 0.5`` (x = column, y = row).
+"""
+
+from __future__ import annotations
+
+from itertools import groupby
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .cache import EmbeddingCache
+from .masks import MASK_THRESHOLD, MaskPatch, Prompt
+from .model import LoadedModel
+
+def upsample_region(low_res: torch.Tensor, factor: int, out_shape) -> Optional[MaskPatch]:
+    """Bilinearly upsample one ``h x w`` low-res logit map by ``factor``, only around its positive pixels.
+
+    Identical, inside the returned window, to ``F.interpolate`` of the whole map (align_corners=False)
+    cropped to ``out_shape``; every positive output pixel lies inside the window. ``None`` when empty.
+    """
+    h, w = low_res.shape
+    positive = low_res > MASK_THRESHOLD
+    rows = torch.nonzero(positive.any(dim=1)).flatten()
+    cols = torch.nonzero(positive.any(dim=0)).flatten()
+    if len(rows) == 0:
+        return None
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    # a positive output pixel needs a positive low-res neighbour: keep one low-res pixel around the
+    # positives, and read one more so the interpolation at the window's edge sees the same inputs
+    lr0, lr1, lc0, lc1 = max(r0 - 2, 0), min(r1 + 3, h), max(c0 - 2, 0), min(c1 + 3, w)
+    crop = low_res[lr0:lr1, lc0:lc1][None, None]
+    up = F.interpolate(crop, scale_factor=factor, mode="bilinear", align_corners=False)[0, 0]
+    keep_r0, keep_c0 = max(r0 - 1, 0) * factor, max(c0 - 1, 0) * factor
+    keep_r1 = min(min(r1 + 2, h) * factor, out_shape[0])
+    keep_c1 = min(min(c1 + 2, w) * factor, out_shape[1])
+    if keep_r1 <= keep_r0 or keep_c1 <= keep_c0:
+        return None
+    window = up[keep_r0 - lr0 * factor: keep_r1 - lr0 * factor, keep_c0 - lc0 * factor: keep_c1 - lc0 * factor]
+    return MaskPatch(keep_r0, keep_c0, window.float().cpu().numpy(), 0.0)
+
+
+class ChipPredictor:
+    """Encode a chip once with :meth:`set_chip`, then :meth:`predict` any number of prompts on it."""
+
+    def __init__(self, model: LoadedModel, cache: Optional[EmbeddingCache] = None, decoder_batch: int = 32):
+        self.model = model
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.decoder_batch = max(1, int(decoder_batch))
+        self.encoder_passes = 0
+        self._embedding: Optional[torch.Tensor] = None
+        self._shape = (0, 0)
+
+    @property
+    def chip_size(self) -> int:
+        return self.model.image_size
+
+    @property
+    def label(self) -> str:
+        return self.model.label
+
+    @torch.inference_mode()
+    def set_chip(self, image: np.ndarray, valid: Optional[np.ndarray] = None, key: Optional[str] = None) -> bool:
+        """Set the chip to decode on: ``image`` is ``HxWx3`` uint8 with ``H, W <= chip_size``.
+
+        ``valid`` (``HxW`` bool) marks pixels that hold data; others are shown to SAM as its padding
+        (the pixel mean). Returns True when the encoder ran, False when ``key`` hit the cache.
+        """
+        sam = self.model.sam
+        self._shape = image.shape[:2]
+        cached = self.cache.get(key) if key else None
+        if cached is not None:
+            self._embedding = torch.from_numpy(cached).to(self.model.device)
+            return False
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        if valid is not None and not valid.all():
+            x[:, torch.from_numpy(~valid)] = sam.pixel_mean.cpu().reshape(3, 1)
+        x = sam.preprocess(x[None].to(self.model.device))
+        self._embedding = sam.image_encoder(x)
+        self.encoder_passes += 1
+        if key:
+            self.cache.put(key, self._embedding.cpu().numpy())
+        return True
+
+    @torch.inference_mode()
+    def predict(self, prompts: Sequence[Prompt]) -> List[Optional[MaskPatch]]:
+        """Decode each prompt; one :class:`MaskPatch` in chip pixels per prompt (``None``: empty mask).
+
+        A single positive click uses SAM's multimask output and keeps the mask with the best
+        predicted IoU; several clicks use the single-mask output, as SAM recommends.
+        """
+        if self._embedding is None:
+            raise RuntimeError("call set_chip() with an image before predict()")
+        results: List[Optional[MaskPatch]] = [None] * len(prompts)
+        by_count = sorted(range(len(prompts)), key=lambda i: len(prompts[i].points))
+        for _, group in groupby(by_count, key=lambda i: len(prompts[i].points)):
+            group = list(group)  # equal point counts: batching adds no padding tokens
+            for start in range(0, len(group), self.decoder_batch):
+                chunk = group[start:start + self.decoder_batch]
+                for i, patch in zip(chunk, self._decode([prompts[i] for i in chunk])):
+                    results[i] = patch
+        return results
+
+    def _decode(self, prompts: Sequence[Prompt]) -> List[Optional[MaskPatch]]:
+        sam, device = self.model.sam, self.model.device
+        coords = torch.as_tensor(np.stack([p.points for p in prompts]) - 0.5, dtype=torch.float32, device=device)
+        labels = torch.as_tensor(np.stack([p.labels for p in prompts]), dtype=torch.int, device=device)
+        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low_res, iou = sam.mask_decoder.predict_masks(
+            image_embeddings=self._embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+        factor = self.chip_size // low_res.shape[-1]
+        out: List[Optional[MaskPatch]] = []
+        for b, prompt in enumerate(prompts):
+            single = len(prompt.labels) == 1 and prompt.labels[0] == 1
+            k = 1 + int(torch.argmax(iou[b, 1:])) if single else 0
+            patch = upsample_region(low_res[b, k], factor, self._shape)
+            if patch is not None:
+                patch.score = float(iou[b, k])
+            out.append(patch)
+        return out
