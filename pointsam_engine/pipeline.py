@@ -26,7 +26,7 @@ from .errors import Cancelled, PointsError
 from .output import LAYERS, check_target, write_geopackage
 from .points import Instance, PointTable, group_instances, read_points
 from .masks import MaskPatch, Prompt
-from .raster import Raster, compute_normalization
+from .raster import Raster, apply_affine, compute_normalization
 from .vectorize import (axis_boxes, clean_mask, oriented_boxes, overlapping, remove_overlaps, simplify_coverage,
                         to_map, trace)
 from .measure import Measurer
@@ -145,7 +145,7 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
 
 def _locate(table: PointTable, ras: Raster, points, raster) -> tuple:
     """Which clicks lie on data; reasons for the others (index -> reason)."""
-    cols, rows = ~ras.transform * (table.x, table.y)
+    cols, rows = apply_affine(~ras.transform, table.x, table.y)
     cols, rows = np.asarray(cols), np.asarray(rows)
     finite = np.isfinite(cols) & np.isfinite(rows)
     on_raster = finite & (cols >= 0) & (cols < ras.width) & (rows >= 0) & (rows < ras.height)
@@ -165,7 +165,7 @@ def _to_working(ras: Raster, xy: np.ndarray) -> np.ndarray:
     """(N, 2) map x, y -> (N, 2) working-grid x (column), y (row), pixel centres at i + 0.5."""
     if len(xy) == 0:
         return np.zeros((0, 2))
-    cols, rows = ~ras.working_transform * (xy[:, 0], xy[:, 1])
+    cols, rows = apply_affine(~ras.working_transform, xy[:, 0], xy[:, 1])
     return np.column_stack([cols, rows])
 
 

@@ -119,7 +119,9 @@ class Raster:
     @property
     def working_transform(self) -> Affine:
         """Affine of the working grid (native pixels coarsened by ``chip_scale``)."""
-        return self._src.transform * Affine.scale(self.scale)
+        a, b, c, d, e, f = tuple(self._src.transform)[:6]
+        s = self.scale
+        return Affine(a * s, b * s, c, d * s, e * s, f)
 
     @property
     def working_shape(self) -> Tuple[int, int]:
@@ -206,6 +208,13 @@ class Raster:
         for i, (r, c) in enumerate(zip(rows, cols)):
             out[i] = bool(self._valid(self._read(Window(int(c), int(r), 1, 1)))[0, 0])
         return out
+
+
+def apply_affine(transform: Affine, x, y) -> Tuple[np.ndarray, np.ndarray]:
+    """Apply an affine to coordinate arrays (vectorized; works on every affine release)."""
+    a, b, c, d, e, f = tuple(transform)[:6]
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    return a * x + b * y + c, d * x + e * y + f
 
 
 def select_bands(src, bands: Optional[Tuple[int, ...]]) -> Tuple[int, int, int]:

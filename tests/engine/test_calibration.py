@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from pointsam_engine.calibration import (calibrate, contains_points, find_neighbours, mask_iou, overlapping_pairs,
+                                         resolve_overlaps, shared_pixels)
+from pointsam_engine.masks import MaskPatch, Prompt
+from tests.conftest import SquarePredictor
+
+
+def _square(r0, c0, size, value=1.0):
+    return MaskPatch(r0, c0, np.full((size, size), value, np.float32), 0.9)
+
+
+def test_iou_and_point_containment():
+    a, b = _square(0, 0, 10), _square(5, 5, 10)
+    assert shared_pixels(a, b) == 25
+    assert mask_iou(a, b) == pytest.approx(25 / 175)
+    assert contains_points(a, np.array([[9.5, 9.5]]))
+    assert not contains_points(a, np.array([[10.5, 9.5]]))
+
+
+def test_neighbours_by_iou_threshold_or_by_holding_a_click():
+    a, b, c = _square(0, 0, 10), _square(8, 8, 10), _square(0, 20, 10)  # a-b IoU = 4/196
+    positives = [np.array([[5.0, 5.0]]), np.array([[15.0, 15.0]]), np.array([[25.0, 5.0]])]
+    assert find_neighbours([a, b, c], positives, [0, 1, 2], iou_threshold=0.1) == {}
+    assert find_neighbours([a, b, c], positives, [0, 1, 2], iou_threshold=0.01) == {0: [1], 1: [0]}
+    big = _square(0, 0, 30)  # holds every other click
+    assert find_neighbours([big, b, c], positives, [0], iou_threshold=0.5) == {0: [1, 2]}
+
+
+def test_second_pass_gets_the_neighbours_positive_clicks_as_negatives():
+    stub = SquarePredictor(half=12)
+    stub.set_chip(np.zeros((256, 256, 3), np.uint8))
+    clicks = [np.array([[50.5, 50.5]]), np.array([[60.5, 50.5]]), np.array([[150.5, 150.5]])]
+    prompts = [Prompt(p, np.array([1])) for p in clicks]
+    first = stub.predict(prompts)
+    redo, neighbours = calibrate(prompts, first, clicks, [0, 1, 2], stub.predict, 0.1)
+    assert neighbours == {0: [1], 1: [0]}
+    second_call = stub.calls[-1]
+    assert len(second_call) == 2
+    np.testing.assert_array_equal(second_call[0].points, [[50.5, 50.5], [60.5, 50.5]])
+    np.testing.assert_array_equal(second_call[0].labels, [1, 0])
+    np.testing.assert_array_equal(second_call[1].points, [[60.5, 50.5], [50.5, 50.5]])
+    assert shared_pixels(redo[0], redo[1]) < shared_pixels(first[0], first[1])
+    assert not contains_points(redo[0], clicks[1]) and not contains_points(redo[1], clicks[0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_resolution_leaves_no_shared_pixel_and_the_higher_logit_wins(seed):
+    rng = np.random.default_rng(seed)
+    patches = []
+    for _ in range(12):
+        h, w = rng.integers(5, 30, 2)
+        logits = rng.normal(0.5, 1.0, (h, w)).astype(np.float32)
+        patches.append(MaskPatch(int(rng.integers(0, 40)), int(rng.integers(0, 40)), logits, 0.5))
+    before = [p.logits.copy() for p in patches]
+    canvas_max = np.full((80, 80), -np.inf)
+    for p in patches:
+        view = canvas_max[p.row0:p.row0 + p.shape[0], p.col0:p.col0 + p.shape[1]]
+        np.maximum(view, np.where(p.logits > 0, p.logits, -np.inf), out=view)
+    pairs = resolve_overlaps(patches)
+    assert pairs and overlapping_pairs(patches) == set()
+    owner_logit = np.full((80, 80), -np.inf)
+    for p, old in zip(patches, before):
+        assert not (p.mask & ~(old > 0)).any()  # pixels are only taken away
+        view = owner_logit[p.row0:p.row0 + p.shape[0], p.col0:p.col0 + p.shape[1]]
+        view[p.mask] = old[p.mask]
+    # where a single-pair contest decided, the kept pixel belongs to the highest logit
+    claimed = np.isfinite(canvas_max)
+    assert np.isfinite(owner_logit[claimed]).mean() > 0.9

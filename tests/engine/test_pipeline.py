@@ -1,0 +1,171 @@
+import threading
+
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from pyproj import Transformer
+from rasterio.transform import from_origin
+
+import pointsam_engine.output as output_module
+from pointsam_engine import segment
+from pointsam_engine.errors import Cancelled, PointsError
+from pointsam_engine.vectorize import overlapping
+from tests.conftest import SquarePredictor, grid_to_map, pixel_centres, write_points, write_raster
+
+FIELDS = {"point_fid", "score", "area_m2", "calibrated", "model"}
+
+
+def _utm_scene(tmp_path, nodata=None):
+    data = np.random.default_rng(0).integers(1, 255, (3, 300, 400), dtype=np.uint8)
+    transform = from_origin(500000.0, 4000000.0, 0.5, 0.5)
+    return write_raster(tmp_path / "utm.tif", data, transform=transform, nodata=nodata), transform
+
+
+def test_points_in_4326_over_utm_land_on_the_right_pixel(tmp_path):
+    raster, transform = _utm_scene(tmp_path)
+    cells = [(40, 50), (150, 200), (260, 380)]
+    to_ll = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    lonlat = [to_ll.transform(x, y) for x, y in pixel_centres(transform, cells)]
+    points = write_points(tmp_path / "ll.geojson", lonlat, crs="EPSG:4326")
+    stub = SquarePredictor(half=5)
+    res = segment(raster, points, predictor=stub)
+    inst = res.layers["instances"]
+    assert inst.crs.to_epsg() == 32633 and len(inst) == 3
+    for (row, col), geom in zip(cells, inst.sort_values("point_fid").geometry):
+        # the stub's square is centred on the pixel the click fell on: 10x10 pixels around it
+        x0, y1 = grid_to_map(transform, col - 5, row - 5)
+        x1, y0 = grid_to_map(transform, col + 5, row + 5)
+        assert geom.bounds == pytest.approx((x0, y0, x1, y1), abs=0.51)
+        assert geom.contains(shapely.Point(*grid_to_map(transform, col + 0.5, row + 0.5)))
+
+
+def test_area_m2_is_pixel_count_times_pixel_area_in_utm(tmp_path, stub):
+    raster, transform = _utm_scene(tmp_path)
+    points = write_points(tmp_path / "p.gpkg", pixel_centres(transform, [(60, 60), (150, 250)]))
+    inst = segment(raster, points, predictor=stub).layers["instances"]
+    assert inst["area_m2"].to_numpy() == pytest.approx([400 * 0.25] * 2, rel=0.02)
+
+
+def test_area_m2_is_metric_for_a_4326_raster(tmp_path, stub):
+    res_deg = 1e-5
+    transform = from_origin(32.58, 0.35, res_deg, res_deg)  # Kampala
+    data = np.full((3, 300, 300), 120, np.uint8)
+    raster = write_raster(tmp_path / "ll.tif", data, crs="EPSG:4326", transform=transform)
+    points = write_points(tmp_path / "p.gpkg", pixel_centres(transform, [(150, 150)]), crs="EPSG:4326")
+    from pyproj import Geod
+    lon, lat = grid_to_map(transform, 150, 150)
+    pixel_m2, _ = Geod(ellps="WGS84").polygon_area_perimeter(
+        [lon, lon + res_deg, lon + res_deg, lon], [lat, lat, lat - res_deg, lat - res_deg])
+    inst = segment(raster, points, predictor=stub).layers["instances"]
+    assert inst.crs.to_epsg() == 4326
+    assert inst["area_m2"].iloc[0] == pytest.approx(400 * abs(pixel_m2), rel=0.02)
+
+
+def test_layers_fields_out_crs_and_metadata(tmp_path, blocks_scene, stub):
+    raster, points, _, centres = blocks_scene
+    out = tmp_path / "out.gpkg"
+    res = segment(raster, points, out, predictor=stub, class_field="cls", out_crs="EPSG:3857")
+    layers = {name for name, _ in pyogrio.list_layers(out)}
+    assert layers == {"instances", "boxes", "bboxes", "skipped"}
+    for name in ("instances", "boxes", "bboxes"):
+        frame = pyogrio.read_dataframe(out, layer=name)
+        assert FIELDS | {"class"} <= set(frame.columns)
+        assert frame.crs.to_epsg() == 3857 and len(frame) == len(centres)
+        assert (frame["class"] == "building").all()
+    boxes = pyogrio.read_dataframe(out, layer="boxes")
+    assert {"angle_deg", "length_m", "width_m"} <= set(boxes.columns)
+    assert boxes["length_m"].to_numpy() == pytest.approx(10.0, rel=0.02)  # 20 px of 0.5 m, true metres
+    meta = pyogrio.read_info(out, layer="instances")["dataset_metadata"]
+    assert '"percentile"' in meta["pointsam_stretch"] and meta["pointsam_model"] == stub.label
+    assert res.report["instances"] == len(centres) and res.report["encoder_passes"] == len(stub.chips)
+    assert res.report["encoder_passes"] < len(centres)
+
+
+def test_outside_and_nodata_points_go_to_skipped(tmp_path, stub):
+    data = np.full((1, 200, 200), 500, np.uint16)
+    data[:, :, :50] = 0
+    transform = from_origin(500000.0, 4000000.0, 1.0, 1.0)
+    raster = write_raster(tmp_path / "r.tif", data, transform=transform, nodata=0)
+    xy = pixel_centres(transform, [(100, 100), (100, 10), (100, 300)])
+    points = write_points(tmp_path / "p.gpkg", xy)
+    res = segment(raster, points, predictor=stub)
+    skipped = res.layers["skipped"].sort_values("point_fid")
+    assert skipped["reason"].tolist() == ["on nodata", "outside raster"]
+    assert skipped["point_fid"].tolist() == [2, 3] and res.layers["instances"]["point_fid"].tolist() == [1]
+
+
+def test_calibration_separates_touching_objects_and_output_never_overlaps(tmp_path):
+    raster, transform = _utm_scene(tmp_path)
+    cells = [(100, 100), (100, 112), (112, 100), (200, 300)]
+    points = write_points(tmp_path / "p.gpkg", pixel_centres(transform, cells))
+    plain = segment(raster, points, predictor=SquarePredictor(half=12), calibration=False)
+    calibrated = segment(raster, points, predictor=SquarePredictor(half=12))
+    assert plain.report["overlaps_before_calibration"] == calibrated.report["overlaps_before_calibration"] == 3
+    assert calibrated.report["calibrated"] == 3 and plain.report["calibrated"] == 0
+    for res in (plain, calibrated):
+        assert overlapping(res.layers["instances"].geometry.values) == []
+        assert res.report["overlaps_after"] == 0
+    inst = calibrated.layers["instances"].sort_values("point_fid")
+    assert inst["calibrated"].tolist() == [True, True, True, False]
+    clicks = [shapely.Point(*grid_to_map(transform, c + 0.5, r + 0.5)) for r, c in cells]
+    for geom, click in zip(inst.geometry, clicks):
+        assert geom.contains(click)
+        assert sum(geom.contains(other) for other in clicks) == 1
+
+
+def test_instance_and_label_fields_make_one_object_with_negatives(tmp_path):
+    raster, transform = _utm_scene(tmp_path)
+    xy = pixel_centres(transform, [(100, 100), (104, 104), (100, 106), (250, 50)])
+    points = write_points(tmp_path / "p.gpkg", xy, obj=[7, 7, 7, 8], lab=[1, 1, 0, 1])
+    stub = SquarePredictor(half=10)
+    res = segment(raster, points, predictor=stub, instance_field="obj", label_field="lab", calibration=False)
+    inst = res.layers["instances"].sort_values("point_fid")
+    assert inst["instance"].tolist() == ["7", "8"] and inst["n_pos"].tolist() == [2, 1]
+    assert inst["n_neg"].tolist() == [1, 0]
+    sent = [p for call in stub.calls for p in call if len(p.points) == 3][0]
+    assert sent.labels.tolist() == [1, 1, 0]
+
+
+def test_failure_while_writing_leaves_existing_output_untouched(tmp_path, blocks_scene, monkeypatch, stub):
+    raster, points, _, _ = blocks_scene
+    out = tmp_path / "out.gpkg"
+    out.write_bytes(b"precious")
+    real = pyogrio.write_dataframe
+    calls = []
+
+    def failing(frame, path, layer=None, **kw):
+        calls.append(layer)
+        if len(calls) == 3:
+            raise OSError("disk full (injected)")
+        return real(frame, path, layer=layer, **kw)
+
+    monkeypatch.setattr(output_module.pyogrio, "write_dataframe", failing)
+    with pytest.raises(OSError, match="injected"):
+        segment(raster, points, out, predictor=stub, overwrite=True)
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.gpkg", "points.gpkg", "scene.tif"])
+
+
+def test_progress_reaches_one_and_cancel_writes_nothing(tmp_path, blocks_scene, stub):
+    raster, points, _, _ = blocks_scene
+    seen = []
+    segment(raster, points, predictor=stub, progress=lambda f, stage: seen.append(f))
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    event = threading.Event()
+    out = tmp_path / "cancelled.gpkg"
+
+    def cancel_midway(fraction, stage):
+        if fraction > 0.3:
+            event.set()
+
+    with pytest.raises(Cancelled):
+        segment(raster, points, out, predictor=SquarePredictor(), progress=cancel_midway, cancel=event)
+    assert not out.exists()
+
+
+def test_no_positive_point_is_an_error(tmp_path, stub):
+    raster, transform = _utm_scene(tmp_path)
+    points = write_points(tmp_path / "p.gpkg", pixel_centres(transform, [(10, 10)]), lab=[0])
+    with pytest.raises(PointsError, match="positive"):
+        segment(raster, points, predictor=stub, label_field="lab")
