@@ -22,9 +22,13 @@ class Measurer:
         return shapely.transform(geom, lambda xy: np.column_stack(self._to_lonlat.transform(xy[:, 0], xy[:, 1])))
 
     def areas(self, geoms) -> np.ndarray:
-        """Geodesic area of each polygon in m² (holes subtracted)."""
-        return np.array([abs(self._geod.geometry_area_perimeter(self._lonlat(g))[0]) if g is not None else 0.0
-                         for g in geoms])
+        """Geodesic area of each polygon in m² (holes subtracted).
+
+        Geod adds the signed area of every ring, so rings are oriented first (shells counter-clockwise,
+        holes clockwise); otherwise a hole wound like its shell would be added, not subtracted.
+        """
+        return np.array([self._geod.geometry_area_perimeter(shapely.orient_polygons(self._lonlat(g)))[0]
+                         if g is not None else 0.0 for g in geoms])
 
     def box_dimensions(self, boxes) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For rectangles: (angle_deg of the long side clockwise from north in [0, 180), length_m, width_m)."""

@@ -154,7 +154,7 @@ def model_dirs() -> list:
 
 def resolve_model_path(model: Optional[str]) -> Path:
     """A checkpoint path from ``--model``: a file path, or a registered name found in :func:`model_dirs`."""
-    model = model or DEFAULT_MODEL
+    model = str(model or DEFAULT_MODEL)
     key = model.removeprefix("sam_")
     if key in REGISTERED and not os.path.exists(model):
         for folder in model_dirs():

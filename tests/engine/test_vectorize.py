@@ -56,3 +56,12 @@ def test_geodesic_area_matches_planar_area_in_utm_and_is_metric_in_4326():
     assert Measurer("EPSG:32633").areas([square])[0] == pytest.approx(10000, rel=0.002)
     deg = shapely.box(0, 0, 0.001, 0.001)
     assert Measurer("EPSG:4326").areas([deg])[0] == pytest.approx(111.32 * 110.57 * 1.0, rel=0.01)
+
+
+def test_area_subtracts_holes_whatever_the_ring_winding():
+    shell = [(500000, 4000000), (500010, 4000000), (500010, 4000010), (500000, 4000010)]  # counter-clockwise
+    hole = [(500002, 4000002), (500004, 4000002), (500004, 4000004), (500002, 4000004)]  # also counter-clockwise
+    with_hole = shapely.Polygon(shell, [hole])
+    parts = shapely.MultiPolygon([shapely.Polygon(shell), shapely.Polygon([(x + 20, y) for x, y in shell[::-1]])])
+    areas = Measurer("EPSG:32633").areas([with_hole, parts])
+    assert areas == pytest.approx([96, 200], rel=0.002)
