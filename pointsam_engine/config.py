@@ -38,7 +38,7 @@ class SegmentConfig:
     model_type: Optional[str] = None
     device: str = "auto"
     cache_dir: Optional[str] = None
-    cache_mb: int = 1024
+    cache_mb: int = 256  # in-memory embeddings (about 4 MB each for 1024² chips)
     # prediction and calibration
     calibration: bool = True
     calibration_iou: float = 0.1

@@ -20,6 +20,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from .encoder import use_lean_attention
 from .errors import ModelError, OptionError
 
 POINTSAM_FORMAT = "pointsam-sam"
@@ -229,7 +230,7 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
         raise ModelError(f"{path} is not a SAM checkpoint (no state dict inside); pass an official file such as sam_vit_b_01ec64.pth")
     if payload.get("format") == POINTSAM_FORMAT:
         arch = SamArch.from_dict(payload["arch"])
-        sam = build_sam(arch, payload["pixel_mean"], payload["pixel_std"])
+        mean, std = payload["pixel_mean"], payload["pixel_std"]
         state, name, kind = payload["state_dict"], payload.get("name", path.stem), "pointsam"
         provenance = payload.get("provenance", {})
         if model_type is not None:
@@ -241,12 +242,16 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
             raise ModelError(f"--model-type {model_type} does not match {path}, which holds {kind} weights; "
                              f"drop --model-type or pass a {model_type} checkpoint")
         arch, name, provenance = OFFICIAL_ARCHS[kind], path.stem, {"source": "official SAM checkpoint"}
-        sam = build_sam(arch)
+        mean, std = SAM_PIXEL_MEAN, SAM_PIXEL_STD
+    with torch.device("meta"):  # no random init, and the loaded tensors become the parameters
+        sam = build_sam(arch, mean, std)
     try:
-        sam.load_state_dict(state, strict=True)
+        sam.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise ModelError(f"{path} does not fit the {kind} architecture ({str(exc).splitlines()[0]}); "
                          "pass an unmodified SAM checkpoint") from None
-    sam.eval().to(device)
+    sam.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), False)
+    sam.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), False)
+    use_lean_attention(sam).eval().to(device)
     return LoadedModel(sam=sam, name=name, sha256=file_sha256(path), model_type=kind, arch=arch,
                        device=device, provenance=provenance)
