@@ -75,3 +75,24 @@ def test_files_that_are_not_sam_checkpoints(tmp_path, content, message):
         load_model(str(path), device="cpu")
     with pytest.raises(ModelError, match="does not exist"):
         load_model(str(tmp_path / "missing.pth"), device="cpu")
+
+
+def test_cli_segments_with_the_official_checkpoint_layout(official_vit_b, tmp_path):
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from pointsam_engine.cli import main
+    from tests.conftest import write_points, write_raster
+
+    path, _ = official_vit_b
+    raster = write_raster(tmp_path / "r.tif", np.random.default_rng(0).integers(0, 255, (3, 96, 96), dtype=np.uint8))
+    points = write_points(tmp_path / "p.gpkg", [(500024.0, 3999976.0)])
+    report = tmp_path / "run.json"
+    result = CliRunner().invoke(main, ["segment", str(raster), str(points), "-o", str(tmp_path / "o.gpkg"),
+                                       "--model", str(path), "--model-type", "vit_b", "--report", str(report), "-q"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["model"].startswith("sam_vit_b_01ec64@") and data["chip_size"] == 1024
+    assert data["encoder_passes"] == 1 and data["instances"] + data["skipped"] == 1
