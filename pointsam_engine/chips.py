@@ -123,3 +123,26 @@ def _assign(rows, cols, chips: List[Chip], grid_shape) -> ChipPlan:
     assigned = [np.flatnonzero(owner == k) for k in range(len(chips))]
     context = [np.flatnonzero((scores[k] > 0) & (owner != k)) for k in range(len(chips))]
     return ChipPlan(chips, owner, assigned, context)
+
+
+def finalization_schedule(chips: List[Chip]) -> List[List[int]]:
+    """For each chip in processing order, the chips that can be settled once it is done.
+
+    A chip is settled when every chip whose window meets its window has been processed: after that no
+    later mask can claim its pixels, so its objects can be traced and their rasters dropped. With the
+    planner's top-to-bottom order, only about one row of chips is ever held in memory.
+    """
+    n = len(chips)
+    box = np.array([[c.row0, c.col0, c.row0 + c.size, c.col0 + c.size] for c in chips]).reshape(n, 4)
+    schedule: List[List[int]] = [[] for _ in range(n)]
+    for j in range(n):
+        meets = (box[:, 0] < box[j, 2]) & (box[j, 0] < box[:, 2]) & (box[:, 1] < box[j, 3]) & (box[j, 1] < box[:, 3])
+        schedule[int(np.flatnonzero(meets).max())].append(j)
+    return schedule
+
+
+def neighbours(chips: List[Chip]) -> List[np.ndarray]:
+    """For each chip, the other chips whose windows meet its window."""
+    box = np.array([[c.row0, c.col0, c.row0 + c.size, c.col0 + c.size] for c in chips]).reshape(len(chips), 4)
+    return [np.flatnonzero((box[:, 0] < b[2]) & (b[0] < box[:, 2]) & (box[:, 1] < b[3]) & (b[1] < box[:, 3])
+                           & (np.arange(len(chips)) != j)) for j, b in enumerate(box)]

@@ -20,7 +20,7 @@ import pandas as pd
 from . import __version__
 from .cache import EmbeddingCache, embedding_key
 from .calibration import calibrate, overlapping_pairs, resolve_overlaps
-from .chips import Chip, ChipPlan, plan_chips
+from .chips import Chip, ChipPlan, finalization_schedule, neighbours, plan_chips
 from .config import SegmentConfig
 from .errors import Cancelled, PointsError
 from .output import LAYERS, check_target, write_geopackage
@@ -95,6 +95,7 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
         check_target(output, cfg.overwrite)
     notify(0.0, "reading")
     with Raster(raster, bands=cfg.bands, nodata=cfg.nodata, assume_crs=cfg.assume_crs, chip_scale=cfg.chip_scale) as ras:
+        grid = {"transform": list(ras.transform)[:6], "shape": [ras.height, ras.width], "crs": ras.crs.to_wkt()}
         with stages("normalize"):
             norm = compute_normalization(ras, cfg.stretch, cfg.sar_db)
         with stages("points"):
@@ -135,7 +136,8 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
         notify(0.97, "writing")
         start = time.perf_counter()
         metadata = {"pointsam_version": __version__, "pointsam_model": predictor.label,
-                    "pointsam_stretch": norm.to_dict(), "pointsam_report": {k: v for k, v in report.items() if k != "seconds"}}
+                    "pointsam_stretch": norm.to_dict(), "pointsam_grid": grid,
+                    "pointsam_report": {k: v for k, v in report.items() if k != "seconds"}}
         written = write_geopackage(layers, output, overwrite=cfg.overwrite, metadata=metadata)
         report["seconds"]["write"] = round(time.perf_counter() - start, 3)
         report["output"] = str(written)
@@ -171,7 +173,10 @@ def _to_working(ras: Raster, xy: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _ChipRun:
-    patches: List[Optional[MaskPatch]]
+    """What the chip loop leaves: per object a traced polygon (working-grid pixels) and its score."""
+
+    polygons: List[Optional[object]]
+    scores: np.ndarray
     calibrated: np.ndarray
     chip_of: np.ndarray
     pairs_before: set = field(default_factory=set)
@@ -185,10 +190,31 @@ def _local(points: np.ndarray, chip: Chip, shape) -> np.ndarray:
     return local[ok]
 
 
+def _chip_prompts(members_in: np.ndarray, pos_w, neg_w, chip: Chip, shape):
+    members, prompts, positives = [], [], []
+    for i in members_in.astype(int):
+        pos = _local(pos_w[i], chip, shape)
+        if len(pos):
+            neg = _local(neg_w[i], chip, shape)
+            members.append(i)
+            positives.append(pos)
+            prompts.append(Prompt(np.vstack([pos, neg]), np.r_[np.ones(len(pos), int), np.zeros(len(neg), int)]))
+    return members, prompts, positives
+
+
 def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, stages, notify, cancel) -> _ChipRun:
+    """Encode each chip once, decode and calibrate its objects, and settle shared pixels chip by chip.
+
+    Masks are held as rasters only until no later chip can meet them (:func:`finalization_schedule`),
+    then traced to polygons, so memory follows one band of chips, not the whole layer.
+    """
     n = len(pos_w)
-    run = _ChipRun([None] * n, np.zeros(n, dtype=bool), plan.owner.copy())
+    run = _ChipRun([None] * n, np.zeros(n), np.zeros(n, dtype=bool), plan.owner.copy())
+    patches: Dict[int, MaskPatch] = {}
+    held: Dict[int, List[int]] = {}
+    schedule, near = finalization_schedule(plan.chips), neighbours(plan.chips)
     fingerprint = ras.fingerprint()
+    max_hole_px = (cfg.max_hole_area / ras.pixel_area) if cfg.max_hole_area is not None else 25.0
     for k, chip in enumerate(plan.chips):
         _check_cancel(cancel)
         with stages("read"):
@@ -197,14 +223,8 @@ def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, stag
                             scale=ras.scale, model=predictor.label)
         with stages("encode"):
             run.encoder_passes += bool(predictor.set_chip(image, valid, key))
-        members, prompts, positives = [], [], []
-        for i in np.concatenate([plan.assigned[k], plan.context[k]]).astype(int):
-            pos = _local(pos_w[i], chip, image.shape[:2])
-            if len(pos):
-                neg = _local(neg_w[i], chip, image.shape[:2])
-                members.append(i)
-                positives.append(pos)
-                prompts.append(Prompt(np.vstack([pos, neg]), np.r_[np.ones(len(pos), int), np.zeros(len(neg), int)]))
+        members, prompts, positives = _chip_prompts(np.concatenate([plan.assigned[k], plan.context[k]]), pos_w, neg_w,
+                                                    chip, image.shape[:2])
         n_own = int(np.isin(members, plan.assigned[k]).sum())  # assigned members come first
         with stages("decode"):
             first = predictor.predict(prompts)
@@ -217,15 +237,36 @@ def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, stag
                 results[a] = patch
                 run.calibrated[members[a]] = True
         with stages("resolve"):
-            max_hole_px = (cfg.max_hole_area / ras.pixel_area) if cfg.max_hole_area is not None else 25.0
             results = [None if p is None else _clean(p, positives[a], max_hole_px) for a, p in enumerate(results)]
             run.pairs_after |= {_pair(members[a], members[b]) for a, b in resolve_overlaps(results)}
+        held[k] = members[:n_own]
         for a, patch in enumerate(results):
-            run.patches[members[a]] = None if patch is None else patch.shifted(chip.row0, chip.col0)
+            if patch is not None:
+                patches[members[a]] = _compact(patch.shifted(chip.row0, chip.col0))
+                run.scores[members[a]] = patch.score
+        for j in schedule[k]:
+            with stages("resolve"):
+                _settle(j, held, near, patches, pos_w, run)
         notify(0.05 + 0.85 * (k + 1) / len(plan.chips), f"chip {k + 1}/{len(plan.chips)}")
-    with stages("resolve"):
-        run.pairs_after |= {_pair(a, b) for a, b in resolve_overlaps(run.patches)}
     return run
+
+
+def _settle(j: int, held, near, patches: Dict[int, MaskPatch], pos_w, run: _ChipRun) -> None:
+    """Give pixels shared with neighbouring chips' objects to the higher logit, then trace chip j's objects."""
+    own = held.pop(j)
+    nearby = [i for i in own if i in patches] + [i for m in near[j] if m in held for i in held[m] if i in patches]
+    run.pairs_after |= {_pair(nearby[a], nearby[b]) for a, b in resolve_overlaps([patches[i] for i in nearby])}
+    for i in own:
+        patch = patches.pop(i, None)
+        if patch is not None:
+            keep = clean_mask(patch, pos_w[i], 0)  # settling shared pixels may have cut a part off
+            run.polygons[i] = trace(keep, patch.row0, patch.col0)
+
+
+def _compact(patch: MaskPatch) -> MaskPatch:
+    """Cut to the mask's box and keep logits as float16 while the patch waits to be settled."""
+    patch = patch.cropped()
+    return MaskPatch(patch.row0, patch.col0, patch.logits.astype(np.float16), patch.score)
 
 
 def _pair(a: int, b: int) -> tuple:
@@ -242,21 +283,11 @@ def _clean(patch: MaskPatch, clicks: np.ndarray, max_hole_px: float) -> Optional
 
 def _build_layers(ras, instances: Sequence[Instance], pos_w, run: _ChipRun, table: PointTable, reasons,
                   unattached, cfg: SegmentConfig, model_label: str, raster) -> tuple:
-    skip_reason: Dict[int, str] = {}
-    geoms_px = []
-    for i, patch in enumerate(run.patches):
-        if patch is None:
-            skip_reason[i] = "empty mask"
-            geoms_px.append(None)
-            continue
-        keep = clean_mask(patch, pos_w[i], 0)  # settling shared pixels may have cut a part off
-        geoms_px.append(trace(keep, patch.row0, patch.col0))
-        if geoms_px[-1] is None:
-            skip_reason[i] = "empty mask"
-    live = [i for i in range(len(instances)) if geoms_px[i] is not None]
-    geoms = to_map([geoms_px[i] for i in live], ras.working_transform)
+    skip_reason: Dict[int, str] = {i: "empty mask" for i, g in enumerate(run.polygons) if g is None}
+    live = [i for i in range(len(instances)) if run.polygons[i] is not None]
+    geoms = to_map([run.polygons[i] for i in live], ras.working_transform)
     tolerance = cfg.simplify if cfg.simplify is not None else ras.pixel_size
-    scores = np.array([run.patches[i].score for i in live])
+    scores = run.scores[live]
     geoms = remove_overlaps(simplify_coverage(geoms, tolerance), scores)
     small = [g is None or g.area < cfg.min_area for g in geoms]
     for i, is_small in zip(live, small):
@@ -287,7 +318,7 @@ def _attributes(instances, ids, run: _ChipRun, areas, cfg, model_label, raster) 
     if cfg.class_field:
         attrs["class"] = np.array([instances[i].cls for i in ids], dtype=object)
     attrs.update({
-        "score": np.array([run.patches[i].score for i in ids], dtype=np.float64),
+        "score": run.scores[ids].astype(np.float64),
         "area_m2": np.asarray(areas, dtype=np.float64),
         "calibrated": np.array([bool(run.calibrated[i]) for i in ids], dtype=bool),
         "n_pos": np.array([len(instances[i].pos) for i in ids], dtype=np.int32),

@@ -51,3 +51,15 @@ def test_context_lists_neighbours_inside_the_chip_that_another_chip_owns():
         inside = np.flatnonzero(centrality(rows, cols, chip, (1000, 3000)) > 0)
         assert set(plan.assigned[k]) | set(plan.context[k]) == set(inside)
         assert not set(plan.assigned[k]) & set(plan.context[k])
+
+
+def test_each_chip_is_settled_once_after_every_chip_it_meets():
+    from pointsam_engine.chips import finalization_schedule, neighbours
+
+    pts = _clustered(2)
+    plan = plan_chips(pts[:, 0], pts[:, 1], (6000, 6000), 1024, 256)
+    schedule, near = finalization_schedule(plan.chips), neighbours(plan.chips)
+    settled_at = {j: k for k, js in enumerate(schedule) for j in js}
+    assert sorted(settled_at) == list(range(len(plan.chips)))
+    for j, k in settled_at.items():
+        assert k >= j and all(m <= k for m in near[j])
