@@ -71,6 +71,50 @@ def segment(raster, points, output, overwrite, model, model_type, device, bands,
     _guard(run)
 
 
+@main.command()
+@click.argument("pred", type=click.Path(dir_okay=False))
+@click.argument("truth", type=click.Path(dir_okay=False))
+@click.option("--points", default=None, type=click.Path(dir_okay=False), help="The clicks the predictions came from (pairs by point_fid).")
+@click.option("--raster", default=None, type=click.Path(dir_okay=False), help="Grid to compare on (default: the one recorded in PRED).")
+@click.option("--truth-layer", default=None, help="Layer of TRUTH.")
+@click.option("--points-layer", default=None, help="Layer of --points.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write the figures (miou, mf1, ...) here.")
+def evaluate(pred, truth, points, raster, truth_layer, points_layer, json_path) -> None:
+    """Per-instance IoU and F1 of a PointSAM GeoPackage PRED against TRUTH polygons."""
+    def run():
+        from .evaluate import evaluate_files, format_table
+
+        figures = evaluate_files(pred, truth, points, raster=raster, truth_layer=truth_layer, points_layer=points_layer)
+        click.echo(format_table(figures))
+        if json_path:
+            _write_json(json_path, figures)
+    _guard(run)
+
+
+@main.command()
+@click.option("--out", "out_dir", default="pointsam-demo", show_default=True, type=click.Path(file_okay=False), help="Folder for the files.")
+@click.option("--model", default=None, help="Model to run (default: the bundled model).")
+def demo(out_dir, model) -> None:
+    """Generate a buildings and a ships scene, segment them, evaluate, and write previews."""
+    def run():
+        from .demo import run_demo
+
+        os.makedirs(out_dir, exist_ok=True)
+        run_demo(out_dir, model=model, echo=click.echo)
+    _guard(run)
+
+
+def _add_plugin_commands() -> None:
+    """Commands of other packages (``pointsam.commands`` entry points), e.g. ``pretrain`` from ``training``."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="pointsam.commands"):
+        try:
+            main.add_command(entry.load(), entry.name)
+        except ImportError:  # a partly installed package must not break the engine's own commands
+            continue
+
+
 def _guard(run) -> None:
     try:
         run()
@@ -108,6 +152,8 @@ def _write_json(path, data) -> None:
         json.dump(data, fh, indent=2, default=str)
     os.replace(tmp, path)
 
+
+_add_plugin_commands()
 
 if __name__ == "__main__":
     main()

@@ -67,7 +67,9 @@ REGISTERED: Dict[str, str] = {
     "vit_l": "sam_vit_l_0b3195.pth",
     "vit_h": "sam_vit_h_4b8939.pth",
 }
-DEFAULT_MODEL = "vit_b"
+BUNDLED_DIR = Path(__file__).resolve().parent / "models"
+BUNDLED: Dict[str, str] = {"pointsam-tiny": "pointsam-tiny.pt"}  # shipped inside the package
+DEFAULT_MODEL = "pointsam-tiny"
 
 
 @dataclass
@@ -156,6 +158,12 @@ def model_dirs() -> list:
 def resolve_model_path(model: Optional[str]) -> Path:
     """A checkpoint path from ``--model``: a file path, or a registered name found in :func:`model_dirs`."""
     model = str(model or DEFAULT_MODEL)
+    if model in BUNDLED and not os.path.exists(model):
+        path = BUNDLED_DIR / BUNDLED[model]
+        if not path.exists():
+            raise ModelError(f"the bundled model {model} is not in {BUNDLED_DIR}; reinstall pointsam "
+                             "or pass --model with an official SAM checkpoint")
+        return path
     key = model.removeprefix("sam_")
     if key in REGISTERED and not os.path.exists(model):
         for folder in model_dirs():
@@ -167,7 +175,7 @@ def resolve_model_path(model: Optional[str]) -> Path:
                          f"put the official checkpoint there or pass --model PATH")
     path = Path(model)
     if not path.exists():
-        names = ", ".join(sorted(REGISTERED))
+        names = ", ".join(sorted(REGISTERED) + sorted(BUNDLED))
         raise ModelError(f"checkpoint {model} does not exist; pass a SAM .pth file or a registered name ({names})")
     return path
 

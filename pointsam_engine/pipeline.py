@@ -1,8 +1,9 @@
 """``segment()``: a raster and a point layer become instance polygons, boxes and a run report.
 
 Data path: raster (stretch once) -> points (reproject, locate, group) -> chips (greedy cover) ->
-per chip: encode once, decode every object, calibrate, settle shared pixels -> across chips:
-settle shared pixels -> vectorize -> measure -> GeoPackage (atomic).
+per chip: encode once, decode every object, calibrate, settle pixels shared inside the chip ->
+as soon as no later chip can meet a chip: settle pixels shared with its neighbours and trace its
+objects -> simplify as one coverage -> measure -> GeoPackage (atomic).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .calibration import calibrate, overlapping_pairs, resolve_overlaps
 from .chips import Chip, ChipPlan, finalization_schedule, neighbours, plan_chips
 from .config import SegmentConfig
 from .errors import Cancelled, PointsError
-from .output import LAYERS, check_target, write_geopackage
+from .output import check_target, write_geopackage
 from .points import Instance, PointTable, group_instances, read_points
 from .masks import MaskPatch, Prompt
 from .raster import Raster, apply_affine, compute_normalization
@@ -118,7 +119,7 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
         run = _segment_chips(ras, norm, predictor, plan, pos_w, neg_w, cfg, stages, notify, cancel)
         notify(0.92, "vectorizing")
         with stages("vectorize"):
-            layers, counts = _build_layers(ras, instances, pos_w, run, table, reasons, unattached, cfg, predictor.label, raster)
+            layers, counts = _build_layers(ras, instances, run, table, reasons, unattached, cfg, predictor.label, raster)
         report = {
             "raster": str(raster), "points_path": str(points), "crs": ras.crs.to_string(),
             "points": len(table), "objects": len(instances), "instances": len(layers["instances"]),
@@ -281,7 +282,7 @@ def _clean(patch: MaskPatch, clicks: np.ndarray, max_hole_px: float) -> Optional
     return cleaned if cleaned.logits.size else None
 
 
-def _build_layers(ras, instances: Sequence[Instance], pos_w, run: _ChipRun, table: PointTable, reasons,
+def _build_layers(ras, instances: Sequence[Instance], run: _ChipRun, table: PointTable, reasons,
                   unattached, cfg: SegmentConfig, model_label: str, raster) -> tuple:
     skip_reason: Dict[int, str] = {i: "empty mask" for i, g in enumerate(run.polygons) if g is None}
     live = [i for i in range(len(instances)) if run.polygons[i] is not None]

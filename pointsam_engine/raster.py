@@ -245,12 +245,18 @@ def to_amplitude(raw: np.ndarray, sar_db: bool) -> np.ndarray:
 def compute_normalization(raster: Raster, stretch: Stretch, sar_db: bool = False) -> Normalization:
     """The per-band stretch of a raster, from a decimated sample that excludes nodata."""
     values, valid = raster.sample_values(sar_db)
+    return normalization_from_sample(values, valid, stretch, sar_db, raster.bands, raster.nodata, raster.path)
+
+
+def normalization_from_sample(values: np.ndarray, valid: np.ndarray, stretch: Stretch, sar_db: bool,
+                              bands=(1, 2, 3), nodata=None, source: str = "the raster") -> Normalization:
+    """The stretch of a ``3xN`` sample of transformed values (see :func:`to_amplitude`); ``valid``: (N,) bool."""
     if stretch == "none":
         low, high, method, pct = (0.0,) * 3, (255.0,) * 3, "none", None
     else:
         data = values[:, valid]
         if data.shape[1] == 0:
-            raise RasterError(f"raster {raster.path} holds only nodata where sampled; check --nodata or --bands")
+            raise RasterError(f"raster {source} holds only nodata where sampled; check --nodata or --bands")
         if stretch == "minmax":
             low, high, method, pct = tuple(data.min(axis=1)), tuple(data.max(axis=1)), "minmax", None
         else:
@@ -258,11 +264,11 @@ def compute_normalization(raster: Raster, stretch: Stretch, sar_db: bool = False
             lo, hi = np.percentile(data, pct, axis=1)
             low, high, method = tuple(lo), tuple(hi), "percentile"
     return Normalization(
-        bands=raster.bands,
+        bands=tuple(bands),
         method=method,
         percentiles=pct,
         low=tuple(float(v) for v in low),
         high=tuple(float(v) for v in high),
         sar_db=sar_db,
-        nodata=None if raster.nodata is None else float(raster.nodata),
+        nodata=None if nodata is None else float(nodata),
     )

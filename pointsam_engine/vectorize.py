@@ -8,7 +8,7 @@ edges shared, so simplification cannot make neighbours overlap.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import shapely

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from pointsam_engine.cli import main
-from tests.conftest import pixel_centres, write_points, write_raster
+from tests.conftest import write_points, write_raster
 
 
 def run(*args):

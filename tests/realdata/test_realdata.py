@@ -18,7 +18,7 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
-from pyproj import Geod, Transformer
+from pyproj import Geod
 from rasterio.transform import from_origin
 
 from pointsam_engine import segment
