@@ -55,7 +55,10 @@ def contains_points(patch: Optional[MaskPatch], points: np.ndarray) -> bool:
 
 def find_neighbours(patches: Sequence[Optional[MaskPatch]], positives: Sequence[np.ndarray],
                     targets: Sequence[int], iou_threshold: float = 0.1) -> Dict[int, List[int]]:
-    """For each target object, the others whose masks overlap it (IoU > threshold, or its mask holds their click)."""
+    """For each target object, the others whose masks overlap it (IoU > threshold, or its mask holds their click).
+
+    An object whose mask is unknown (``None``) can still be a neighbour through its clicks.
+    """
     found: Dict[int, List[int]] = {}
     for i in targets:
         js = [j for j in range(len(patches)) if j != i and (

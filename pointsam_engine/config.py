@@ -38,11 +38,11 @@ class SegmentConfig:
     model_type: Optional[str] = None
     device: str = "auto"
     cache_dir: Optional[str] = None
-    cache_mb: int = 256  # in-memory embeddings (about 4 MB each for 1024² chips)
+    cache_mb: int = 128  # in-memory embeddings (about 4 MB each for 1024² chips)
     # prediction and calibration
     calibration: bool = True
     calibration_iou: float = 0.1
-    decoder_batch: int = 32
+    decoder_batch: int = 8  # larger batches are no faster on a CPU and cost ~25 MB per prompt at 1024²
     # vectorize
     min_area: float = 0.0  # map units²
     max_hole_area: Optional[float] = None  # map units²; None: 25 pixels

@@ -31,6 +31,7 @@ from .raster import Raster, apply_affine, compute_normalization
 from .vectorize import (axis_boxes, clean_mask, oriented_boxes, overlapping, remove_overlaps, simplify_coverage,
                         to_map, trace)
 from .measure import Measurer
+from .memory import release_freed_memory
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -228,14 +229,16 @@ def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, stag
                                                     chip, image.shape[:2])
         n_own = int(np.isin(members, plan.assigned[k]).sum())  # assigned members come first
         with stages("decode"):
-            first = predictor.predict(prompts)
+            # neighbours owned by other chips are not decoded here: their clicks still count for
+            # calibration (a mask holding them), and settling resolves any pixel they share later
+            first = [_half(p) for p in predictor.predict(prompts[:n_own])] + [None] * (len(members) - n_own)
         run.pairs_before |= {_pair(members[a], members[b]) for a, b in overlapping_pairs(first) if a < n_own}
         results = list(first[:n_own])
         if cfg.calibration:
             with stages("calibrate"):
                 redo, _ = calibrate(prompts, first, positives, range(n_own), predictor.predict, cfg.calibration_iou)
             for a, patch in redo.items():
-                results[a] = patch
+                results[a] = _half(patch)
                 run.calibrated[members[a]] = True
         with stages("resolve"):
             results = [None if p is None else _clean(p, positives[a], max_hole_px) for a, p in enumerate(results)]
@@ -248,6 +251,7 @@ def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, stag
         for j in schedule[k]:
             with stages("resolve"):
                 _settle(j, held, near, patches, pos_w, run)
+        release_freed_memory()
         notify(0.05 + 0.85 * (k + 1) / len(plan.chips), f"chip {k + 1}/{len(plan.chips)}")
     return run
 
@@ -264,6 +268,11 @@ def _settle(j: int, held, near, patches: Dict[int, MaskPatch], pos_w, run: _Chip
             run.polygons[i] = trace(keep, patch.row0, patch.col0)
 
 
+def _half(patch: Optional[MaskPatch]) -> Optional[MaskPatch]:
+    """Logits as float16: masks of a whole chip's objects are held at once, and comparisons need no more."""
+    return None if patch is None else MaskPatch(patch.row0, patch.col0, patch.logits.astype(np.float16), patch.score)
+
+
 def _compact(patch: MaskPatch) -> MaskPatch:
     """Cut to the mask's box and keep logits as float16 while the patch waits to be settled."""
     patch = patch.cropped()
@@ -277,7 +286,7 @@ def _pair(a: int, b: int) -> tuple:
 def _clean(patch: MaskPatch, clicks: np.ndarray, max_hole_px: float) -> Optional[MaskPatch]:
     """Fill small holes and keep only the parts holding a click; cut to the mask's box."""
     keep = clean_mask(patch, clicks, max_hole_px)
-    logits = np.where(keep, np.maximum(patch.logits, 1e-3), np.minimum(patch.logits, -1e-3)).astype(np.float32)
+    logits = np.where(keep, np.maximum(patch.logits, 1e-3), np.minimum(patch.logits, -1e-3)).astype(np.float16)
     cleaned = MaskPatch(patch.row0, patch.col0, logits, patch.score).cropped()
     return cleaned if cleaned.logits.size else None
 

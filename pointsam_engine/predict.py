@@ -51,7 +51,7 @@ def upsample_region(low_res: torch.Tensor, factor: int, out_shape) -> Optional[M
 class ChipPredictor:
     """Encode a chip once with :meth:`set_chip`, then :meth:`predict` any number of prompts on it."""
 
-    def __init__(self, model: LoadedModel, cache: Optional[EmbeddingCache] = None, decoder_batch: int = 32):
+    def __init__(self, model: LoadedModel, cache: Optional[EmbeddingCache] = None, decoder_batch: int = 8):
         self.model = model
         self.cache = cache if cache is not None else EmbeddingCache()
         self.decoder_batch = max(1, int(decoder_batch))

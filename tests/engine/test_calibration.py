@@ -68,3 +68,13 @@ def test_resolution_leaves_no_shared_pixel_and_the_higher_logit_wins(seed):
     # where a single-pair contest decided, the kept pixel belongs to the highest logit
     claimed = np.isfinite(canvas_max)
     assert np.isfinite(owner_logit[claimed]).mean() > 0.9
+
+
+def test_a_neighbour_known_only_by_its_click_still_becomes_a_negative():
+    stub = SquarePredictor(half=12)
+    stub.set_chip(np.zeros((256, 256, 3), np.uint8))
+    clicks = [np.array([[50.5, 50.5]]), np.array([[60.5, 50.5]])]  # the second is decoded in another chip
+    prompts = [Prompt(p, np.array([1])) for p in clicks]
+    first = [stub.predict(prompts[:1])[0], None]
+    redo, neighbours = calibrate(prompts, first, clicks, [0], stub.predict, 0.1)
+    assert neighbours == {0: [1]} and not contains_points(redo[0], clicks[1])
