@@ -231,14 +231,15 @@ def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, stag
         with stages("decode"):
             # neighbours owned by other chips are not decoded here: their clicks still count for
             # calibration (a mask holding them), and settling resolves any pixel they share later
-            first = [_half(p) for p in predictor.predict(prompts[:n_own])] + [None] * (len(members) - n_own)
+            first = _predict_half(predictor, prompts[:n_own], cfg.decoder_batch) + [None] * (len(members) - n_own)
         run.pairs_before |= {_pair(members[a], members[b]) for a, b in overlapping_pairs(first) if a < n_own}
         results = list(first[:n_own])
         if cfg.calibration:
             with stages("calibrate"):
-                redo, _ = calibrate(prompts, first, positives, range(n_own), predictor.predict, cfg.calibration_iou)
+                redo, _ = calibrate(prompts, first, positives, range(n_own),
+                                    lambda ps: _predict_half(predictor, ps, cfg.decoder_batch), cfg.calibration_iou)
             for a, patch in redo.items():
-                results[a] = _half(patch)
+                results[a] = patch
                 run.calibrated[members[a]] = True
         with stages("resolve"):
             results = [None if p is None else _clean(p, positives[a], max_hole_px) for a, p in enumerate(results)]
@@ -266,6 +267,14 @@ def _settle(j: int, held, near, patches: Dict[int, MaskPatch], pos_w, run: _Chip
         if patch is not None:
             keep = clean_mask(patch, pos_w[i], 0)  # settling shared pixels may have cut a part off
             run.polygons[i] = trace(keep, patch.row0, patch.col0)
+
+
+def _predict_half(predictor, prompts: List[Prompt], batch: int) -> List[Optional[MaskPatch]]:
+    """Decode a few prompts at a time and keep float16 logits, so a chip's float32 masks never pile up."""
+    out: List[Optional[MaskPatch]] = []
+    for start in range(0, len(prompts), batch):
+        out += [_half(p) for p in predictor.predict(prompts[start:start + batch])]
+    return out
 
 
 def _half(patch: Optional[MaskPatch]) -> Optional[MaskPatch]:
