@@ -125,6 +125,13 @@ def _assign(rows, cols, chips: List[Chip], grid_shape) -> ChipPlan:
     return ChipPlan(chips, owner, assigned, context)
 
 
+def _meeting(chips: List[Chip]) -> np.ndarray:
+    """(N, N) bool: whether the windows of two chips share pixels (a chip meets itself)."""
+    box = np.array([[c.row0, c.col0, c.row0 + c.size, c.col0 + c.size] for c in chips]).reshape(len(chips), 4)
+    return ((box[:, None, 0] < box[None, :, 2]) & (box[None, :, 0] < box[:, None, 2])
+            & (box[:, None, 1] < box[None, :, 3]) & (box[None, :, 1] < box[:, None, 3]))
+
+
 def finalization_schedule(chips: List[Chip]) -> List[List[int]]:
     """For each chip in processing order, the chips that can be settled once it is done.
 
@@ -132,17 +139,14 @@ def finalization_schedule(chips: List[Chip]) -> List[List[int]]:
     later mask can claim its pixels, so its objects can be traced and their rasters dropped. With the
     planner's top-to-bottom order, only about one row of chips is ever held in memory.
     """
-    n = len(chips)
-    box = np.array([[c.row0, c.col0, c.row0 + c.size, c.col0 + c.size] for c in chips]).reshape(n, 4)
-    schedule: List[List[int]] = [[] for _ in range(n)]
-    for j in range(n):
-        meets = (box[:, 0] < box[j, 2]) & (box[j, 0] < box[:, 2]) & (box[:, 1] < box[j, 3]) & (box[j, 1] < box[:, 3])
+    schedule: List[List[int]] = [[] for _ in chips]
+    for j, meets in enumerate(_meeting(chips)):
         schedule[int(np.flatnonzero(meets).max())].append(j)
     return schedule
 
 
 def neighbours(chips: List[Chip]) -> List[np.ndarray]:
     """For each chip, the other chips whose windows meet its window."""
-    box = np.array([[c.row0, c.col0, c.row0 + c.size, c.col0 + c.size] for c in chips]).reshape(len(chips), 4)
-    return [np.flatnonzero((box[:, 0] < b[2]) & (b[0] < box[:, 2]) & (box[:, 1] < b[3]) & (b[1] < box[:, 3])
-                           & (np.arange(len(chips)) != j)) for j, b in enumerate(box)]
+    meets = _meeting(chips)
+    np.fill_diagonal(meets, False)
+    return [np.flatnonzero(row) for row in meets]

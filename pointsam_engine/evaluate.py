@@ -20,6 +20,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.windows import Window, from_bounds
+from rasterio.windows import transform as window_transform
 
 from .errors import PointsError, RasterError
 
@@ -68,19 +69,13 @@ def pixel_scores(pred, truth, grid: Grid) -> tuple:
     union_bounds = shapely.union(pred, truth).bounds
     win = from_bounds(*union_bounds, transform=grid.transform).round_offsets(op="floor").round_lengths(op="ceil")
     win = Window(win.col_off - 1, win.row_off - 1, win.width + 2, win.height + 2)
-    t = _window_transform(grid.transform, win)
+    t = window_transform(win, grid.transform)
     shape = (int(win.height), int(win.width))
     p = rasterize([(pred, 1)], out_shape=shape, transform=t, dtype="uint8").astype(bool)
     g = rasterize([(truth, 1)], out_shape=shape, transform=t, dtype="uint8").astype(bool)
     inter, total = int((p & g).sum()), int(p.sum() + g.sum())
     union = total - inter
     return (inter / union if union else 0.0), (2 * inter / total if total else 0.0)
-
-
-def _window_transform(transform: Affine, win: Window) -> Affine:
-    a, b, c, d, e, f = tuple(transform)[:6]
-    col, row = win.col_off, win.row_off
-    return Affine(a, b, a * col + b * row + c, d, e, d * col + e * row + f)
 
 
 def score_image(pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, grid: Grid,

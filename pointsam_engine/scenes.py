@@ -26,6 +26,9 @@ from affine import Affine
 from rasterio.features import rasterize
 from scipy import ndimage
 
+from .raster import apply_affine
+from .vectorize import to_map
+
 KINDS = ("buildings", "ships")
 DEFAULT_RESOLUTION = {"buildings": 0.3, "ships": 1.5}
 
@@ -44,14 +47,11 @@ class Scene:
 
     def polygons_map(self) -> np.ndarray:
         """Truth polygons in map coordinates."""
-        a, b, c, d, e, f = tuple(self.transform)[:6]
-        return shapely.transform(np.asarray(self.polygons, dtype=object),
-                                 lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]))
+        return to_map(self.polygons, self.transform)
 
     def clicks_map(self) -> np.ndarray:
-        a, b, c, d, e, f = tuple(self.transform)[:6]
-        x, y = self.clicks[:, 0], self.clicks[:, 1]
-        return np.column_stack([a * x + b * y + c, d * x + e * y + f])
+        """Clicks in map coordinates, (N, 2) x, y."""
+        return np.column_stack(apply_affine(self.transform, self.clicks[:, 0], self.clicks[:, 1]))
 
 
 def render(kind: str, size: int = 1024, *, resolution: Optional[float] = None, density: float = 1.0,

@@ -17,6 +17,7 @@ from rasterio.features import shapes
 from scipy import ndimage
 
 from .masks import MaskPatch
+from .raster import apply_affine
 
 
 def clean_mask(patch: MaskPatch, keep_points: np.ndarray, max_hole_px: float) -> np.ndarray:
@@ -55,9 +56,8 @@ def trace(mask: np.ndarray, row0: int, col0: int):
 
 def to_map(geoms: Sequence, transform: Affine) -> np.ndarray:
     """Apply a grid's affine to pixel-coordinate geometries (vectorized)."""
-    a, b, c, d, e, f = transform[:6]
     return shapely.transform(np.asarray(geoms, dtype=object),
-                             lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]))
+                             lambda xy: np.column_stack(apply_affine(transform, xy[:, 0], xy[:, 1])))
 
 
 def simplify_coverage(geoms: np.ndarray, tolerance: float) -> np.ndarray:
