@@ -12,7 +12,7 @@ import click
 
 from . import __version__
 from .config import SegmentConfig, parse_bands, parse_stretch
-from .errors import PointSamError
+from .errors import OutputError, PointSamError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,6 +28,7 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @click.option("--model", default=None, help="SAM checkpoint path (official vit_b/l/h or PointSAM file) or a registered name.")
 @click.option("--model-type", type=click.Choice(["vit_b", "vit_l", "vit_h"]), default=None, help="Check the checkpoint is of this type.")
+@click.option("--adapter", default=None, type=click.Path(dir_okay=False), help="Region adapter from pointsam train (for this --model).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
 @click.option("--bands", default=None, help="1-based bands for R,G,B (e.g. 4,3,2) or one band repeated (e.g. 1).")
 @click.option("--stretch", default="2,98", show_default=True, help="Percentiles low,high; or minmax; or none.")
@@ -48,7 +49,7 @@ def main() -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Keep image embeddings on disk here.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the run report (JSON) here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def segment(raster, points, output, overwrite, model, model_type, device, bands, stretch, nodata, sar_db, assume_crs,
+def segment(raster, points, output, overwrite, model, model_type, adapter, device, bands, stretch, nodata, sar_db, assume_crs,
             layer, instance_field, label_field, class_field, chip_scale, no_calibration, calibration_iou, min_area,
             max_hole_area, simplify, out_crs, cache_dir, report_path, quiet) -> None:
     """Segment one object per point of POINTS over RASTER into a GeoPackage."""
@@ -56,7 +57,8 @@ def segment(raster, points, output, overwrite, model, model_type, device, bands,
         config = SegmentConfig(
             bands=parse_bands(bands), stretch=parse_stretch(stretch), nodata=nodata, sar_db=sar_db,
             assume_crs=assume_crs, layer=layer, instance_field=instance_field, label_field=label_field,
-            class_field=class_field, chip_scale=chip_scale, model=model, model_type=model_type, device=device,
+            class_field=class_field, chip_scale=chip_scale, model=model, model_type=model_type, adapter=adapter,
+            device=device,
             cache_dir=cache_dir, calibration=not no_calibration, calibration_iou=calibration_iou,
             min_area=min_area, max_hole_area=max_hole_area, simplify=simplify, out_crs=out_crs, overwrite=overwrite)
         from .pipeline import segment as run_segment
@@ -68,7 +70,7 @@ def segment(raster, points, output, overwrite, model, model_type, device, bands,
         r = result.report
         click.echo(f"{r['instances']} instances, {r['skipped']} skipped, {r['encoder_passes']} encoder passes "
                    f"for {r['objects']} objects -> {result.output}", err=quiet)
-    _guard(run)
+    guard(run)
 
 
 @main.command()
@@ -88,7 +90,7 @@ def evaluate(pred, truth, points, raster, truth_layer, points_layer, json_path) 
         click.echo(format_table(figures))
         if json_path:
             _write_json(json_path, figures)
-    _guard(run)
+    guard(run)
 
 
 @main.command()
@@ -101,7 +103,25 @@ def demo(out_dir, model) -> None:
 
         os.makedirs(out_dir, exist_ok=True)
         run_demo(out_dir, model=model, echo=click.echo)
-    _guard(run)
+    guard(run)
+
+
+@main.command()
+@click.option("--model", default=None, help="Base model the adapter was trained for (default: the bundled model).")
+@click.option("--adapter", required=True, type=click.Path(dir_okay=False), help="Adapter file from pointsam train.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Merged model file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
+def export(model, adapter, output, overwrite) -> None:
+    """Fold an adapter into its base model and write one self-describing model file."""
+    def run():
+        from .adapter import apply_adapter, export_merged
+        from .model import load_model
+
+        if os.path.exists(output) and not overwrite:
+            raise OutputError(f"{output} exists; pass --overwrite to replace it or choose another -o")
+        merged = export_merged(apply_adapter(load_model(model, device="cpu"), adapter), output)
+        click.echo(f"wrote {merged}")
+    guard(run)
 
 
 def _add_plugin_commands() -> None:
@@ -115,14 +135,15 @@ def _add_plugin_commands() -> None:
             continue
 
 
-def _guard(run) -> None:
+def guard(run, interrupted: str = "interrupted; nothing was written") -> None:
+    """Run a command body: engine errors become one line on stderr and exit code 2; Ctrl-C exits 130."""
     try:
         run()
     except PointSamError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("error: interrupted; nothing was written", err=True)
+        click.echo(f"error: {interrupted}", err=True)
         sys.exit(130)
 
 

@@ -36,6 +36,7 @@ class SegmentConfig:
     # model
     model: Optional[str] = None  # path or registered name; None: the default registered model
     model_type: Optional[str] = None
+    adapter: Optional[str] = None  # region adapter (LoRA) trained for ``model`` by ``pointsam train``
     device: str = "auto"
     cache_dir: Optional[str] = None
     cache_mb: int = 128  # in-memory embeddings (about 4 MB each for 1024² chips)

@@ -83,11 +83,13 @@ class LoadedModel:
     arch: SamArch
     device: str
     provenance: dict = field(default_factory=dict)
+    adapter: Optional[str] = None  # ``name@sha256-prefix`` of an applied region adapter
 
     @property
     def label(self) -> str:
-        """``name@sha256-prefix``: written on every output feature."""
-        return f"{self.name}@{self.sha256[:12]}"
+        """``name@sha256-prefix`` (``+adapter@sha256-prefix``): written on every output feature."""
+        base = f"{self.name}@{self.sha256[:12]}"
+        return base if self.adapter is None else f"{base}+{self.adapter}"
 
     @property
     def image_size(self) -> int:

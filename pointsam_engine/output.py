@@ -21,11 +21,11 @@ LAYERS = ("instances", "boxes", "bboxes", "skipped")
 _GEOMETRY_TYPES = {"instances": "MultiPolygon", "boxes": "Polygon", "bboxes": "Polygon", "skipped": "Point"}
 
 
-def check_target(path, overwrite: bool) -> Path:
+def check_target(path, overwrite: bool, suffix: str = ".gpkg", kind: str = "a GeoPackage") -> Path:
     """Fail early (before any work) when the output cannot be written."""
     path = Path(path)
-    if path.suffix.lower() != ".gpkg":
-        raise OutputError(f"output {path} must end in .gpkg (a GeoPackage); e.g. -o {path.with_suffix('.gpkg').name}")
+    if not path.name.lower().endswith(suffix):
+        raise OutputError(f"output {path} must end in {suffix} ({kind}); e.g. -o {path.name.split('.')[0]}{suffix}")
     if path.is_dir():
         raise OutputError(f"output {path} is a folder; give a file name such as {path / 'result.gpkg'}")
     if path.exists() and not overwrite:

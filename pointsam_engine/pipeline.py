@@ -25,9 +25,9 @@ from .chips import Chip, ChipPlan, finalization_schedule, neighbours, plan_chips
 from .config import SegmentConfig
 from .errors import Cancelled, PointsError
 from .output import check_target, write_geopackage
-from .points import Instance, PointTable, group_instances, read_points
+from .points import Instance, PointTable, group_instances, locate_on_raster, read_points
 from .masks import MaskPatch, Prompt
-from .raster import Raster, apply_affine, compute_normalization
+from .raster import Raster, compute_normalization
 from .vectorize import (axis_boxes, clean_mask, oriented_boxes, overlapping, remove_overlaps, simplify_coverage,
                         to_map, trace)
 from .measure import Measurer
@@ -71,6 +71,10 @@ def make_predictor(cfg: SegmentConfig):
     from .predict import ChipPredictor
 
     model = load_model(cfg.model, model_type=cfg.model_type, device=cfg.device)
+    if cfg.adapter:
+        from .adapter import apply_adapter
+
+        model = apply_adapter(model, cfg.adapter)
     return ChipPredictor(model, EmbeddingCache(cfg.cache_mb, cfg.cache_dir), cfg.decoder_batch)
 
 
@@ -103,7 +107,7 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
         with stages("points"):
             table = read_points(points, ras.crs, layer=cfg.layer, instance_field=cfg.instance_field,
                                 label_field=cfg.label_field, class_field=cfg.class_field)
-            inside, reasons = _locate(table, ras, points, raster)
+            inside, reasons = locate_on_raster(table, ras, points, raster)
             instances, unattached = group_instances(table.subset(inside))
         if not instances:
             raise PointsError(f"no positive point of {points} lies on data in {raster}; "
@@ -112,8 +116,8 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
         with stages("model"):
             predictor = predictor or make_predictor(cfg)
         size = predictor.chip_size
-        pos_w = [_to_working(ras, inst.pos) for inst in instances]
-        neg_w = [_to_working(ras, inst.neg) for inst in instances]
+        pos_w = [ras.to_working(inst.pos) for inst in instances]
+        neg_w = [ras.to_working(inst.neg) for inst in instances]
         anchors = np.array([p.mean(axis=0) for p in pos_w])
         with stages("plan"):
             plan = plan_chips(anchors[:, 1], anchors[:, 0], ras.working_shape, size, cfg.chip_margin * size)
@@ -145,32 +149,6 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
         report["output"] = str(written)
     notify(1.0, "done")
     return SegmentResult(layers, report, written)
-
-
-def _locate(table: PointTable, ras: Raster, points, raster) -> tuple:
-    """Which clicks lie on data; reasons for the others (index -> reason)."""
-    cols, rows = apply_affine(~ras.transform, table.x, table.y)
-    cols, rows = np.asarray(cols), np.asarray(rows)
-    finite = np.isfinite(cols) & np.isfinite(rows)
-    on_raster = finite & (cols >= 0) & (cols < ras.width) & (rows >= 0) & (rows < ras.height)
-    if not on_raster.any():
-        raise PointsError(f"no point of {points} lies inside {raster} (raster CRS {ras.crs.to_string()}); "
-                          "check that the layers cover the same area and that the point layer's CRS is right")
-    reasons = {int(i): "outside raster" for i in np.flatnonzero(~on_raster)}
-    idx = np.flatnonzero(on_raster)
-    on_data = ras.valid_at(np.floor(rows[idx]), np.floor(cols[idx]))
-    reasons.update({int(i): "on nodata" for i in idx[~on_data]})
-    keep = np.zeros(len(table), dtype=bool)
-    keep[idx[on_data]] = True
-    return keep, reasons
-
-
-def _to_working(ras: Raster, xy: np.ndarray) -> np.ndarray:
-    """(N, 2) map x, y -> (N, 2) working-grid x (column), y (row), pixel centres at i + 0.5."""
-    if len(xy) == 0:
-        return np.zeros((0, 2))
-    cols, rows = apply_affine(~ras.working_transform, xy[:, 0], xy[:, 1])
-    return np.column_stack([cols, rows])
 
 
 @dataclass

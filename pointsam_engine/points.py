@@ -159,5 +159,20 @@ def group_instances(points: PointTable) -> tuple[list[Instance], list[int]]:
     return instances, ([] if instances else [int(points.fid[r]) for r in loose_neg])
 
 
+def locate_on_raster(table: PointTable, raster, points_name, raster_name) -> tuple[np.ndarray, dict]:
+    """Which clicks lie on data of ``raster`` (a :class:`~pointsam_engine.raster.Raster`), and a reason for each other one.
+
+    Returns ``(keep, reasons)``: a bool mask over the table and ``{index: "outside raster" | "on nodata"}``.
+    Raises :class:`PointsError` when no click lies inside the raster at all.
+    """
+    on_raster, on_data = raster.on_data(table.x, table.y)
+    if not on_raster.any():
+        raise PointsError(f"no point of {points_name} lies inside {raster_name} (raster CRS {raster.crs.to_string()}); "
+                          "check that the layers cover the same area and that the point layer's CRS is right")
+    reasons = {int(i): "outside raster" for i in np.flatnonzero(~on_raster)}
+    reasons.update({int(i): "on nodata" for i in np.flatnonzero(on_raster & ~on_data)})
+    return on_data, reasons
+
+
 def _is_nan(value) -> bool:
     return isinstance(value, float) and value != value

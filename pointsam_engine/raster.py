@@ -123,6 +123,22 @@ class Raster:
         s = self.scale
         return Affine(a * s, b * s, c, d * s, e * s, f)
 
+    def to_working(self, xy: np.ndarray) -> np.ndarray:
+        """(N, 2) map x, y -> (N, 2) working-grid x (column), y (row), pixel centres at i + 0.5."""
+        xy = np.asarray(xy, float).reshape(-1, 2)
+        cols, rows = apply_affine(~self.working_transform, xy[:, 0], xy[:, 1])
+        return np.column_stack([cols, rows])
+
+    def on_data(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """For map coordinates: whether each lies on the raster, and whether it lies on data (not nodata)."""
+        cols, rows = apply_affine(~self.transform, np.asarray(x, float), np.asarray(y, float))
+        cols, rows = np.asarray(cols), np.asarray(rows)
+        on_raster = np.isfinite(cols) & np.isfinite(rows) & (cols >= 0) & (cols < self.width) & (rows >= 0) & (rows < self.height)
+        on_data = np.zeros(len(cols), dtype=bool)
+        idx = np.flatnonzero(on_raster)
+        on_data[idx] = self.valid_at(np.floor(rows[idx]), np.floor(cols[idx]))
+        return on_raster, on_data
+
     @property
     def working_shape(self) -> Tuple[int, int]:
         """``(rows, cols)`` of the working grid."""

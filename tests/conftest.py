@@ -101,6 +101,17 @@ def stub():
     return SquarePredictor()
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: a second thread only adds contention on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny SAM (random weights, seed 0) saved in the engine's own checkpoint format."""
