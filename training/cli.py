@@ -14,16 +14,100 @@ from .pretrain import PretrainConfig
 @click.option("--seed", default=PretrainConfig.seed, show_default=True, type=int)
 @click.option("--scenes", "scenes_per_kind", default=PretrainConfig.scenes_per_kind, show_default=True, type=int,
               help="Generated scenes per kind to crop training chips from.")
+@click.option("--objects", "objects_per_image", default=PretrainConfig.objects_per_image, show_default=True, type=int,
+              help="Objects prompted per training chip.")
+@click.option("--init", default="", help="Continue training from this model file instead of random weights.")
+@click.option("--kind-share", default=None, help="Sampling share per scene kind, e.g. ships=0.7,buildings=0.3 (default: alike).")
+@click.option("--focal-alpha", default=PretrainConfig.focal_alpha, show_default=True, type=float)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--card/--no-card", default=True, show_default=True, help="Measure quality and write the model card.")
-def pretrain(output, steps, lr, seed, scenes_per_kind, device, card) -> None:
+def pretrain(output, steps, lr, seed, scenes_per_kind, objects_per_image, init, kind_share, focal_alpha, device, card) -> None:
     """Train the small bundled SAM (pointsam-tiny) from scratch on generated scenes."""
     from .pretrain import pretrain as run_pretrain
 
-    cfg = PretrainConfig(output=output, steps=steps, lr=lr, seed=seed, scenes_per_kind=scenes_per_kind, device=device)
+    cfg = PretrainConfig(output=output, steps=steps, lr=lr, seed=seed, scenes_per_kind=scenes_per_kind,
+                         objects_per_image=objects_per_image, init=init, device=device, focal_alpha=focal_alpha,
+                         kind_share=_shares(kind_share))
     provenance = run_pretrain(cfg, echo=click.echo)
     if card:
         from .model_card import write_model_card
 
         path = write_model_card(output, provenance, echo=click.echo)
         click.echo(f"model card: {path}")
+
+
+def _shares(text):
+    if not text:
+        return None
+    pairs = [part.split("=") for part in text.split(",")]
+    return {kind.strip(): float(value) for kind, value in pairs}
+
+
+def _blocks(text):
+    if not text:
+        return None
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+@click.command()
+@click.option("--raster", "rasters", multiple=True, required=True, type=click.Path(dir_okay=False), help="Raster of the region (repeat, paired with --points).")
+@click.option("--points", "points", multiple=True, required=True, type=click.Path(dir_okay=False), help="Point layer over the raster before it (repeat).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Adapter file to write (NAME.adapter.pt).")
+@click.option("--model", default=None, help="Base model (default: the bundled model), as in pointsam segment.")
+@click.option("--steps", default=300, show_default=True, type=int)
+@click.option("--lr", default=5e-4, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--rank", default=4, show_default=True, type=int, help="LoRA rank.")
+@click.option("--blocks", default=None, help="Encoder blocks to adapt, e.g. 1-11 or 6,7,8 (default: all but the first).")
+@click.option("--train-decoder", is_flag=True, help="Fine-tune the mask decoder too.")
+@click.option("--val-fraction", default=0.2, show_default=True, type=float, help="Share of clicks held out, in spatial blocks.")
+@click.option("--val-polygons", multiple=True, type=click.Path(dir_okay=False), help="Reference polygons per raster, for mIoU on the held-out blocks.")
+@click.option("--val-every", default=50, show_default=True, type=int)
+@click.option("--checkpoint-every", default=50, show_default=True, type=int)
+@click.option("--background", default=1, show_default=True, type=int, help="Random background negatives per object.")
+@click.option("--no-calibration", is_flag=True, help="Plain self-training: no negative prompt calibration of the teacher.")
+@click.option("--no-prototypes", is_flag=True, help="No prototype-based regularization.")
+@click.option("--prototype-weight", default=0.1, show_default=True, type=float)
+@click.option("--bands", default=None, help="As in pointsam segment.")
+@click.option("--stretch", default="2,98", show_default=True)
+@click.option("--nodata", type=float, default=None)
+@click.option("--sar-db", is_flag=True)
+@click.option("--assume-crs", default=None)
+@click.option("--layer", default=None)
+@click.option("--instance-field", default=None)
+@click.option("--label-field", default=None)
+@click.option("--chip-scale", type=float, default=1.0, show_default=True)
+@click.option("--accelerator", default="auto", show_default=True, help="Lightning Fabric: cpu, gpu, mps or auto.")
+@click.option("--devices", default=1, show_default=True, type=int)
+@click.option("--strategy", default="auto", show_default=True, help="Lightning Fabric strategy, e.g. ddp.")
+@click.option("--precision", default="32-true", show_default=True, help="Lightning Fabric precision, e.g. bf16-mixed.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint beside the output.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing adapter.")
+def train(rasters, points, output, model, steps, lr, seed, rank, blocks, train_decoder, val_fraction, val_polygons,
+          val_every, checkpoint_every, background, no_calibration, no_prototypes, prototype_weight, bands, stretch,
+          nodata, sar_db, assume_crs, layer, instance_field, label_field, chip_scale, accelerator, devices, strategy,
+          precision, resume, overwrite) -> None:
+    """Adapt SAM to a region from its point layers alone (PointSAM: LoRA self-training)."""
+    from pointsam_engine.cli import guard
+    from pointsam_engine.config import SegmentConfig, parse_bands, parse_stretch
+
+    def run():
+        from .selftrain import SelfTrainOptions
+        from .train import TrainConfig, train as run_train
+
+        segment = SegmentConfig(bands=parse_bands(bands), stretch=parse_stretch(stretch), nodata=nodata, sar_db=sar_db,
+                                assume_crs=assume_crs, layer=layer, instance_field=instance_field,
+                                label_field=label_field, chip_scale=chip_scale, model=model)
+        opts = SelfTrainOptions(background=background, calibration=not no_calibration, prototypes=not no_prototypes,
+                                prototype_weight=prototype_weight)
+        cfg = TrainConfig(rasters=rasters, points=points, output=output, model=model, val_polygons=val_polygons,
+                          steps=steps, lr=lr, seed=seed, rank=rank, blocks=_blocks(blocks), train_decoder=train_decoder,
+                          val_fraction=val_fraction, val_every=val_every, checkpoint_every=checkpoint_every,
+                          selftrain=opts, segment=segment, accelerator=accelerator, devices=devices,
+                          strategy=strategy, precision=precision, resume=resume, overwrite=overwrite)
+        run_train(cfg, echo=click.echo)
+    guard(run, interrupted="interrupted; the checkpoint beside the output keeps the progress, --resume continues")

@@ -34,24 +34,36 @@ class ScenePool:
     """A fixed set of rendered scenes (by seed) to crop training chips from."""
 
     def __init__(self, kinds, per_kind: int, size: int, seed: int):
-        self.items = []
+        self.items, self.kinds = [], []
         for k, kind in enumerate(kinds):
             for i in range(per_kind):
                 scene = render(kind, size, seed=seed * 1000 + k * 100 + i)
                 stretches = [False, True] if kind == "ships" else [False]  # ships also in dB, as --sar-db gives
                 for sar_db in stretches:
                     self.items.append((to_uint8(scene, sar_db), scene.labels, scene.clicks))
+                    self.kinds.append(kind)
 
-    def sample(self, rng: np.random.Generator, chip: int, max_objects: int) -> Sample:
-        """A random chip with up to ``max_objects`` objects, each with its prompt."""
+    def sample(self, rng: np.random.Generator, chip: int, max_objects: int, share: dict | None = None) -> Sample:
+        """A random chip with up to ``max_objects`` objects, each with its prompt.
+
+        ``share``: probability of each kind (e.g. ``{"ships": 0.7, "buildings": 0.3}``); None: every
+        rendered image equally likely."""
         for _ in range(50):
-            image, labels, clicks = self.items[rng.integers(len(self.items))]
+            image, labels, clicks = self.items[self._pick(rng, share)]
             r0, c0 = rng.integers(0, image.shape[0] - chip + 1), rng.integers(0, image.shape[1] - chip + 1)
             img, lab = image[r0:r0 + chip, c0:c0 + chip], labels[r0:r0 + chip, c0:c0 + chip]
             sample = _prompts(img, lab, labels, clicks - (c0, r0), rng, max_objects)
             if sample is not None:
                 return _augment(sample, rng)
         raise RuntimeError("no scene chip with objects found; scenes are empty")
+
+
+    def _pick(self, rng, share) -> int:
+        if share is None:
+            return int(rng.integers(len(self.items)))
+        kinds = sorted(share)
+        kind = kinds[rng.choice(len(kinds), p=np.array([share[k] for k in kinds]) / sum(share.values()))]
+        return int(rng.choice([i for i, k in enumerate(self.kinds) if k == kind]))
 
 
 def _prompts(img, lab, full_labels, clicks, rng, max_objects) -> Sample | None:

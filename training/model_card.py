@@ -41,6 +41,22 @@ def untrained_copy(model_path, folder) -> Path:
     return path
 
 
+def _stages(provenance: dict) -> list:
+    """Training stages, earliest first (a run started with ``--init`` continues the model it loaded)."""
+    stages = [provenance]
+    while stages[0].get("continued_from"):
+        stages.insert(0, stages[0]["continued_from"]["provenance"])
+    return stages
+
+
+def _stage_line(p: dict) -> str:
+    c = p["config"]
+    share = c.get("kind_share") or "every rendered image alike"
+    return (f"{c['steps']} steps x {c['images_per_step']} chips of 256 px, up to {c['objects_per_image']} objects each, "
+            f"AdamW lr {c['lr']}, cosine schedule, warm-up {c['warmup']}, focal alpha {c.get('focal_alpha', 0.25)}, "
+            f"kinds: {share}, seed {c['seed']}, {p['wall_minutes']} min")
+
+
 def write_model_card(model_path, provenance: dict, echo: Callable[[str], None] = print) -> Path:
     model_path = Path(model_path)
     echo("measuring quality on fresh scenes (seeds never used in training) ...")
@@ -49,6 +65,7 @@ def write_model_card(model_path, provenance: dict, echo: Callable[[str], None] =
     with tempfile.TemporaryDirectory() as tmp:
         untrained = measure(untrained_copy(model_path, tmp))
     cfg = provenance["config"]
+    stages = _stages(provenance)
     lines = [
         "# pointsam-tiny",
         "",
@@ -59,10 +76,9 @@ def write_model_card(model_path, provenance: dict, echo: Callable[[str], None] =
         "",
         f"- file: `{model_path.name}`, sha256 `{file_sha256(model_path)}`",
         f"- parameters: {provenance['parameters'] / 1e6:.2f} M; input 256 px chips; ImageNet pixel mean/std as SAM",
-        f"- training: {cfg['steps']} steps x {cfg['images_per_step']} chips of 256 px, up to {cfg['objects_per_image']} "
-        f"objects each, AdamW lr {cfg['lr']}, cosine schedule, warm-up {cfg['warmup']}, seed {cfg['seed']}",
+        *[f"- training stage {n}: {_stage_line(p)}" for n, p in enumerate(stages, 1)],
         f"- data: {provenance['data']}; {cfg['scenes_per_kind']} scenes per kind of {cfg['scene_size']} px",
-        f"- wall time: {provenance['wall_minutes']} min on {provenance['machine']}",
+        f"- wall time: {sum(p['wall_minutes'] for p in stages):.1f} min in all on {provenance['machine']}",
         "",
         f"## Quality on fresh scenes ({EVAL_SIZE} px, seeds {', '.join(str(s) for k in KINDS for s in EVAL_SEEDS[k])}), one click per object",
         "",

@@ -14,18 +14,16 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
-from itertools import groupby
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pointsam_engine.model import SamArch, build_sam, file_sha256, pick_device, save_pointsam_checkpoint
 
 from .data import Sample, ScenePool
-from .losses import dice_loss, focal_loss, mask_iou
+from .objective import mask_terms
 
 POINTSAM_TINY = SamArch(encoder_embed_dim=128, encoder_depth=6, encoder_num_heads=4, encoder_global_attn_indexes=(2, 5),
                         image_size=256, patch_size=8, window_size=8, prompt_embed_dim=128, decoder_depth=2,
@@ -37,7 +35,7 @@ class PretrainConfig:
     output: str = "pointsam_engine/models/pointsam-tiny.pt"
     steps: int = 4000
     images_per_step: int = 2
-    objects_per_image: int = 8
+    objects_per_image: int = 12
     lr: float = 6e-4
     warmup: int = 200
     weight_decay: float = 0.05
@@ -46,6 +44,10 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
+    save_every: int = 500  # a usable checkpoint at the output path every this many steps
+    init: str = ""  # continue from this model file instead of random weights
+    kind_share: dict | None = None  # e.g. {"ships": 0.7, "buildings": 0.3}; None: every rendered image alike
+    focal_alpha: float = 0.25
 
 
 def _lr_factor(step: int, cfg: PretrainConfig) -> float:
@@ -55,31 +57,13 @@ def _lr_factor(step: int, cfg: PretrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def sample_loss(sam, sample: Sample, device) -> tuple:
-    """Loss of one chip (mean over its objects) and the mean IoU of the kept masks."""
+def sample_loss(sam, sample: Sample, device, focal_alpha: float = 0.25) -> tuple:
+    """Loss of one chip (mean over its objects) and the mean IoU of the masks the engine would keep."""
     x = torch.from_numpy(sample.image).permute(2, 0, 1).float()[None].to(device)
     embedding = sam.image_encoder(sam.preprocess(x))
-    dense_pe = sam.prompt_encoder.get_dense_pe()
-    target = torch.from_numpy(sample.masks).float().to(device)
-    losses, ious = [], []
-    order = sorted(range(len(sample.points)), key=lambda i: len(sample.points[i]))
-    for n, group in groupby(order, key=lambda i: len(sample.points[i])):
-        group = list(group)
-        coords = torch.as_tensor(np.stack([sample.points[i] for i in group]) - 0.5, dtype=torch.float32, device=device)
-        labels = torch.as_tensor(np.stack([sample.labels[i] for i in group]), dtype=torch.int, device=device)
-        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        low, iou_pred = sam.mask_decoder.predict_masks(embedding, dense_pe, sparse, dense)
-        logits = low  # losses at the decoder's own resolution, against area-pooled truth (much cheaper)
-        single = n == 1 and bool((labels == 1).all())
-        keep = slice(1, 4) if single else slice(0, 1)  # what the engine reads for this kind of prompt
-        cand, pred_iou = logits[:, keep], iou_pred[:, keep]
-        t = F.adaptive_avg_pool2d(target[group][:, None], low.shape[-2:]).expand_as(cand)
-        per_mask = 20 * focal_loss(cand, t) + dice_loss(cand, t)
-        actual = mask_iou(cand, t)
-        best = per_mask.argmin(dim=1)
-        losses.append(per_mask.gather(1, best[:, None]).squeeze(1) + F.mse_loss(pred_iou, actual, reduction="none").mean(1))
-        ious.append(actual.gather(1, pred_iou.argmax(dim=1, keepdim=True)).squeeze(1))
-    return torch.cat(losses).mean(), float(torch.cat(ious).mean())
+    terms = mask_terms(sam, embedding, sample.points, sample.labels, torch.from_numpy(sample.masks).to(device),
+                       focal_alpha=focal_alpha)
+    return terms.total().mean(), float(terms.iou.mean())
 
 
 def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
@@ -90,7 +74,13 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
     start = time.time()
     echo(f"rendering {cfg.scenes_per_kind} scenes per kind ({cfg.scene_size} px) ...")
     pool = ScenePool(("buildings", "ships"), cfg.scenes_per_kind, cfg.scene_size, cfg.seed)
-    sam = build_sam(POINTSAM_TINY).to(device).train()
+    sam, earlier = build_sam(POINTSAM_TINY), None
+    if cfg.init:
+        payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
+        sam.load_state_dict(payload["state_dict"])
+        earlier = {"file": Path(cfg.init).name, "sha256": file_sha256(cfg.init), "provenance": payload.get("provenance", {})}
+        echo(f"continuing from {cfg.init}")
+    sam = sam.to(device).train()
     params = sum(p.numel() for p in sam.parameters())
     echo(f"pointsam-tiny: {params / 1e6:.2f} M parameters, device {device}, {torch.get_num_threads()} threads")
     optimizer = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -99,7 +89,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
     for step in range(cfg.steps):
         optimizer.zero_grad(set_to_none=True)
         for _ in range(cfg.images_per_step):
-            loss, iou = sample_loss(sam, pool.sample(rng, POINTSAM_TINY.image_size, cfg.objects_per_image), device)
+            sample = pool.sample(rng, POINTSAM_TINY.image_size, cfg.objects_per_image, cfg.kind_share)
+            loss, iou = sample_loss(sam, sample, device, cfg.focal_alpha)
             (loss / cfg.images_per_step).backward()
             running.append(float(loss.detach()))
             running_iou.append(iou)
@@ -112,7 +103,18 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
             log.append(entry)
             echo("step {step:5d}  loss {loss:.4f}  train IoU {train_iou:.3f}  lr {lr:.2e}  {minutes:.1f} min".format(**entry))
             running, running_iou = [], []
-    provenance = {
+        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            _save(sam, cfg, _provenance(cfg, params, start, device, log, earlier))
+            sam.train()
+    provenance = _provenance(cfg, params, start, device, log, earlier)
+    output = _save(sam, cfg, provenance)
+    echo(f"saved {output} ({output.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(output)[:12]})")
+    return provenance
+
+
+def _provenance(cfg: PretrainConfig, params: int, start: float, device, log: list, earlier=None) -> dict:
+    return {
+        "continued_from": earlier,
         "trained_by": "training/pretrain.py (pointsam pretrain)",
         "config": asdict(cfg),
         "parameters": params,
@@ -120,10 +122,18 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}",
         "data": "generated scenes (pointsam_engine.scenes): buildings 0.3 m RGB and ships 1.5 m SAR amplitude "
                 "(linear and dB stretch), seeds below 10000",
-        "log": log,
+        "log": list(log),
     }
+
+
+def _save(sam, cfg: PretrainConfig, provenance: dict) -> Path:
+    """Write atomically, so an interrupted run leaves the last complete checkpoint."""
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    save_pointsam_checkpoint(sam.eval().cpu(), POINTSAM_TINY, output, name="pointsam-tiny", provenance=provenance)
-    echo(f"saved {output} ({output.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(output)[:12]})")
-    return provenance
+    partial = output.with_name(output.name + ".partial")
+    state = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
+    cpu_sam = build_sam(POINTSAM_TINY)
+    cpu_sam.load_state_dict(state)
+    save_pointsam_checkpoint(cpu_sam.eval(), POINTSAM_TINY, partial, name="pointsam-tiny", provenance=provenance)
+    os.replace(partial, output)
+    return output

@@ -1,0 +1,120 @@
+"""``pointsam train``: calibrated teacher prompts, a few-step run the engine can use, exact resume, bad inputs."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pointsam_engine.adapter import apply_adapter, read_adapter
+from pointsam_engine.cli import main
+from pointsam_engine.errors import ModelError, OutputError, PointsError
+from pointsam_engine.masks import MaskPatch, Prompt
+from pointsam_engine.model import load_model
+from pointsam_engine.scenes import render, write_scene
+from training import selftrain, train as train_module
+from training.selftrain import SelfTrainOptions, teacher_masks
+from training.train import TrainConfig, train
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("region")
+    return write_scene(render("ships", 384, seed=7301), folder, "ships")
+
+
+def _config(scene, tiny_model, output, **changes):
+    options = dict(rasters=[str(scene["raster"])], points=[str(scene["points"])], output=str(output),
+                   model=str(tiny_model), steps=6, val_fraction=0.0, checkpoint_every=3, bank_size=4, match_interval=2,
+                   target_chips=2, selftrain=SelfTrainOptions(max_objects=4))
+    options.update(changes)
+    return TrainConfig(**options)
+
+
+def _lora(path):
+    return read_adapter(path)["state_dict"]
+
+
+def test_calibration_gives_an_overlapping_object_its_neighbours_clicks_as_negatives(monkeypatch):
+    square = np.full((8, 8), -5.0)
+    square[1:6, 1:6] = 5.0
+    first = [MaskPatch(0, 0, square, 0.9), MaskPatch(0, 0, square.copy(), 0.9), MaskPatch(0, 0, -square, 0.9)]
+    asked = []
+
+    def fake_masks(sam, embedding, prompts):
+        if not asked:
+            asked.append(None)
+            return first
+        asked.append(prompts)
+        return [MaskPatch(0, 0, np.full((8, 8), -1.0), 0.5) for _ in prompts]
+
+    monkeypatch.setattr(selftrain, "kept_masks", fake_masks)
+    positives = [np.array([[4.0, 4.0]]), np.array([[6.0, 6.0]]), np.array([[14.0, 14.0]])]  # chip px; masks at 1/2
+    prompts = [Prompt(p, np.ones(1, int)) for p in positives]
+    patches, neighbours = teacher_masks(None, None, prompts, positives, np.array([0, 2]), SelfTrainOptions(), scale=2.0)
+    assert neighbours == {0: [1]}  # object 2 does not overlap anyone; object 1 is not trained
+    again = asked[1][0]
+    assert again.points.tolist() == [[4.0, 4.0], [6.0, 6.0]] and again.labels.tolist() == [1, 0]
+    assert (patches[0].logits < 0).all() and patches[1] is first[1]
+
+
+def test_a_few_steps_write_an_adapter_that_the_engine_applies(scene, tiny_model, tmp_path):
+    output = tmp_path / "region.adapter.pt"
+    summary = train(_config(scene, tiny_model, output, val_fraction=0.3, val_every=3,
+                            val_polygons=[str(scene["truth"])]), echo=lambda _: None)
+    assert output.is_file() and (tmp_path / "region.csv").is_file() and (tmp_path / "region.png").stat().st_size > 1000
+    history = read_adapter(output)["history"]
+    assert [h["step"] for h in history] == [0, 3, 6] and all(0 <= h["miou"] <= 1 for h in history)
+    best = max(history, key=lambda h: h["miou"])
+    assert summary["best"]["step"] == best["step"] and read_adapter(output)["config"]["kept_step"] == best["step"]
+    header = (tmp_path / "region.csv").read_text().splitlines()[0].split(",")
+    assert {"loss", "focal", "dice", "iou_mse", "prototype", "miou", "single_click_share"} <= set(header)
+
+
+def test_resume_after_ctrl_c_equals_the_uninterrupted_run(scene, tiny_model, tmp_path, monkeypatch):
+    whole = tmp_path / "whole.adapter.pt"
+    train(_config(scene, tiny_model, whole), echo=lambda _: None)
+    calls = {"n": 0}
+    real_step = train_module.selftrain_step
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "selftrain_step", interrupted)
+    broken = tmp_path / "broken.adapter.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(scene, tiny_model, broken), echo=lambda _: None)
+    assert not broken.exists() and (tmp_path / "broken.ckpt").is_file()
+    monkeypatch.setattr(train_module, "selftrain_step", real_step)
+    train(_config(scene, tiny_model, broken, resume=True), echo=lambda _: None)
+    base, adapted = load_model(str(tiny_model), device="cpu"), apply_adapter(load_model(str(tiny_model), device="cpu"), whole)
+    image = torch.rand(1, 3, base.image_size, base.image_size)
+    with torch.no_grad():  # without validation the last weights are kept, and they moved the encoder's output
+        assert not torch.allclose(base.sam.image_encoder(image), adapted.sam.image_encoder(image), atol=1e-4)
+    a, b = _lora(whole), _lora(broken)
+    assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "_b." in k)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_bad_inputs_fail_in_one_line_and_write_nothing(scene, tiny_model, tmp_path):
+    far = tmp_path / "far.gpkg"
+    import geopandas as gpd
+    import shapely
+
+    gpd.GeoDataFrame(geometry=[shapely.Point(0, 0)], crs="EPSG:32633").to_file(far)
+    out = tmp_path / "x.adapter.pt"
+    with pytest.raises(PointsError, match="no point of .* lies inside"):
+        train(_config(scene, tiny_model, out, points=[str(far)]), echo=lambda _: None)
+    with pytest.raises(ModelError):
+        train(_config(scene, tiny_model, out, model=str(tmp_path / "missing.pt")), echo=lambda _: None)
+    with pytest.raises(OutputError, match="does not exist"):
+        train(_config(scene, tiny_model, tmp_path / "no" / "x.adapter.pt"), echo=lambda _: None)
+    assert not out.exists()
+    result = CliRunner().invoke(main, ["train", "--raster", str(scene["raster"]), "--points", str(far), "-o", str(out),
+                                       "--model", str(tiny_model)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and result.output.startswith("error: ")

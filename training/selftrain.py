@@ -1,0 +1,137 @@
+"""One PointSAM self-training step on one chip: calibrated teacher, pseudo-labels, strongly augmented student.
+
+1. Weak view: a random flip/quarter turn of the chip and of every click (:mod:`training.augment`).
+2. Prompts from clicks only: each trained object's positive clicks, the user's negative clicks, and
+   ``background`` random points far from every positive click and outside the teacher's masks.
+3. Teacher (the current weights, ``no_grad``): masks for every object in the chip. Where a trained
+   object's mask overlaps another object's (IoU above ``calibration_iou``) or holds its click, that
+   object's positive clicks become extra negatives and the teacher predicts again (negative prompt
+   calibration, with the engine's :func:`find_neighbours` and :func:`with_negatives`). The teacher's
+   thresholded masks are the pseudo-labels.
+4. Student (the same weights, with gradient): the strong photometric view of the same geometry, with
+   the original prompts. Loss: 20 focal (gamma 2, alpha 0.8 as intended by lightning-sam, not the
+   authors' number of instances) + Dice + MSE of the IoU head, + ``prototype_weight`` times the
+   prototype loss on the student's mask-pooled features (:mod:`training.prototypes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from pointsam_engine.calibration import find_neighbours, with_negatives
+from pointsam_engine.masks import MaskPatch, Prompt
+
+from .augment import random_dihedral, strong_view
+from .objective import decode, mask_terms
+from .prototypes import PrototypeRegularizer, instance_features
+from .regions import TrainingChip, background_negatives
+
+FOCAL_ALPHA = 0.8
+
+
+@dataclass(frozen=True)
+class SelfTrainOptions:
+    max_objects: int = 16  # objects trained per chip (PointSAM: 30-50 per image; chips are smaller)
+    background: int = 1  # random background negatives per object
+    calibration: bool = True
+    calibration_iou: float = 0.1
+    prototypes: bool = True
+    prototype_weight: float = 0.1
+    strong: bool = True  # False: the student sees the weak view too (plain self-training ablation)
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    terms: Dict[str, float]
+    teacher_features: Optional[torch.Tensor]
+
+
+def embed(sam, image: np.ndarray) -> torch.Tensor:
+    """Image embedding of an (S, S, 3) uint8 chip (S = the model's input size)."""
+    device = sam.pixel_mean.device
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None].to(device)
+    return sam.image_encoder(sam.preprocess(x))
+
+
+def kept_masks(sam, embedding, prompts: List[Prompt]) -> List[MaskPatch]:
+    """Each prompt's mask at the decoder's resolution, the one the engine keeps (first by the IoU head)."""
+    out: List[Optional[MaskPatch]] = [None] * len(prompts)
+    by_count: Dict[int, List[int]] = {}
+    for i, p in enumerate(prompts):
+        by_count.setdefault(len(p.points), []).append(i)
+    for group in by_count.values():
+        logits, iou = decode(sam, embedding, np.stack([prompts[i].points for i in group]),
+                             np.stack([prompts[i].labels for i in group]))
+        best = iou.argmax(dim=1)
+        for k, i in enumerate(group):
+            out[i] = MaskPatch(0, 0, logits[k, best[k]].float().cpu().numpy(), float(iou[k, best[k]]))
+    return out
+
+
+def teacher_masks(sam, embedding, prompts: List[Prompt], positives: List[np.ndarray], targets: np.ndarray,
+                  opts: SelfTrainOptions, scale: float) -> Tuple[List[MaskPatch], Dict[int, List[int]]]:
+    """Pseudo-label masks (decoder resolution) of every prompt, the ``targets`` calibrated against their neighbours."""
+    patches = kept_masks(sam, embedding, prompts)
+    if not opts.calibration:
+        return patches, {}
+    low_res_clicks = [p / scale for p in positives]  # masks are at 1/scale of the chip
+    neighbours = find_neighbours(patches, low_res_clicks, targets.tolist(), opts.calibration_iou)
+    if neighbours:
+        again = [with_negatives(prompts[i], np.vstack([positives[j] for j in js])) for i, js in neighbours.items()]
+        for i, patch in zip(neighbours, kept_masks(sam, embedding, again)):
+            patches[i] = patch
+    return patches, neighbours
+
+
+def selftrain_step(sam, chip: TrainingChip, opts: SelfTrainOptions, rng: np.random.Generator,
+                   regularizer: Optional[PrototypeRegularizer] = None) -> StepResult:
+    """The loss of one chip; call ``backward`` on ``result.loss``."""
+    size = chip.image.shape[0]
+    view = random_dihedral(rng)
+    image = view.image(chip.image)
+    positives = [view.points(p, size) for p in chip.positives]
+    user_negatives = [view.points(n, size) for n in chip.negatives]
+    trained = rng.permutation(chip.owned)[:opts.max_objects]
+    with torch.no_grad():
+        teacher_embedding = embed(sam, image)
+        scale = size / teacher_embedding.shape[-1] / 4  # decoder masks are 4x the embedding grid
+        first = [Prompt(np.vstack([p, n]), np.r_[np.ones(len(p)), np.zeros(len(n))].astype(int))
+                 for p, n in zip(positives, user_negatives)]
+        covered = _union(kept_masks(sam, teacher_embedding, first), size)
+        prompts = list(first)
+        for i in trained:
+            extra = background_negatives(positives, size, opts.background, 0.05 * size, rng, exclude=covered)
+            prompts[i] = with_negatives(first[i], extra)
+        patches, neighbours = teacher_masks(sam, teacher_embedding, prompts, positives, trained, opts, scale)
+        pseudo = torch.from_numpy(np.stack([patches[i].logits > 0 for i in trained]))
+    student_image = strong_view(image, rng) if opts.strong else image
+    student_embedding = embed(sam, student_image)
+    pseudo = pseudo.to(student_embedding.device)
+    terms = mask_terms(sam, student_embedding, [prompts[i].points for i in trained],
+                       [prompts[i].labels for i in trained], pseudo, focal_alpha=FOCAL_ALPHA)
+    loss = terms.total().mean()
+    mean = lambda t: float(t.detach().mean())  # noqa: E731
+    logged = {"focal": mean(terms.focal), "dice": mean(terms.dice), "iou_mse": mean(terms.iou_mse),
+              "agreement": float(terms.iou.mean()), "calibrated": float(len(neighbours)), "objects": float(len(trained))}
+    teacher_features = None
+    if opts.prototypes and regularizer is not None:
+        teacher_features = instance_features(teacher_embedding, pseudo)
+        proto = regularizer.loss(instance_features(student_embedding, pseudo))
+        loss = loss + opts.prototype_weight * proto
+        logged["prototype"] = float(proto.detach())
+    logged["loss"] = float(loss.detach())
+    return StepResult(loss, logged, teacher_features)
+
+
+def _union(patches: List[MaskPatch], size: int) -> np.ndarray:
+    """(size, size) bool: pixels inside any decoder-resolution mask."""
+    low = np.zeros(patches[0].shape, dtype=bool)
+    for p in patches:
+        low |= p.logits > 0
+    factor = size // low.shape[0]
+    return np.kron(low, np.ones((factor, factor), dtype=bool))

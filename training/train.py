@@ -1,0 +1,301 @@
+"""``pointsam train``: adapt a SAM to a region from its point layers alone (the PointSAM method).
+
+The base model stays frozen; LoRA adapters on the image encoder's q and v projections learn from
+self-training on the region's chips (:mod:`training.selftrain`), regularised by prototypes
+(:mod:`training.prototypes`). Lightning Fabric carries device, precision and strategy, so the same
+loop runs on this CPU and on several GPUs (``--accelerator gpu --devices 4 --strategy ddp``).
+
+Nothing is lost: a checkpoint (adapter, optimiser, schedule, random state, prototype bank, history)
+is written atomically every ``checkpoint_every`` steps and on Ctrl-C, and ``resume`` continues to the
+same result as an uninterrupted run. The adapter file keeps the weights that scored best on the
+validation blocks; there is no test set in the loop. Every loss term and validation figure goes to
+``<output>.csv`` and a plot of them to ``<output>.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pointsam_engine.adapter import save_adapter
+from pointsam_engine.config import SegmentConfig
+from pointsam_engine.errors import OptionError, PointsError
+from pointsam_engine.lora import add_lora, load_lora_state_dict, lora_state_dict
+from pointsam_engine.model import LoadedModel, load_model
+from pointsam_engine.output import check_target
+
+from pointsam_engine.masks import Prompt
+
+from .prototypes import PrototypeRegularizer, instance_features, target_prototypes
+from .regions import Region, load_region
+from .selftrain import SelfTrainOptions, embed, kept_masks, selftrain_step
+
+
+@dataclass
+class TrainConfig:
+    rasters: Sequence[str]
+    points: Sequence[str]
+    output: str
+    model: Optional[str] = None  # default: the bundled model
+    val_polygons: Sequence[Optional[str]] = ()
+    steps: int = 300
+    lr: float = 5e-4  # PointSAM's Adam learning rate
+    weight_decay: float = 1e-4
+    warmup: int = 25
+    seed: int = 0
+    rank: int = 4
+    blocks: Optional[Sequence[int]] = None  # default: all encoder blocks but the first
+    train_decoder: bool = False
+    val_fraction: float = 0.2
+    val_every: int = 50
+    checkpoint_every: int = 50
+    bank_size: int = 128
+    match_interval: int = 30
+    target_chips: int = 64  # chips whose base-model features give the target prototypes
+    selftrain: SelfTrainOptions = field(default_factory=SelfTrainOptions)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    resume: bool = False
+    overwrite: bool = False
+
+    def paths(self) -> Dict[str, Path]:
+        out = Path(self.output)
+        stem = out.name[: -len(".adapter.pt")] if out.name.endswith(".adapter.pt") else out.stem
+        return {"adapter": out, "checkpoint": out.with_name(stem + ".ckpt"), "csv": out.with_name(stem + ".csv"),
+                "plot": out.with_name(stem + ".png")}
+
+
+class _Step(nn.Module):
+    """One self-training step as a module's forward, so distributed strategies see a forward pass."""
+
+    def __init__(self, sam):
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, chip, opts, rng, regularizer):
+        result = selftrain_step(self.sam, chip, opts, rng, regularizer)
+        return result.loss, result.terms, result.teacher_features
+
+
+def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
+    """Train an adapter; returns the summary (best validation, paths)."""
+    from lightning_fabric import Fabric
+    from tqdm import tqdm
+
+    paths = cfg.paths()
+    _check_inputs(cfg, paths)
+    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, precision=cfg.precision)
+    fabric.launch()
+    rng = np.random.default_rng(cfg.seed + fabric.global_rank)
+    torch.manual_seed(cfg.seed)
+    base = load_model(cfg.model, device="cpu")
+    regions = _load_regions(cfg, base.image_size, rng, echo)
+    chips = [c for r in regions for c in r.chips if len(c.owned)]
+    if not chips:
+        raise PointsError("every click fell into the validation blocks; lower --val-fraction or give more clicks")
+    add_lora(base.sam, rank=cfg.rank, blocks=cfg.blocks)
+    if cfg.train_decoder:
+        base.sam.mask_decoder.requires_grad_(True)
+    step_module = _Step(base.sam)
+    params = [p for p in base.sam.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)))
+    step_module, optimizer = fabric.setup(step_module, optimizer)
+    base = dataclasses.replace(base, device=str(fabric.device))
+    state = {"step": 0, "history": [], "best": None, "best_lora": None, "rng": rng.bit_generator.state}
+    regularizer = None
+    if cfg.resume:
+        regularizer = _restore(paths["checkpoint"], base.sam, optimizer, schedule, state, rng, cfg)
+        echo(f"resuming at step {state['step']} from {paths['checkpoint']}")
+    elif cfg.selftrain.prototypes:
+        regularizer = PrototypeRegularizer(_targets(base.sam, chips, cfg, rng), cfg.bank_size, cfg.match_interval)
+    fabric.seed_everything(cfg.seed, verbose=False)
+    log = _CsvLog(paths["csv"], append=cfg.resume)
+    log.trim(state["step"])  # rows written after the checkpoint that is resumed are redone
+    if state["step"] == 0 and cfg.val_fraction > 0:
+        _validate(base, regions, cfg, state, log, echo)
+    start, bar = time.time(), tqdm(total=cfg.steps, initial=state["step"], desc="train", disable=fabric.global_rank > 0)
+    try:
+        while state["step"] < cfg.steps:
+            state["rng"] = rng.bit_generator.state  # a checkpoint taken inside this step restarts it
+            chip = chips[int(rng.integers(len(chips)))]
+            base.sam.train()
+            loss, terms, teacher_features = step_module(chip, cfg.selftrain, rng, regularizer)
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            optimizer.step()
+            schedule.step()
+            state["step"] += 1
+            if regularizer is not None and teacher_features is not None:
+                regularizer.update(state["step"], teacher_features)
+            log.write({"step": state["step"], "lr": schedule.get_last_lr()[0], **terms})
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.3f}")
+            if cfg.val_fraction > 0 and (state["step"] % cfg.val_every == 0 or state["step"] == cfg.steps):
+                _validate(base, regions, cfg, state, log, echo)
+            if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
+                state["rng"] = rng.bit_generator.state
+                _checkpoint(paths["checkpoint"], base.sam, optimizer, schedule, state, regularizer, cfg)
+    except KeyboardInterrupt:
+        _checkpoint(paths["checkpoint"], base.sam, optimizer, schedule, state, regularizer, cfg)
+        bar.close()
+        raise
+    bar.close()
+    return _finish(base, cfg, state, paths, regions, time.time() - start, echo)
+
+
+def _check_inputs(cfg: TrainConfig, paths: Dict[str, Path]) -> None:
+    if len(cfg.rasters) != len(cfg.points) or not cfg.rasters:
+        raise OptionError("give --raster and --points in pairs, at least one pair")
+    if cfg.val_polygons and len(cfg.val_polygons) != len(cfg.rasters):
+        raise OptionError("give one --val-polygons per --raster (in the same order), or none")
+    if not 0 <= cfg.val_fraction < 1:
+        raise OptionError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.steps < 1:
+        raise OptionError(f"--steps must be at least 1, got {cfg.steps}")
+    check_target(paths["adapter"], cfg.overwrite or cfg.resume, suffix=".pt", kind="an adapter file")
+    if cfg.resume and not paths["checkpoint"].is_file():
+        raise OptionError(f"--resume: no checkpoint {paths['checkpoint']}; run without --resume to start")
+
+
+def _load_regions(cfg: TrainConfig, chip_size: int, rng, echo) -> List[Region]:
+    regions = []
+    for i, (raster, points) in enumerate(zip(cfg.rasters, cfg.points)):
+        region = load_region(i, raster, points, cfg.segment, chip_size, val_fraction=cfg.val_fraction, rng=rng)
+        echo(f"{raster}: {len(region.instances)} objects ({int(region.val.sum())} held out for validation), "
+             f"{len(region.chips)} training chips")
+        regions.append(region)
+    return regions
+
+
+def _targets(sam, chips, cfg: TrainConfig, rng) -> torch.Tensor:
+    """Target prototypes: FINCH over the base model's mask-pooled features of the training objects."""
+    features = []
+    with torch.no_grad():
+        for k in rng.permutation(len(chips))[: cfg.target_chips]:
+            chip = chips[k]
+            embedding = embed(sam, chip.image)
+            prompts = [Prompt(chip.positives[i], np.ones(len(chip.positives[i]), int)) for i in chip.owned]
+            masks = torch.from_numpy(np.stack([p.logits > 0 for p in kept_masks(sam, embedding, prompts)]))
+            features.append(instance_features(embedding, masks))
+    return target_prototypes(torch.cat(features))
+
+
+def _validate(model: LoadedModel, regions, cfg: TrainConfig, state: dict, log, echo) -> None:
+    from .validation import validate
+
+    model.sam.eval()
+    figures = validate(model, regions, cfg.segment, cfg.val_polygons or None)
+    score = figures.get("miou", figures["single_click_share"])
+    entry = {"step": state["step"], **figures}
+    state["history"].append(entry)
+    log.write(entry)
+    if not math.isnan(score) and (state["best"] is None or score > state["best"]["score"]):
+        state["best"] = {"step": state["step"], "score": score, **figures}
+        state["best_lora"] = _trained_state(model.sam, cfg)
+    echo("validation at step {}: {}".format(state["step"], ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                                    for k, v in figures.items())))
+
+
+def _trained_state(sam, cfg: TrainConfig) -> dict:
+    state = {"lora": lora_state_dict(sam)}
+    if cfg.train_decoder:
+        state["decoder"] = copy.deepcopy(sam.mask_decoder.state_dict())
+    return state
+
+
+def _checkpoint(path: Path, sam, optimizer, schedule, state, regularizer, cfg: TrainConfig) -> None:
+    payload = {"state": dict(state), "trained": _trained_state(sam, cfg),
+               "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+               "regularizer": None if regularizer is None else regularizer.state_dict()}
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
+
+def _restore(path: Path, sam, optimizer, schedule, state, rng, cfg: TrainConfig):
+    payload = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds the random state
+    load_lora_state_dict(sam, payload["trained"]["lora"])
+    if "decoder" in payload["trained"]:
+        sam.mask_decoder.load_state_dict(payload["trained"]["decoder"])
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    state.update(payload["state"])
+    rng.bit_generator.state = state["rng"]
+    if payload["regularizer"] is None:
+        return None
+    return PrototypeRegularizer.from_state_dict(payload["regularizer"])
+
+
+def _finish(model: LoadedModel, cfg: TrainConfig, state: dict, paths, regions, seconds: float, echo) -> dict:
+    best = state["best"]
+    if best is not None:
+        load_lora_state_dict(model.sam, state["best_lora"]["lora"])
+        if "decoder" in state["best_lora"]:
+            model.sam.mask_decoder.load_state_dict(state["best_lora"]["decoder"])
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("segment", "selftrain")}
+    config.update(segment=asdict(cfg.segment), selftrain=asdict(cfg.selftrain), kept_step=best["step"] if best else state["step"])
+    save_adapter(model.sam, paths["adapter"], base=model, config=config, history=state["history"],
+                 normalization={r.raster: r.norm.to_dict() for r in regions}, decoder=cfg.train_decoder)
+    _plot(paths["csv"], paths["plot"])
+    echo(f"adapter: {paths['adapter']} (weights of step {config['kept_step']}); log {paths['csv']}, plot {paths['plot']}")
+    return {"best": best, "steps": state["step"], "seconds": seconds, **{k: str(v) for k, v in paths.items()}}
+
+
+class _CsvLog:
+    """Rows of loss terms and validation figures; columns grow as new keys appear."""
+
+    def __init__(self, path: Path, append: bool):
+        self.path = path
+        self.rows: List[dict] = list(csv.DictReader(path.open())) if append and path.exists() else []
+
+    def trim(self, step: int) -> None:
+        self.rows = [r for r in self.rows if int(r["step"]) <= step]
+
+    def write(self, row: dict) -> None:
+        self.rows.append(row)
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        partial = self.path.with_name(self.path.name + ".partial")
+        with partial.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(partial, self.path)
+
+
+def _plot(csv_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(csv_path.open()))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for axis, keys, style in ((top, ("loss", "focal", "dice", "iou_mse", "prototype"), {"linewidth": 0.8}),
+                              (bottom, ("miou", "single_click_share", "merge_rate"), {"marker": "o"})):
+        for key in keys:
+            pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+            if pts:
+                axis.plot(*zip(*pts), label=key, **style)
+        if axis.lines:
+            axis.legend(fontsize=7)
+    top.set_ylabel("training loss")
+    bottom.set_xlabel("step")
+    bottom.set_ylabel("validation")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
