@@ -1,0 +1,52 @@
+"""The bundled model (pointsam-tiny) and ``pointsam demo``, end to end on the CPU."""
+
+import json
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from click.testing import CliRunner
+from PIL import Image
+
+from pointsam_engine.cli import main
+from pointsam_engine.demo import run_scene
+from pointsam_engine.model import DEFAULT_MODEL, load_model
+
+FRESH_SEEDS = {"buildings": 41001, "ships": 41002}  # never used in training (below 10000) or in the model card
+# buildings: the issue's bar; ships: the bundled model is still below that 0.75 target (README, model card),
+# so this guards its present level against regressions
+QUALITY_BAR = {"buildings": 0.75, "ships": 0.5}
+
+
+def test_the_default_model_is_the_bundled_one_with_its_provenance():
+    loaded = load_model(DEFAULT_MODEL, device="cpu")
+    assert loaded.name == "pointsam-tiny" and loaded.arch.image_size == 256
+    assert loaded.provenance["config"]["steps"] >= 1000 and loaded.provenance["log"][-1]["train_iou"] > 0.5
+
+
+@pytest.mark.parametrize("kind", ["buildings", "ships"])
+def test_bundled_model_reaches_its_quality_bar_on_a_fresh_scene(kind, tmp_path):
+    run = run_scene(kind, tmp_path, seed=FRESH_SEEDS[kind], size=384, model=DEFAULT_MODEL, preview=False)
+    figures = run["figures"]
+    assert figures["instances"] >= 5 and figures["missed_points"] == 0
+    assert figures["miou"] >= QUALITY_BAR[kind], figures
+
+
+def test_demo_writes_layers_evaluation_and_previews(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path.resolve()) in result.output and "QGIS" in result.output
+    for kind in ("buildings", "ships"):
+        clicks = pyogrio.read_dataframe(tmp_path / f"{kind}_points.gpkg")
+        instances = pyogrio.read_dataframe(tmp_path / f"{kind}_pointsam.gpkg", layer="instances")
+        boxes = pyogrio.read_dataframe(tmp_path / f"{kind}_pointsam.gpkg", layer="boxes")
+        assert len(clicks) >= 5 and len(instances) == len(boxes) == len(clicks)  # one feature per click
+        figures = json.loads((tmp_path / f"{kind}_evaluation.json").read_text())
+        assert 0.0 <= figures["mf1"] <= 1.0 and figures["miou"] >= 0.6
+        png = Image.open(tmp_path / f"{kind}_preview.png").convert("RGB")
+        with rasterio.open(tmp_path / f"{kind}.tif") as src:
+            assert max(png.size) == max(src.width, src.height)
+        pixels = np.asarray(png).reshape(-1, 3).astype(int)
+        outline = (pixels[:, 0] > 200) & (pixels[:, 1] > 160) & (pixels[:, 2] < 60)  # polygons drawn in yellow
+        assert pixels.std() > 10 and outline.sum() > 100
