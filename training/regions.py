@@ -11,7 +11,7 @@ Before chips are planned, the objects are split into training and validation by 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from pointsam_engine.chips import Chip, plan_chips
 from pointsam_engine.config import SegmentConfig
 from pointsam_engine.errors import PointsError
 from pointsam_engine.points import Instance, group_instances, locate_on_raster, read_points
-from pointsam_engine.raster import Normalization, Raster, compute_normalization
+from pointsam_engine.raster import Normalization, Raster, apply_affine, compute_normalization
 
 
 @dataclass
@@ -32,6 +32,7 @@ class TrainingChip:
     positives: List[np.ndarray]  # per object in the chip: (n, 2)
     negatives: List[np.ndarray]  # per object: the user's negative clicks, (m, 2)
     owned: np.ndarray  # objects (indexes into positives) trained from this chip: those most central here
+    truth: Optional[List[np.ndarray]] = None  # per object (S, S) bool, only for mask-supervised training
 
 
 @dataclass
@@ -65,8 +66,11 @@ def block_split(xy: np.ndarray, block: float, fraction: float, rng: np.random.Ge
 
 
 def load_region(index: int, raster: str, points: str, cfg: SegmentConfig, chip_size: int, *,
-                val_fraction: float, rng: np.random.Generator) -> Region:
-    """Read one region's clicks, split them, and read the chips covering its training objects."""
+                val_fraction: float, rng: np.random.Generator, truth: Optional[str] = None) -> Region:
+    """Read one region's clicks, split them, and read the chips covering its training objects.
+
+    ``truth``: reference polygons, read only for the mask-supervised upper bound of benchmarks: each
+    object's mask is the polygon holding its first click."""
     with Raster(raster, bands=cfg.bands, nodata=cfg.nodata, assume_crs=cfg.assume_crs, chip_scale=cfg.chip_scale) as ras:
         norm = compute_normalization(ras, cfg.stretch, cfg.sar_db)
         table = read_points(points, ras.crs, layer=cfg.layer, instance_field=cfg.instance_field,
@@ -82,7 +86,31 @@ def load_region(index: int, raster: str, points: str, cfg: SegmentConfig, chip_s
         val = block_split(anchors, _block_side(anchors, chip_size), val_fraction, rng)
         region = Region(str(raster), str(points), ras.crs, norm, instances, val)
         region.chips = _read_chips(index, ras, norm, pos, neg, anchors, ~val, chip_size, cfg.chip_margin)
+        if truth:
+            _attach_truth(region, ras, truth, chip_size)
     return region
+
+
+def _attach_truth(region: Region, ras: Raster, truth: str, size: int) -> None:
+    import pyogrio
+    import shapely
+    from rasterio.features import rasterize
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    polygons = pyogrio.read_dataframe(truth).to_crs(ras.crs).geometry.values
+    tree = shapely.STRtree(polygons)
+    for chip in region.chips:
+        transform = window_transform(Window(chip.chip.col0, chip.chip.row0, size, size), ras.working_transform)
+        masks = []
+        for clicks in chip.positives:
+            x, y = apply_affine(transform, clicks[:1, 0], clicks[:1, 1])
+            hits = tree.query(shapely.Point(float(x[0]), float(y[0])), predicate="within")
+            mask = np.zeros((size, size), bool)
+            if len(hits):
+                mask = rasterize([(polygons[hits[0]], 1)], out_shape=(size, size), transform=transform).astype(bool)
+            masks.append(mask)
+        chip.truth = masks
 
 
 def _block_side(anchors: np.ndarray, chip_size: int) -> float:

@@ -41,7 +41,8 @@ class SelfTrainOptions:
     calibration_iou: float = 0.1
     prototypes: bool = True
     prototype_weight: float = 0.1
-    strong: bool = True  # False: the student sees the weak view too (plain self-training ablation)
+    strong: bool = True  # False: the student sees the weak view too
+    supervised: bool = False  # truth masks instead of pseudo-labels: the upper bound of benchmarks only
 
 
 @dataclass
@@ -97,18 +98,26 @@ def selftrain_step(sam, chip: TrainingChip, opts: SelfTrainOptions, rng: np.rand
     positives = [view.points(p, size) for p in chip.positives]
     user_negatives = [view.points(n, size) for n in chip.negatives]
     trained = rng.permutation(chip.owned)[:opts.max_objects]
+    first = [Prompt(np.vstack([p, n]), np.r_[np.ones(len(p)), np.zeros(len(n))].astype(int))
+             for p, n in zip(positives, user_negatives)]
+    neighbours: dict = {}
     with torch.no_grad():
         teacher_embedding = embed(sam, image)
         scale = size / teacher_embedding.shape[-1] / 4  # decoder masks are 4x the embedding grid
-        first = [Prompt(np.vstack([p, n]), np.r_[np.ones(len(p)), np.zeros(len(n))].astype(int))
-                 for p, n in zip(positives, user_negatives)]
-        covered = _union(kept_masks(sam, teacher_embedding, first), size)
+        if opts.supervised:
+            truth = [view.image(t) for t in chip.truth]
+            covered = np.any(truth, axis=0)
+        else:
+            covered = _union(kept_masks(sam, teacher_embedding, first), size)
         prompts = list(first)
         for i in trained:
             extra = background_negatives(positives, size, opts.background, 0.05 * size, rng, exclude=covered)
             prompts[i] = with_negatives(first[i], extra)
-        patches, neighbours = teacher_masks(sam, teacher_embedding, prompts, positives, trained, opts, scale)
-        pseudo = torch.from_numpy(np.stack([patches[i].logits > 0 for i in trained]))
+        if opts.supervised:
+            pseudo = torch.from_numpy(np.stack([truth[i] for i in trained]))
+        else:
+            patches, neighbours = teacher_masks(sam, teacher_embedding, prompts, positives, trained, opts, scale)
+            pseudo = torch.from_numpy(np.stack([patches[i].logits > 0 for i in trained]))
     student_image = strong_view(image, rng) if opts.strong else image
     student_embedding = embed(sam, student_image)
     pseudo = pseudo.to(student_embedding.device)

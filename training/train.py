@@ -49,6 +49,7 @@ class TrainConfig:
     output: str
     model: Optional[str] = None  # default: the bundled model
     val_polygons: Sequence[Optional[str]] = ()
+    train_masks: Sequence[Optional[str]] = ()  # reference polygons: only for the mask-supervised upper bound
     steps: int = 300
     lr: float = 5e-4  # PointSAM's Adam learning rate
     weight_decay: float = 1e-4
@@ -163,6 +164,8 @@ def _check_inputs(cfg: TrainConfig, paths: Dict[str, Path]) -> None:
         raise OptionError("give --raster and --points in pairs, at least one pair")
     if cfg.val_polygons and len(cfg.val_polygons) != len(cfg.rasters):
         raise OptionError("give one --val-polygons per --raster (in the same order), or none")
+    if cfg.selftrain.supervised and len(cfg.train_masks) != len(cfg.rasters):
+        raise OptionError("mask-supervised training needs reference polygons for every raster")
     if not 0 <= cfg.val_fraction < 1:
         raise OptionError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.steps < 1:
@@ -175,7 +178,9 @@ def _check_inputs(cfg: TrainConfig, paths: Dict[str, Path]) -> None:
 def _load_regions(cfg: TrainConfig, chip_size: int, rng, echo) -> List[Region]:
     regions = []
     for i, (raster, points) in enumerate(zip(cfg.rasters, cfg.points)):
-        region = load_region(i, raster, points, cfg.segment, chip_size, val_fraction=cfg.val_fraction, rng=rng)
+        truth = cfg.train_masks[i] if cfg.selftrain.supervised else None
+        region = load_region(i, raster, points, cfg.segment, chip_size, val_fraction=cfg.val_fraction, rng=rng,
+                             truth=truth)
         echo(f"{raster}: {len(region.instances)} objects ({int(region.val.sum())} held out for validation), "
              f"{len(region.chips)} training chips")
         regions.append(region)

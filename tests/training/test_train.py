@@ -118,3 +118,22 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(scene, tiny_model, tmp_pa
     result = CliRunner().invoke(main, ["train", "--raster", str(scene["raster"]), "--points", str(far), "-o", str(out),
                                        "--model", str(tiny_model)])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and result.output.startswith("error: ")
+
+
+def test_mask_supervised_upper_bound_reads_each_objects_own_polygon(scene):
+    from pointsam_engine.config import SegmentConfig
+    from training.regions import load_region
+
+    region = load_region(0, scene["raster"], scene["points"], SegmentConfig(), 128, val_fraction=0.0,
+                         rng=np.random.default_rng(0), truth=str(scene["truth"]))
+    checked = 0
+    for chip in region.chips:
+        assert len(chip.truth) == len(chip.positives)
+        for mask, clicks in zip(chip.truth, chip.positives):
+            x, y = clicks[0]
+            if 0 <= x < 128 and 0 <= y < 128:
+                assert mask[int(y), int(x)]  # the polygon holding the click
+                checked += 1
+        others = np.sum(chip.truth, axis=0)
+        assert others.max() <= 1  # truth polygons do not overlap
+    assert checked >= len(region.instances)
