@@ -75,9 +75,15 @@ def kept_masks(sam, embedding, prompts: List[Prompt]) -> List[MaskPatch]:
 
 
 def teacher_masks(sam, embedding, prompts: List[Prompt], positives: List[np.ndarray], targets: np.ndarray,
-                  opts: SelfTrainOptions, scale: float) -> Tuple[List[MaskPatch], Dict[int, List[int]]]:
-    """Pseudo-label masks (decoder resolution) of every prompt, the ``targets`` calibrated against their neighbours."""
-    patches = kept_masks(sam, embedding, prompts)
+                  opts: SelfTrainOptions, scale: float,
+                  known: Optional[List[MaskPatch]] = None) -> Tuple[List[MaskPatch], Dict[int, List[int]]]:
+    """Pseudo-label masks (decoder resolution) of every prompt, the ``targets`` calibrated against their neighbours.
+
+    ``known``: masks already decoded for these prompts; only the targets' (whose prompts changed) are decoded again."""
+    patches = list(known) if known is not None else [None] * len(prompts)
+    todo = [i for i in range(len(prompts)) if patches[i] is None or i in set(targets.tolist())]
+    for i, patch in zip(todo, kept_masks(sam, embedding, [prompts[i] for i in todo])):
+        patches[i] = patch
     if not opts.calibration:
         return patches, {}
     low_res_clicks = [p / scale for p in positives]  # masks are at 1/scale of the chip
@@ -108,7 +114,8 @@ def selftrain_step(sam, chip: TrainingChip, opts: SelfTrainOptions, rng: np.rand
             truth = [view.image(t) for t in chip.truth]
             covered = np.any(truth, axis=0)
         else:
-            covered = _union(kept_masks(sam, teacher_embedding, first), size)
+            known = kept_masks(sam, teacher_embedding, first)
+            covered = _union(known, size)
         prompts = list(first)
         for i in trained:
             extra = background_negatives(positives, size, opts.background, 0.05 * size, rng, exclude=covered)
@@ -116,7 +123,7 @@ def selftrain_step(sam, chip: TrainingChip, opts: SelfTrainOptions, rng: np.rand
         if opts.supervised:
             pseudo = torch.from_numpy(np.stack([truth[i] for i in trained]))
         else:
-            patches, neighbours = teacher_masks(sam, teacher_embedding, prompts, positives, trained, opts, scale)
+            patches, neighbours = teacher_masks(sam, teacher_embedding, prompts, positives, trained, opts, scale, known)
             pseudo = torch.from_numpy(np.stack([patches[i].logits > 0 for i in trained]))
     student_image = strong_view(image, rng) if opts.strong else image
     student_embedding = embed(sam, student_image)
