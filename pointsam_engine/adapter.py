@@ -12,7 +12,6 @@ An adapter file is a ``torch.save`` dict in the engine's own format, small enoug
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +20,7 @@ import torch
 from .errors import ModelError, OutputError
 from .lora import add_lora, load_lora_state_dict, lora_config, lora_state_dict, merge_lora
 from .model import LoadedModel, file_sha256, save_pointsam_checkpoint
+from .output import atomic_path
 
 ADAPTER_FORMAT = "pointsam-adapter"
 
@@ -37,12 +37,10 @@ def save_adapter(sam: torch.nn.Module, path, *, base: LoadedModel, config: dict,
     }
     if decoder:
         payload["decoder_state_dict"] = {k: v.detach().cpu() for k, v in sam.mask_decoder.state_dict().items()}
-    partial = path.with_name(path.name + ".partial")
     try:
-        torch.save(payload, partial)
-        os.replace(partial, path)
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise OutputError(f"cannot write the adapter {path} ({exc.strerror}); choose a writable -o path") from None
     return path
 
@@ -84,13 +82,11 @@ def export_merged(model: LoadedModel, path) -> Path:
         raise ModelError("no adapter to merge; pass --adapter")
     merge_lora(model.sam)
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
     provenance = {**model.provenance, "merged_from": model.label}
     try:
-        save_pointsam_checkpoint(model.sam.cpu(), model.arch, partial, name=path.name.split(".")[0],
-                                 provenance=provenance)
-        os.replace(partial, path)
+        with atomic_path(path) as tmp:
+            save_pointsam_checkpoint(model.sam.cpu(), model.arch, tmp, name=path.name.split(".")[0],
+                                     provenance=provenance)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path} ({exc.strerror}); choose a writable -o path") from None
     return path

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pointsam_engine.model import SamArch, build_sam, file_sha256, pick_device, save_pointsam_checkpoint
+from pointsam_engine.output import atomic_path
 
 from .data import Sample, ScenePool
 from .objective import mask_terms
@@ -130,10 +131,9 @@ def _save(sam, cfg: PretrainConfig, provenance: dict) -> Path:
     """Write atomically, so an interrupted run leaves the last complete checkpoint."""
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
     state = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
     cpu_sam = build_sam(POINTSAM_TINY)
     cpu_sam.load_state_dict(state)
-    save_pointsam_checkpoint(cpu_sam.eval(), POINTSAM_TINY, partial, name="pointsam-tiny", provenance=provenance)
-    os.replace(partial, output)
+    with atomic_path(output) as tmp:
+        save_pointsam_checkpoint(cpu_sam.eval(), POINTSAM_TINY, tmp, name="pointsam-tiny", provenance=provenance)
     return output

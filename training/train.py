@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import csv
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from pointsam_engine.config import SegmentConfig
 from pointsam_engine.errors import OptionError, PointsError
 from pointsam_engine.lora import add_lora, load_lora_state_dict, lora_state_dict
 from pointsam_engine.model import LoadedModel, load_model
-from pointsam_engine.output import check_target
+from pointsam_engine.output import atomic_path, check_target
 
 from pointsam_engine.masks import Prompt
 
@@ -227,9 +226,8 @@ def _checkpoint(path: Path, sam, optimizer, schedule, state, regularizer, cfg: T
     payload = {"state": dict(state), "trained": _trained_state(sam, cfg),
                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                "regularizer": None if regularizer is None else regularizer.state_dict()}
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def _restore(path: Path, sam, optimizer, schedule, state, rng, cfg: TrainConfig):
@@ -274,12 +272,10 @@ class _CsvLog:
     def write(self, row: dict) -> None:
         self.rows.append(row)
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
-        partial = self.path.with_name(self.path.name + ".partial")
-        with partial.open("w", newline="") as fh:
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, columns)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(partial, self.path)
 
 
 def _plot(csv_path: Path, png: Path) -> None:

@@ -80,3 +80,18 @@ def test_export_merges_adapter_into_one_model_file(tiny_model, adapter, tmp_path
     assert "+region@" in loaded.provenance["merged_from"]
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "exists; pass --overwrite" in again.output
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    from pointsam_engine.output import atomic_path
+
+    target = tmp_path / "model.pt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
