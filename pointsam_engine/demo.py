@@ -22,13 +22,14 @@ DEMO_SIZE = 768
 
 def run_scene(kind: str, folder, *, seed: int, size: int = DEMO_SIZE, model: Optional[str] = None,
               calibration: bool = True, predictor=None, preview: bool = True, name: Optional[str] = None,
-              **options) -> dict:
-    """Generate one scene, segment its clicks, score the result; returns the figures and file paths."""
+              density: float = 1.0, **options) -> dict:
+    """Generate one scene (``density`` as :func:`~pointsam_engine.scenes.render`), segment its clicks, score
+    the result; returns the figures and file paths."""
     from .preview import render_preview
 
     folder = Path(folder)
     name = name or kind
-    scene = render(kind, size, seed=seed)
+    scene = render(kind, size, seed=seed, density=density)
     paths = write_scene(scene, folder, name)
     out = folder / f"{name}_pointsam.gpkg"
     result = segment(paths["raster"], paths["points"], out, model=model, calibration=calibration,
@@ -37,7 +38,7 @@ def run_scene(kind: str, folder, *, seed: int, size: int = DEMO_SIZE, model: Opt
     truth = pyogrio.read_dataframe(paths["truth"])
     points = pyogrio.read_dataframe(paths["points"], fid_as_index=True)
     figures = summarize([score_image(result.layers["instances"], truth, grid, points)])
-    figures.update(kind=kind, seed=seed, calibration=calibration, model=result.report["model"],
+    figures.update(kind=kind, seed=seed, density=density, calibration=calibration, model=result.report["model"],
                    encoder_passes=result.report["encoder_passes"], seconds=sum(result.report["seconds"].values()))
     evaluation = folder / f"{name}_evaluation.json"
     evaluation.write_text(json.dumps(figures, indent=2))

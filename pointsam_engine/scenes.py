@@ -4,6 +4,9 @@ Two kinds, deterministic by seed:
 
 - ``buildings``: optical RGB uint8 at ~0.3 m: blocks of rectangular and L-shaped roofs in rows with
   touching neighbours, varied roof colours and textures, shadows on one side, roads, trees, textured ground.
+  Above density 1, a share ``density - 1`` of the rows are terraces: houses wall to wall under one roof
+  colour and style, told apart only by faint party walls, where a single click is easily taken for the
+  whole row (the case negative prompt calibration is for).
 - ``ships``: SAR-like single-band float32 amplitude at ~1.5 m: gamma speckle sea, bright hulls of varied
   length and heading, several moored side by side along a quay, some in open water, a bright land area.
 
@@ -164,12 +167,13 @@ def _draw_buildings(size: int, res: float, density: float, rng: np.random.Genera
         roads.append(shapely.box(-1, start, size + 1, start + road_w))
     road = shapely.union_all(roads)
     _paint(canvas, road, np.array([92, 92, 96]) + rng.normal(0, 4, 3), size)
-    polygons = []
+    roofs = []  # (polygon, terrace style or None)
     for bx in range(offset - block, size + block, block + road_w):
         for by in range(offset - block, size + block, block + road_w):
             cell = shapely.box(bx + road_w + 2, by + road_w + 2, bx + road_w + block - 2, by + road_w + block - 2)
-            polygons.extend(_block_of_roofs(cell, res, density, rng))
-    polygons = [p for p in polygons if p.within(shapely.box(0, 0, size, size))]
+            roofs.extend(_block_of_roofs(cell, res, density, rng))
+    roofs = [(p, style) for p, style in roofs if p.within(shapely.box(0, 0, size, size))]
+    polygons = [p for p, _ in roofs]
     for _ in range(int(density * size * size * res * res / 400)):  # trees on open ground
         x, y = rng.uniform(0, size, 2)
         tree = shapely.Point(x, y).buffer(rng.uniform(1.5, 3.5) / res)
@@ -179,23 +183,29 @@ def _draw_buildings(size: int, res: float, density: float, rng: np.random.Genera
     sun = np.array([1.0, 1.0]) * max(2, int(round(1.5 / res)))  # shadows fall to the lower right
     for poly in polygons:
         canvas[_mask(shapely.affinity.translate(poly, *sun), size)] *= 0.55
-    for poly in polygons:
-        _roof(canvas, poly, size, res, rng)
+    for poly, style in roofs:
+        _roof(canvas, poly, size, res, rng, style)
     return np.clip(canvas, 0, 255).astype(np.uint8).transpose(2, 0, 1), polygons
 
 
 def _block_of_roofs(cell, res: float, density: float, rng: np.random.Generator) -> list:
-    """Rows of roofs filling a block, neighbours often touching."""
+    """Rows of roofs filling a block, neighbours often touching: ``(polygon, terrace style or None)``."""
     minx, miny, maxx, maxy = cell.bounds
     out = []
     depth = rng.uniform(8, 14) / res
     y = miny
     while y + depth <= maxy:
+        # drawn only above density 1, so scenes at density <= 1 keep their random stream
+        terrace = _terrace_style(rng) if density > 1 and rng.random() < density - 1 else None
         x = minx + rng.uniform(0, 3) / res
         while True:
             width = rng.uniform(7, 16) / res
             if x + width > maxx:
                 break
+            if terrace is not None:
+                out.append((shapely.box(x, y, x + width, y + depth), terrace))
+                x += width
+                continue
             if rng.random() < density * 0.9:
                 roof = shapely.box(x, y, x + width, y + depth)
                 if rng.random() < 0.3:  # L-shape: cut a corner away
@@ -204,28 +214,43 @@ def _block_of_roofs(cell, res: float, density: float, rng: np.random.Generator) 
                     ox = x if corner in (0, 2) else x + width - cx
                     oy = y if corner in (0, 1) else y + depth - cy
                     roof = roof.difference(shapely.box(ox, oy, ox + cx, oy + cy))
-                out.append(shapely.Polygon(roof.exterior.coords))
+                out.append((shapely.Polygon(roof.exterior.coords), None))
             x += width + (0 if rng.random() < 0.6 else rng.uniform(1, 3) / res)  # touching or a small gap
         y += depth + rng.uniform(1.5, 4) / res
     return out
 
 
-def _roof(canvas: np.ndarray, poly, size: int, res: float, rng: np.random.Generator) -> None:
+def _terrace_style(rng: np.random.Generator) -> dict:
+    """One roof colour and style for a whole terrace: ridge along the row, faint party walls."""
+    return {"colour": ROOF_COLOURS[rng.integers(len(ROOF_COLOURS))] + rng.normal(0, 12, 3),
+            "stripes": bool(rng.random() < 0.5), "gabled": True, "ridge_along_x": True, "edge": 0.93}
+
+
+def _roof(canvas: np.ndarray, poly, size: int, res: float, rng: np.random.Generator, style: Optional[dict] = None) -> None:
     minx, miny, maxx, maxy = (int(v) for v in poly.bounds)
-    colour = ROOF_COLOURS[rng.integers(len(ROOF_COLOURS))] + rng.normal(0, 12, 3)
     rows, cols = _mask(poly, size)
     shade = np.ones(len(rows))
-    if rng.random() < 0.5:  # corrugated metal: stripes
+    if style is None:  # a house of its own: colour and style drawn for it
+        colour = ROOF_COLOURS[rng.integers(len(ROOF_COLOURS))] + rng.normal(0, 12, 3)
+        stripes = rng.random() < 0.5
+        stripes_along_cols = stripes and rng.random() < 0.5
+        gabled = rng.random() < 0.6
+        ridge_along_x = maxx - minx > maxy - miny
+        edge = 0.8
+    else:
+        colour, stripes, gabled, edge = style["colour"], style["stripes"], style["gabled"], style["edge"]
+        stripes_along_cols, ridge_along_x = False, style["ridge_along_x"]
+    if stripes:  # corrugated metal
         period = max(2, int(round(0.6 / res)))
-        shade *= np.where(((cols if rng.random() < 0.5 else rows) // period) % 2 == 0, 1.08, 0.92)
-    if rng.random() < 0.6:  # gabled: a ridge, one side darker
-        if maxx - minx > maxy - miny:
+        shade *= np.where(((cols if stripes_along_cols else rows) // period) % 2 == 0, 1.08, 0.92)
+    if gabled:  # a ridge, one side darker
+        if ridge_along_x:
             shade *= np.where(rows < (miny + maxy) / 2, 1.0, 0.85)
         else:
             shade *= np.where(cols < (minx + maxx) / 2, 1.0, 0.85)
     canvas[rows, cols] = colour * shade[:, None] + rng.normal(0, 5, (len(rows), 3))
-    edge = poly.exterior.buffer(0.6)  # a darker eave line, as roofs show from above
-    canvas[_mask(edge.intersection(poly), size)] *= 0.8
+    boundary = poly.exterior.buffer(0.6)  # a darker eave line, as roofs show from above
+    canvas[_mask(boundary.intersection(poly), size)] *= edge
 
 
 # -- ships -----------------------------------------------------------------------------------------

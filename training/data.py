@@ -12,6 +12,8 @@ from scipy import ndimage
 from pointsam_engine.raster import normalization_from_sample, to_amplitude
 from pointsam_engine.scenes import Scene, render
 
+DENSE = 1.6  # buildings density of "dense" scenes: 60 % of the rows are terraces
+
 
 @dataclass
 class Sample:
@@ -33,11 +35,14 @@ def to_uint8(scene: Scene, sar_db: bool) -> np.ndarray:
 class ScenePool:
     """A fixed set of rendered scenes (by seed) to crop training chips from."""
 
-    def __init__(self, kinds, per_kind: int, size: int, seed: int):
+    def __init__(self, kinds, per_kind: int, size: int, seed: int, dense_share: float = 0.0):
+        """``dense_share``: the share of buildings scenes drawn at :data:`DENSE` density, with terraces."""
         self.items, self.kinds = [], []
         for k, kind in enumerate(kinds):
+            dense = round(dense_share * per_kind) if kind == "buildings" else 0
             for i in range(per_kind):
-                scene = render(kind, size, seed=seed * 1000 + k * 100 + i)
+                density = DENSE if i < dense else 1.0
+                scene = render(kind, size, seed=seed * 1000 + k * 100 + i, density=density)
                 stretches = [False, True] if kind == "ships" else [False]  # ships also in dB, as --sar-db gives
                 for sar_db in stretches:
                     self.items.append((to_uint8(scene, sar_db), scene.labels, scene.clicks))

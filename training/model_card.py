@@ -54,7 +54,12 @@ def _stage_line(p: dict) -> str:
     share = c.get("kind_share") or "every rendered image alike"
     return (f"{c['steps']} steps x {c['images_per_step']} chips of 256 px, up to {c['objects_per_image']} objects each, "
             f"AdamW lr {c['lr']}, cosine schedule, warm-up {c['warmup']}, focal alpha {c.get('focal_alpha', 0.25)}, "
-            f"kinds: {share}, seed {c['seed']}, {p['wall_minutes']} min")
+            f"kinds: {share}{_dense(c)}, seed {c['seed']}, {p['wall_minutes']} min")
+
+
+def _dense(c: dict) -> str:
+    share = c.get("dense_share", 0.0)
+    return f", {share:.0%} of buildings scenes dense with terraces" if share else ""
 
 
 def write_model_card(model_path, provenance: dict, echo: Callable[[str], None] = print) -> Path:

@@ -49,6 +49,7 @@ class PretrainConfig:
     init: str = ""  # continue from this model file instead of random weights
     kind_share: dict | None = None  # e.g. {"ships": 0.7, "buildings": 0.3}; None: every rendered image alike
     focal_alpha: float = 0.25
+    dense_share: float = 0.0  # share of buildings scenes drawn dense, with terraces (training.data.DENSE)
 
 
 def _lr_factor(step: int, cfg: PretrainConfig) -> float:
@@ -74,7 +75,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
     device = pick_device(cfg.device)
     start = time.time()
     echo(f"rendering {cfg.scenes_per_kind} scenes per kind ({cfg.scene_size} px) ...")
-    pool = ScenePool(("buildings", "ships"), cfg.scenes_per_kind, cfg.scene_size, cfg.seed)
+    pool = ScenePool(("buildings", "ships"), cfg.scenes_per_kind, cfg.scene_size, cfg.seed, cfg.dense_share)
     sam, earlier = build_sam(POINTSAM_TINY), None
     if cfg.init:
         payload = torch.load(cfg.init, map_location="cpu", weights_only=True)

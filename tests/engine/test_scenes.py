@@ -70,3 +70,23 @@ def test_evaluate_cli_reproduces_the_run_scene_figures(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["miou"] == pytest.approx(run["figures"]["miou"]) and 0 < figures["miou"] < 1
     assert figures["mf1"] > figures["miou"] and "mIoU" in result.output
+
+
+def _touching_colour_gaps(scene):
+    """Median-roof-colour distance of each pair of houses that share a wall."""
+    image = scene.image.astype(float)
+    colour = [np.median(image[:, scene.labels == i + 1], axis=1) for i in range(len(scene.polygons))]
+    tree = shapely.STRtree(scene.polygons)
+    gaps = []
+    for i, poly in enumerate(scene.polygons):
+        for j in tree.query(poly, predicate="touches"):
+            if j > i and shapely.intersection(poly, scene.polygons[j]).length > 1:
+                gaps.append(np.abs(colour[i] - colour[j]).max())
+    return np.array(gaps)
+
+
+def test_dense_buildings_add_terraces_of_lookalike_houses():
+    terraced = _touching_colour_gaps(render("buildings", 512, seed=3, density=2.0))
+    mixed = _touching_colour_gaps(render("buildings", 512, seed=3, density=1.0))
+    assert len(terraced) > 10 and (terraced < 25).mean() > 0.9, "a terrace shares one roof colour"
+    assert len(mixed) > 10 and (mixed < 25).mean() < 0.5, "houses of their own have colours of their own"
