@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
@@ -23,7 +24,9 @@ def embedding_key(**parts) -> str:
 
 
 class EmbeddingCache:
-    """``get``/``put`` float32 embeddings by key; memory LRU of ``memory_mb``, disk under ``cache_dir``."""
+    """``get``/``put`` float32 embeddings by key; memory LRU of ``memory_mb``, disk under ``cache_dir``.
+
+    Safe to share between threads (the HTTP API's jobs and its click predictor use one cache)."""
 
     def __init__(self, memory_mb: int = 1024, cache_dir: Optional[str] = None):
         self.memory_bytes = int(memory_mb) * 2**20
@@ -31,12 +34,17 @@ class EmbeddingCache:
         self._items: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self._used = 0
         self.hits = self.disk_hits = self.misses = 0
+        self._lock = threading.RLock()
 
     def _path(self, key: str) -> Path:
         assert self.cache_dir is not None
         return self.cache_dir / key[:2] / f"{key}.npy"
 
     def get(self, key: str) -> Optional[np.ndarray]:
+        with self._lock:
+            return self._get(key)
+
+    def _get(self, key: str) -> Optional[np.ndarray]:
         if key in self._items:
             self._items.move_to_end(key)
             self.hits += 1
@@ -69,7 +77,11 @@ class EmbeddingCache:
                 raise
 
     def _remember(self, key: str, array: np.ndarray) -> None:
-        if array.nbytes > self.memory_bytes:
+        with self._lock:
+            self._store(key, array)
+
+    def _store(self, key: str, array: np.ndarray) -> None:
+        if array.nbytes > self.memory_bytes or key in self._items:
             return
         self._items[key] = array
         self._used += array.nbytes

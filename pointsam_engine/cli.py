@@ -124,6 +124,29 @@ def export(model, adapter, output, overwrite) -> None:
     guard(run)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback unless --allow-remote).")
+@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one.")
+@click.option("--model", default=None, help="Model to keep loaded (default: the bundled model), as in pointsam segment.")
+@click.option("--adapter", default=None, type=click.Path(dir_okay=False), help="Region adapter for --model.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--cache-mb", default=512, show_default=True, type=click.IntRange(1), help="In-memory embedding cache (LRU).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Also keep embeddings on disk here.")
+@click.option("--token", default=None, help="Secret clients must send (default: a fresh random one, printed).")
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (needs --token).")
+@click.option("--connection-file", default=None, type=click.Path(dir_okay=False),
+              help="Where to write {url, token, pid} (default: $XDG_RUNTIME_DIR/pointsam/serve.json).")
+def serve(host, port, model, adapter, device, cache_mb, cache_dir, token, allow_remote, connection_file) -> None:
+    """Serve the engine's HTTP API (for the QGIS plugin and scripts); prints one JSON line with url and token."""
+    def run():
+        from .api.server import serve as run_server
+
+        config = SegmentConfig(model=model, adapter=adapter, device=device, cache_mb=cache_mb, cache_dir=cache_dir)
+        run_server(config, host=host, port=port, token=token, allow_remote=allow_remote,
+                   connection_file=connection_file, echo=lambda line: click.echo(line) or sys.stdout.flush())
+    guard(run, interrupted="stopped")
+
+
 def _add_plugin_commands() -> None:
     """Commands of other packages (``pointsam.commands`` entry points), e.g. ``pretrain`` from ``training``."""
     from importlib.metadata import entry_points

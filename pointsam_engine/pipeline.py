@@ -65,17 +65,23 @@ def _check_cancel(cancel) -> None:
         raise Cancelled("the run was cancelled; nothing was written")
 
 
-def make_predictor(cfg: SegmentConfig):
-    """The SAM predictor a config asks for (model, device, embedding cache)."""
+def load_configured_model(cfg: SegmentConfig):
+    """The model a config asks for (``model``, ``model_type``, ``device``), with its ``adapter`` applied."""
     from .model import load_model
-    from .predict import ChipPredictor
 
     model = load_model(cfg.model, model_type=cfg.model_type, device=cfg.device)
     if cfg.adapter:
         from .adapter import apply_adapter
 
         model = apply_adapter(model, cfg.adapter)
-    return ChipPredictor(model, EmbeddingCache(cfg.cache_mb, cfg.cache_dir), cfg.decoder_batch)
+    return model
+
+
+def make_predictor(cfg: SegmentConfig):
+    """The SAM predictor a config asks for (model, device, embedding cache)."""
+    from .predict import ChipPredictor
+
+    return ChipPredictor(load_configured_model(cfg), EmbeddingCache(cfg.cache_mb, cfg.cache_dir), cfg.decoder_batch)
 
 
 def segment(raster, points, output=None, config: Optional[SegmentConfig] = None, *,

@@ -19,15 +19,18 @@ from .pretrain import PretrainConfig
 @click.option("--init", default="", help="Continue training from this model file instead of random weights.")
 @click.option("--kind-share", default=None, help="Sampling share per scene kind, e.g. ships=0.7,buildings=0.3 (default: alike).")
 @click.option("--focal-alpha", default=PretrainConfig.focal_alpha, show_default=True, type=float)
+@click.option("--dense-share", default=PretrainConfig.dense_share, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of buildings scenes drawn dense, with terraces of look-alike houses.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--card/--no-card", default=True, show_default=True, help="Measure quality and write the model card.")
-def pretrain(output, steps, lr, seed, scenes_per_kind, objects_per_image, init, kind_share, focal_alpha, device, card) -> None:
+def pretrain(output, steps, lr, seed, scenes_per_kind, objects_per_image, init, kind_share, focal_alpha, dense_share, device,
+             card) -> None:
     """Train the small bundled SAM (pointsam-tiny) from scratch on generated scenes."""
     from .pretrain import pretrain as run_pretrain
 
     cfg = PretrainConfig(output=output, steps=steps, lr=lr, seed=seed, scenes_per_kind=scenes_per_kind,
                          objects_per_image=objects_per_image, init=init, device=device, focal_alpha=focal_alpha,
-                         kind_share=_shares(kind_share))
+                         kind_share=_shares(kind_share), dense_share=dense_share)
     provenance = run_pretrain(cfg, echo=click.echo)
     if card:
         from .model_card import write_model_card
@@ -92,22 +95,50 @@ def train(rasters, points, output, model, steps, lr, seed, rank, blocks, train_d
           nodata, sar_db, assume_crs, layer, instance_field, label_field, chip_scale, accelerator, devices, strategy,
           precision, resume, overwrite) -> None:
     """Adapt SAM to a region from its point layers alone (PointSAM: LoRA self-training)."""
+    options = dict(locals())  # the options, before any other name is bound here
     from pointsam_engine.cli import guard
-    from pointsam_engine.config import SegmentConfig, parse_bands, parse_stretch
 
     def run():
-        from .selftrain import SelfTrainOptions
-        from .train import TrainConfig, train as run_train
+        from .train import train as run_train
 
-        segment = SegmentConfig(bands=parse_bands(bands), stretch=parse_stretch(stretch), nodata=nodata, sar_db=sar_db,
-                                assume_crs=assume_crs, layer=layer, instance_field=instance_field,
-                                label_field=label_field, chip_scale=chip_scale, model=model)
-        opts = SelfTrainOptions(background=background, calibration=not no_calibration, prototypes=not no_prototypes,
-                                prototype_weight=prototype_weight)
-        cfg = TrainConfig(rasters=rasters, points=points, output=output, model=model, val_polygons=val_polygons,
-                          steps=steps, lr=lr, seed=seed, rank=rank, blocks=_blocks(blocks), train_decoder=train_decoder,
-                          val_fraction=val_fraction, val_every=val_every, checkpoint_every=checkpoint_every,
-                          selftrain=opts, segment=segment, accelerator=accelerator, devices=devices,
-                          strategy=strategy, precision=precision, resume=resume, overwrite=overwrite)
-        run_train(cfg, echo=click.echo)
+        run_train(train_config(**options), echo=click.echo)
     guard(run, interrupted="interrupted; the checkpoint beside the output keeps the progress, --resume continues")
+
+
+def train_config(rasters, points, output, model=None, steps=300, lr=5e-4, seed=0, rank=4, blocks=None,
+                 train_decoder=False, val_fraction=0.2, val_polygons=(), val_every=50, checkpoint_every=50,
+                 background=1, no_calibration=False, no_prototypes=False, prototype_weight=0.1, bands=None,
+                 stretch="2,98", nodata=None, sar_db=False, assume_crs=None, layer=None, instance_field=None,
+                 label_field=None, chip_scale=1.0, accelerator="auto", devices=1, strategy="auto",
+                 precision="32-true", resume=False, overwrite=False):
+    """A :class:`~training.train.TrainConfig` from ``pointsam train``'s options (also the HTTP API's train jobs)."""
+    from pointsam_engine.config import SegmentConfig, parse_bands, parse_stretch
+
+    from .selftrain import SelfTrainOptions
+    from .train import TrainConfig
+
+    segment = SegmentConfig(bands=parse_bands(bands), stretch=parse_stretch(stretch), nodata=nodata, sar_db=sar_db,
+                            assume_crs=assume_crs, layer=layer, instance_field=instance_field,
+                            label_field=label_field, chip_scale=chip_scale, model=model)
+    opts = SelfTrainOptions(background=background, calibration=not no_calibration, prototypes=not no_prototypes,
+                            prototype_weight=prototype_weight)
+    return TrainConfig(rasters=tuple(rasters), points=tuple(points), output=output, model=model,
+                       val_polygons=tuple(val_polygons), steps=steps, lr=lr, seed=seed, rank=rank,
+                       blocks=_blocks(blocks), train_decoder=train_decoder, val_fraction=val_fraction,
+                       val_every=val_every, checkpoint_every=checkpoint_every, selftrain=opts, segment=segment,
+                       accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
+                       resume=resume, overwrite=overwrite)
+
+
+def train_job(options: dict):
+    """The HTTP API's train job (entry point ``pointsam.jobs: train``): checks inputs now, returns the work."""
+    from .train import check_inputs, train as run_train
+
+    cfg = train_config(**options)
+    check_inputs(cfg)
+
+    def work(progress, cancel):
+        summary = run_train(cfg, echo=lambda line: None, progress=progress, cancel=cancel)
+        return {"output": str(cfg.output), "summary": summary}
+
+    return work

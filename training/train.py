@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import csv
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch import nn
 
 from pointsam_engine.adapter import save_adapter
 from pointsam_engine.config import SegmentConfig
-from pointsam_engine.errors import OptionError, PointsError
+from pointsam_engine.errors import Cancelled, OptionError, PointsError, RasterError
 from pointsam_engine.lora import add_lora, load_lora_state_dict, lora_state_dict
 from pointsam_engine.model import LoadedModel, load_model
 from pointsam_engine.output import atomic_path, check_target
@@ -91,13 +92,18 @@ class _Step(nn.Module):
         return result.loss, result.terms, result.teacher_features
 
 
-def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
-    """Train an adapter; returns the summary (best validation, paths)."""
+def train(cfg: TrainConfig, echo: Callable[[str], None] = print, progress: Optional[Callable[[float, str], None]] = None,
+          cancel: Optional[threading.Event] = None) -> dict:
+    """Train an adapter; returns the summary (best validation, paths).
+
+    ``progress(fraction, stage)`` is called after every step; setting ``cancel`` stops the run at the
+    next step with a checkpoint saved (``resume`` continues it) and raises :class:`Cancelled`.
+    """
     from lightning_fabric import Fabric
     from tqdm import tqdm
 
     paths = cfg.paths()
-    _check_inputs(cfg, paths)
+    check_inputs(cfg)
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, precision=cfg.precision)
     fabric.launch()
     rng = np.random.default_rng(cfg.seed + fabric.global_rank)
@@ -131,6 +137,10 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
     start, bar = time.time(), tqdm(total=cfg.steps, initial=state["step"], desc="train", disable=fabric.global_rank > 0)
     try:
         while state["step"] < cfg.steps:
+            if cancel is not None and cancel.is_set():
+                _checkpoint(paths["checkpoint"], base.sam, optimizer, schedule, state, regularizer, cfg)
+                raise Cancelled(f"training cancelled at step {state['step']}; no adapter written, "
+                                f"resume from {paths['checkpoint']} with resume")
             state["rng"] = rng.bit_generator.state  # a checkpoint taken inside this step restarts it
             chip = chips[int(rng.integers(len(chips)))]
             base.sam.train()
@@ -145,6 +155,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
             log.write({"step": state["step"], "lr": schedule.get_last_lr()[0], **terms})
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
+            if progress is not None:
+                progress(state["step"] / cfg.steps, f"step {state['step']}/{cfg.steps}")
             if cfg.val_fraction > 0 and (state["step"] % cfg.val_every == 0 or state["step"] == cfg.steps):
                 _validate(base, regions, cfg, state, log, echo)
             if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
@@ -158,7 +170,9 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
     return _finish(base, cfg, state, paths, regions, time.time() - start, echo)
 
 
-def _check_inputs(cfg: TrainConfig, paths: Dict[str, Path]) -> None:
+def check_inputs(cfg: TrainConfig) -> None:
+    """Refuse a run that would fail later: unpaired inputs, bad numbers, an existing adapter, a missing checkpoint."""
+    paths = cfg.paths()
     if len(cfg.rasters) != len(cfg.points) or not cfg.rasters:
         raise OptionError("give --raster and --points in pairs, at least one pair")
     if cfg.val_polygons and len(cfg.val_polygons) != len(cfg.rasters):
@@ -169,6 +183,10 @@ def _check_inputs(cfg: TrainConfig, paths: Dict[str, Path]) -> None:
         raise OptionError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.steps < 1:
         raise OptionError(f"--steps must be at least 1, got {cfg.steps}")
+    for paths_of, error in ((cfg.rasters, RasterError), (cfg.points, PointsError), (cfg.val_polygons, OptionError)):
+        for path in paths_of:
+            if path and not Path(path).is_file():
+                raise error(f"{path} does not exist; check the path")
     check_target(paths["adapter"], cfg.overwrite or cfg.resume, suffix=".pt", kind="an adapter file")
     if cfg.resume and not paths["checkpoint"].is_file():
         raise OptionError(f"--resume: no checkpoint {paths['checkpoint']}; run without --resume to start")

@@ -1,0 +1,192 @@
+"""The HTTP contract: pydantic request and response models, and their conversion to engine options.
+
+Field names follow the CLI's options (``--sar-db`` is ``sar_db``), so a script can move between the two.
+Coordinates are ``[x, y]`` in the given ``crs`` (default: the raster's), GeoJSON axis order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..config import SegmentConfig, parse_bands, parse_stretch
+
+Coordinate = Tuple[float, float]
+
+
+def _no_nul(value: Optional[str]) -> Optional[str]:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+
+class RasterOptions(Strict):
+    """How the raster is read, as ``pointsam segment`` reads it."""
+
+    raster: str = Field(min_length=1, max_length=4096, description="Path of a GDAL raster on the engine's machine.")
+    bands: Optional[List[int]] = Field(None, min_length=1, max_length=3, description="1-based bands for R,G,B or one band.")
+    stretch: str = Field("2,98", max_length=40, description="Percentiles low,high; or minmax; or none.")
+    nodata: Optional[float] = Field(None, allow_inf_nan=False)
+    sar_db: bool = False
+    assume_crs: Optional[str] = Field(None, max_length=2000)
+    chip_scale: float = Field(1.0, ge=0.25, le=64, description="Source pixels per chip pixel.")
+
+    _paths = field_validator("raster", "assume_crs")(_no_nul)
+
+    def engine_options(self) -> Dict[str, Any]:
+        return {"bands": parse_bands(self.bands), "stretch": parse_stretch(self.stretch), "nodata": self.nodata,
+                "sar_db": self.sar_db, "assume_crs": self.assume_crs, "chip_scale": self.chip_scale}
+
+
+class PredictRequest(RasterOptions):
+    positive: List[Coordinate] = Field(min_length=1, max_length=64, description="Clicks on the object, [x, y].")
+    negative: List[Coordinate] = Field(default_factory=list, max_length=256, description="Clicks on what is not the object.")
+    crs: Optional[str] = Field(None, max_length=2000, description="CRS of the clicks (default: the raster's).")
+    out_crs: Optional[str] = Field(None, max_length=2000, description="CRS of the answer (default: the clicks' CRS).")
+
+    _crs = field_validator("crs", "out_crs")(_no_nul)
+
+
+class PrefetchRequest(RasterOptions):
+    point: Coordinate
+    crs: Optional[str] = Field(None, max_length=2000)
+
+    _crs = field_validator("crs")(_no_nul)
+
+
+class SegmentJobRequest(RasterOptions):
+    """``pointsam segment`` as a job: points as a file path or inline GeoJSON."""
+
+    points: Optional[str] = Field(None, min_length=1, max_length=4096, description="Path of a point layer.")
+    points_geojson: Optional[Dict[str, Any]] = Field(None, description="Inline GeoJSON FeatureCollection of points.")
+    points_crs: Optional[str] = Field(None, max_length=2000, description="CRS of inline points (default EPSG:4326, as GeoJSON).")
+    output: str = Field(min_length=1, max_length=4096, description="GeoPackage to write (.gpkg).")
+    overwrite: bool = False
+    layer: Optional[str] = Field(None, max_length=500)
+    instance_field: Optional[str] = Field(None, max_length=500)
+    label_field: Optional[str] = Field(None, max_length=500)
+    class_field: Optional[str] = Field(None, max_length=500)
+    calibration: bool = True
+    calibration_iou: float = Field(0.1, ge=0, le=1)
+    min_area: float = Field(0.0, ge=0, allow_inf_nan=False)
+    max_hole_area: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
+    simplify: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
+    out_crs: Optional[str] = Field(None, max_length=2000)
+
+    _strings = field_validator("points", "points_crs", "output", "layer", "instance_field", "label_field",
+                               "class_field", "out_crs")(_no_nul)
+
+    def config(self, base: SegmentConfig) -> SegmentConfig:
+        return base.replace(**self.engine_options(), layer=self.layer, instance_field=self.instance_field,
+                            label_field=self.label_field, class_field=self.class_field, calibration=self.calibration,
+                            calibration_iou=self.calibration_iou, min_area=self.min_area,
+                            max_hole_area=self.max_hole_area, simplify=self.simplify, out_crs=self.out_crs,
+                            overwrite=self.overwrite)
+
+
+class TrainJobRequest(Strict):
+    """``pointsam train`` as a job, on the server's base model: rasters paired with point layers."""
+
+    rasters: List[str] = Field(min_length=1, max_length=64)
+    points: List[str] = Field(min_length=1, max_length=64)
+    output: str = Field(min_length=1, max_length=4096, description="Adapter file to write (NAME.adapter.pt).")
+    steps: int = Field(300, ge=1, le=1_000_000)
+    lr: float = Field(5e-4, gt=0, le=1)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    rank: int = Field(4, ge=1, le=256)
+    blocks: Optional[str] = Field(None, max_length=200, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+    train_decoder: bool = False
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    val_polygons: List[str] = Field(default_factory=list, max_length=64)
+    val_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    background: int = Field(1, ge=0, le=64)
+    no_calibration: bool = False
+    no_prototypes: bool = False
+    prototype_weight: float = Field(0.1, ge=0, le=100)
+    bands: Optional[List[int]] = Field(None, min_length=1, max_length=3)
+    stretch: str = Field("2,98", max_length=40)
+    nodata: Optional[float] = Field(None, allow_inf_nan=False)
+    sar_db: bool = False
+    assume_crs: Optional[str] = Field(None, max_length=2000)
+    layer: Optional[str] = Field(None, max_length=500)
+    instance_field: Optional[str] = Field(None, max_length=500)
+    label_field: Optional[str] = Field(None, max_length=500)
+    chip_scale: float = Field(1.0, ge=0.25, le=64)
+    accelerator: Literal["auto", "cpu", "gpu", "mps"] = "auto"
+    resume: bool = False
+    overwrite: bool = False
+
+    @field_validator("rasters", "points", "val_polygons")
+    @classmethod
+    def _paths_ok(cls, values: List[str]) -> List[str]:
+        for value in values:
+            _no_nul(value)
+        return values
+
+    _strings = field_validator("output", "assume_crs", "layer", "instance_field", "label_field")(_no_nul)
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    device: str
+    model: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    path: Optional[str] = None
+    loaded: bool
+    label: Optional[str] = None
+    sha256: Optional[str] = None
+    model_type: Optional[str] = None
+    image_size: Optional[int] = None
+    adapter: Optional[str] = None
+
+
+class Models(BaseModel):
+    loaded: ModelInfo
+    available: List[ModelInfo]
+
+
+class PredictResponse(BaseModel):
+    object: Dict[str, Any] = Field(description="GeoJSON Feature: the polygon, with score and measures.")
+    box: Dict[str, Any] = Field(description="GeoJSON Polygon: the oriented (minimum-area) box.")
+    bbox: Dict[str, Any] = Field(description="GeoJSON Polygon: the axis-aligned box.")
+    crs: str
+    encoded: bool = Field(description="Whether the image encoder ran for this call (False: cached chip).")
+    chip: List[int]
+    seconds: float
+
+
+class PrefetchResponse(BaseModel):
+    encoded: bool
+    seconds: float
+
+
+class JobView(BaseModel):
+    id: str
+    kind: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float
+    stage: str
+    message: str
+    result: Optional[Dict[str, Any]] = None
+    error: Optional[Dict[str, Any]] = None
+    created: float
+    finished: Optional[float] = None
+
+
+class JobList(BaseModel):
+    jobs: List[JobView]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str

@@ -1,0 +1,116 @@
+"""``pointsam serve``: start uvicorn on a loopback port, announce the URL and token, clean up on exit.
+
+The socket is bound here (port 0 picks a free one) before uvicorn starts, so the announced URL is the
+real one. The announcement is one JSON line on stdout and the same JSON in a connection file only the
+user can read, which is how the QGIS plugin finds a running engine.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import socket
+from pathlib import Path
+from typing import Optional
+
+from ..config import SegmentConfig
+from ..errors import OptionError
+from ..output import atomic_path
+
+
+def default_connection_file() -> Path:
+    """``$XDG_RUNTIME_DIR/pointsam/serve.json``, else ``~/.cache/pointsam/serve.json``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime and os.path.isdir(runtime) else Path.home() / ".cache"
+    return base / "pointsam" / "serve.json"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0: a free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OptionError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port, or 0 for a free one") from None
+    sock.listen(64)
+    sock.set_inheritable(True)
+    return sock
+
+
+def write_connection_file(path: Path, info: dict) -> Path:
+    """Write the announcement readable by the user only (mode 0600), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info, fh)
+    os.chmod(path, 0o600)
+    return path
+
+
+def serve(config: SegmentConfig, *, host: str = "127.0.0.1", port: int = 0, token: Optional[str] = None,
+          allow_remote: bool = False, connection_file: Optional[str] = None, echo=print) -> None:
+    """Load the model, announce ``{"url", "token", "pid", ...}`` and serve until interrupted."""
+    import uvicorn
+
+    from .app import Engine, create_app
+
+    if not is_loopback(host) and not allow_remote:
+        raise OptionError(f"--host {host} is not a loopback address; pass --allow-remote with --token to serve other machines")
+    if allow_remote and not token:
+        raise OptionError("--allow-remote needs --token: choose a long secret the clients will send")
+    token = token or secrets.token_urlsafe(32)
+    engine = Engine(config)
+    sock = bind(host, port)
+    bound_port = sock.getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
+    allowed = {"127.0.0.1", "localhost", "::1", host}
+    info = {"url": f"http://{url_host}:{bound_port}", "token": token, "pid": os.getpid(), "model": engine.model.label}
+    conn = write_connection_file(Path(connection_file) if connection_file else default_connection_file(), info)
+    echo(json.dumps({**info, "connection_file": str(conn)}))
+    app = create_app(engine, token, allowed_hosts=allowed)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=30))
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: a stop, not an error
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        server.run(sockets=[sock])
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        engine.close()
+        sock.close()
+        _remove_if_ours(conn, info)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(*_):
+    raise _Stop()
+
+
+def _remove_if_ours(path: Path, info: dict) -> None:
+    """Remove the connection file unless another server has replaced it meanwhile."""
+    try:
+        if json.loads(path.read_text()).get("pid") == info["pid"]:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
