@@ -1,0 +1,113 @@
+"""Starts, watches and stops the engine process (``pointsam serve``) in its own Python environment.
+
+QGIS's Python never imports torch: the plugin runs the engine with the interpreter of the environment
+where pointsam is installed (setting, or ``POINTSAM_ENGINE_PYTHON``), reads the one JSON line it prints,
+checks its health, restarts it when it has died, and stops it when QGIS closes. No qgis imports here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .client import EngineClient
+from .errors import EngineMissingError, EngineUnavailableError, PluginError
+
+ENV_PYTHON = "POINTSAM_ENGINE_PYTHON"
+INSTALL_HINT = "python3 -m venv ~/pointsam-env && ~/pointsam-env/bin/pip install pointsam"
+
+
+def engine_python(configured: Optional[str] = None) -> str:
+    """The engine's interpreter: ``$POINTSAM_ENGINE_PYTHON``, else the configured one."""
+    python = os.environ.get(ENV_PYTHON) or configured
+    if not python:
+        raise EngineMissingError(f"no PointSAM engine is set up; install it with `{INSTALL_HINT}` and set "
+                                 "pointsam/engine_python to ~/pointsam-env/bin/python in Settings > Options > Advanced "
+                                 f"(or the environment variable {ENV_PYTHON})")
+    if not (os.path.isfile(python) or shutil.which(python)):
+        raise EngineMissingError(f"the engine Python {python} does not exist; install the engine with `{INSTALL_HINT}`")
+    return python
+
+
+class EngineProcess:
+    """One ``pointsam serve`` child process and its client."""
+
+    def __init__(self, python: str, args: Sequence[str] = (), startup_timeout: float = 180.0):
+        self.python, self.args, self.startup_timeout = python, list(args), startup_timeout
+        self._proc: Optional[subprocess.Popen] = None
+        self._client: Optional[EngineClient] = None
+        self._folder = tempfile.mkdtemp(prefix="pointsam-plugin-")
+        self._lock = threading.Lock()
+
+    @property
+    def connection_file(self) -> Path:
+        return Path(self._folder) / "serve.json"
+
+    def client(self) -> EngineClient:
+        """A client of a healthy engine: starts it, or restarts it when it died or stopped answering."""
+        with self._lock:
+            if self._client is not None and self._alive():
+                return self._client
+            self._stop()
+            self._client = self._start()
+            return self._client
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _alive(self) -> bool:
+        if self._proc is None or self._proc.poll() is not None:
+            return False
+        try:
+            self._client.health()
+            return True
+        except PluginError:
+            return False
+
+    def _start(self) -> EngineClient:
+        command = [self.python, "-m", "pointsam_engine.cli", "serve", "--port", "0",
+                   "--connection-file", str(self.connection_file), *self.args]
+        try:
+            self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        except OSError as exc:
+            raise EngineMissingError(f"cannot run the engine Python {self.python} ({exc.strerror}); "
+                                     f"install the engine with `{INSTALL_HINT}`") from None
+        line = self._first_line()
+        try:
+            info = json.loads(line)
+        except ValueError:
+            raise EngineUnavailableError(f"the engine did not start: {line.strip() or 'no output'}") from None
+        client = EngineClient(info["url"], info["token"])
+        client.health()
+        return client
+
+    def _first_line(self) -> str:
+        box = {}
+        reader = threading.Thread(target=lambda: box.setdefault("line", self._proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(self.startup_timeout)
+        if box.get("line"):
+            return box["line"]
+        self._proc.kill()
+        errors = (self._proc.stderr.read() or "").strip().splitlines()
+        last = errors[-1] if errors else f"no answer in {self.startup_timeout:.0f} s"
+        if "No module named pointsam_engine" in last:
+            raise EngineMissingError(f"{self.python} has no PointSAM engine; install it with `{INSTALL_HINT}`")
+        raise EngineUnavailableError(f"the engine did not start: {last}")
+
+    def _stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc, self._client = None, None
