@@ -41,6 +41,7 @@ class EngineProcess:
     def __init__(self, python: str, args: Sequence[str] = (), startup_timeout: float = 180.0):
         self.python, self.args, self.startup_timeout = python, list(args), startup_timeout
         self._proc: Optional[subprocess.Popen] = None
+        self._log = None
         self._client: Optional[EngineClient] = None
         self._folder = tempfile.mkdtemp(prefix="pointsam-plugin-")
         self._lock = threading.Lock()
@@ -48,6 +49,11 @@ class EngineProcess:
     @property
     def connection_file(self) -> Path:
         return Path(self._folder) / "serve.json"
+
+    @property
+    def log_file(self) -> Path:
+        """The engine's stderr (warnings, tracebacks of bugs), for the plugin's log."""
+        return Path(self._folder) / "engine.log"
 
     def client(self) -> EngineClient:
         """A client of a healthy engine: starts it, or restarts it when it died or stopped answering."""
@@ -74,8 +80,9 @@ class EngineProcess:
     def _start(self) -> EngineClient:
         command = [self.python, "-m", "pointsam_engine.cli", "serve", "--port", "0",
                    "--connection-file", str(self.connection_file), *self.args]
+        self._log = open(self.log_file, "a")  # a file, not a pipe nobody reads: a full pipe would stall the engine
         try:
-            self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, text=True)
         except OSError as exc:
             raise EngineMissingError(f"cannot run the engine Python {self.python} ({exc.strerror}); "
                                      f"install the engine with `{INSTALL_HINT}`") from None
@@ -94,12 +101,15 @@ class EngineProcess:
         reader.start()
         reader.join(self.startup_timeout)
         if box.get("line"):
+            threading.Thread(target=self._proc.stdout.read, daemon=True).start()  # drain whatever follows
             return box["line"]
         self._proc.kill()
-        errors = (self._proc.stderr.read() or "").strip().splitlines()
+        self._proc.wait()
+        errors = Path(self.log_file).read_text(errors="replace").strip().splitlines()
         last = errors[-1] if errors else f"no answer in {self.startup_timeout:.0f} s"
-        if "No module named pointsam_engine" in last:
-            raise EngineMissingError(f"{self.python} has no PointSAM engine; install it with `{INSTALL_HINT}`")
+        if "No module named" in last:
+            raise EngineMissingError(f"{self.python} has no complete PointSAM engine ({last.split(': ')[-1]}); "
+                                     f"install it with `{INSTALL_HINT}`")
         raise EngineUnavailableError(f"the engine did not start: {last}")
 
     def _stop(self) -> None:
@@ -110,4 +120,7 @@ class EngineProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._proc is not None:
+            self._proc.stdout.close()
+            self._log.close()
         self._proc, self._client = None, None

@@ -104,3 +104,19 @@ def _kill_when_a_job_runs(client, proc):
     thread = threading.Thread(target=kill)
     thread.start()
     return thread
+
+
+def test_a_python_without_the_engine_gives_the_install_command():
+    from qgis_plugin.engine import INSTALL_HINT, EngineProcess, engine_python
+    from qgis_plugin.errors import EngineMissingError
+
+    with pytest.raises(EngineMissingError) as error:
+        EngineProcess("/usr/bin/python3").client()  # QGIS's own Python: no pointsam there
+    assert INSTALL_HINT in str(error.value)
+    saved = os.environ.pop("POINTSAM_ENGINE_PYTHON", None)
+    try:
+        with pytest.raises(EngineMissingError, match="/nowhere/bin/python does not exist"):
+            engine_python("/nowhere/bin/python")
+    finally:
+        if saved is not None:
+            os.environ["POINTSAM_ENGINE_PYTHON"] = saved
