@@ -14,9 +14,9 @@ from pointsam_engine.demo import run_scene
 from pointsam_engine.model import DEFAULT_MODEL, load_model
 
 FRESH_SEEDS = {"buildings": 41001, "ships": 41002}  # never used in training (below 10000) or in the model card
-# buildings: the bar; ships: the bundled model is still below that 0.75 target (README, model card),
-# so this guards its present level against regressions
-QUALITY_BAR = {"buildings": 0.75, "ships": 0.5}
+# a quick guard on one small scene each; the 0.75 bar on the model card's own scenes is checked in
+# tests/training/test_model_card.py (ships vary more: 15 hulls here, many rafted side by side)
+QUALITY_BAR = {"buildings": 0.75, "ships": 0.65}
 
 
 def test_the_default_model_is_the_bundled_one_with_its_provenance():
