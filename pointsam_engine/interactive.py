@@ -78,8 +78,7 @@ class ClickSegmenter:
         pos, neg = _points(positive, "positive"), _points(negative, "negative", allow_empty=True)
         if not len(pos):
             raise PointsError("no positive click given; give at least one [x, y] in 'positive'")
-        with self._lock, Raster(raster, bands=cfg.bands, nodata=cfg.nodata, assume_crs=cfg.assume_crs,
-                                chip_scale=cfg.chip_scale) as ras:
+        with self._lock, _open(raster, cfg) as ras:
             pos_map, neg_map = _to_raster_crs(pos, crs, ras), _to_raster_crs(neg, crs, ras)
             _check_on_data(ras, pos_map, raster)
             norm = self._normalization(ras, cfg)
@@ -107,8 +106,7 @@ class ClickSegmenter:
     def prefetch(self, raster: str, point: Sequence[float], crs: Optional[str] = None, **options) -> bool:
         """Encode the chip a click at ``point`` would use, ahead of the click; True when the encoder ran."""
         cfg = self.config.replace(**options)
-        with self._lock, Raster(raster, bands=cfg.bands, nodata=cfg.nodata, assume_crs=cfg.assume_crs,
-                                chip_scale=cfg.chip_scale) as ras:
+        with self._lock, _open(raster, cfg) as ras:
             xy = _to_raster_crs(_points([point], "point"), crs, ras)
             on_raster, _ = ras.on_data(xy[:, 0], xy[:, 1])
             if not on_raster.all():
@@ -131,6 +129,10 @@ class ClickSegmenter:
         key = embedding_key(raster=ras.fingerprint(), stretch=norm.to_dict(), window=(row0, col0, size),
                             scale=ras.scale, model=self.predictor.label)
         return bool(self.predictor.set_chip(image, valid, key))
+
+
+def _open(raster: str, cfg: SegmentConfig) -> Raster:
+    return Raster(raster, bands=cfg.bands, nodata=cfg.nodata, assume_crs=cfg.assume_crs, chip_scale=cfg.chip_scale)
 
 
 def _points(values, name: str, allow_empty: bool = False) -> np.ndarray:
