@@ -220,10 +220,13 @@ def _block_of_roofs(cell, res: float, density: float, rng: np.random.Generator) 
     return out
 
 
+TERRACE_WALL = 0.93  # party walls: much fainter than a free-standing roof's eave line (0.8)
+
+
 def _terrace_style(rng: np.random.Generator) -> dict:
-    """One roof colour and style for a whole terrace: ridge along the row, faint party walls."""
+    """One roof colour and finish for a whole terrace (its ridge runs along the row)."""
     return {"colour": ROOF_COLOURS[rng.integers(len(ROOF_COLOURS))] + rng.normal(0, 12, 3),
-            "stripes": bool(rng.random() < 0.5), "gabled": True, "ridge_along_x": True, "edge": 0.93}
+            "stripes": bool(rng.random() < 0.5)}
 
 
 def _roof(canvas: np.ndarray, poly, size: int, res: float, rng: np.random.Generator, style: Optional[dict] = None) -> None:
@@ -238,8 +241,8 @@ def _roof(canvas: np.ndarray, poly, size: int, res: float, rng: np.random.Genera
         ridge_along_x = maxx - minx > maxy - miny
         edge = 0.8
     else:
-        colour, stripes, gabled, edge = style["colour"], style["stripes"], style["gabled"], style["edge"]
-        stripes_along_cols, ridge_along_x = False, style["ridge_along_x"]
+        colour, stripes, gabled, edge = style["colour"], style["stripes"], True, TERRACE_WALL
+        stripes_along_cols, ridge_along_x = False, True
     if stripes:  # corrugated metal
         period = max(2, int(round(0.6 / res)))
         shade *= np.where(((cols if stripes_along_cols else rows) // period) % 2 == 0, 1.08, 0.92)

@@ -69,3 +69,15 @@ def polygon_geometry(geojson: dict) -> QgsGeometry:
     if geojson["type"] == "MultiPolygon":
         return QgsGeometry.fromMultiPolygonXY([rings(p) for p in geojson["coordinates"]])
     raise PluginError(f"the engine answered a {geojson['type']}, not a polygon")
+
+
+def write_points(layer: QgsVectorLayer, path: str, selected_only: bool = False) -> str:
+    """Points (or the selected ones) as a GeoPackage layer ``points`` for the engine to read."""
+    if selected_only and layer.selectedFeatureCount() == 0:
+        raise PluginError(f"nothing is selected in {layer.name()}; select points or untick 'Selected features only'")
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName, options.layerName, options.onlySelectedFeatures = "GPKG", "points", selected_only
+    error = QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, QgsProject.instance().transformContext(), options)
+    if error[0] != QgsVectorFileWriter.NoError:
+        raise PluginError(f"cannot write the points for the engine: {error[1]}")
+    return path

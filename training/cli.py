@@ -105,12 +105,10 @@ def train(rasters, points, output, model, steps, lr, seed, rank, blocks, train_d
     guard(run, interrupted="interrupted; the checkpoint beside the output keeps the progress, --resume continues")
 
 
-def train_config(rasters, points, output, model=None, steps=300, lr=5e-4, seed=0, rank=4, blocks=None,
-                 train_decoder=False, val_fraction=0.2, val_polygons=(), val_every=50, checkpoint_every=50,
-                 background=1, no_calibration=False, no_prototypes=False, prototype_weight=0.1, bands=None,
-                 stretch="2,98", nodata=None, sar_db=False, assume_crs=None, layer=None, instance_field=None,
-                 label_field=None, chip_scale=1.0, accelerator="auto", devices=1, strategy="auto",
-                 precision="32-true", resume=False, overwrite=False):
+def train_config(rasters, points, output, model, steps, lr, seed, rank, blocks, train_decoder, val_fraction,
+                 val_polygons, val_every, checkpoint_every, background, no_calibration, no_prototypes,
+                 prototype_weight, bands, stretch, nodata, sar_db, assume_crs, layer, instance_field, label_field,
+                 chip_scale, accelerator, resume, overwrite, devices=1, strategy="auto", precision="32-true"):
     """A :class:`~training.train.TrainConfig` from ``pointsam train``'s options (also the HTTP API's train jobs)."""
     from pointsam_engine.config import SegmentConfig, parse_bands, parse_stretch
 

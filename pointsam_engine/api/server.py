@@ -92,9 +92,8 @@ def serve(config: SegmentConfig, *, host: str = "127.0.0.1", port: int = 0, toke
         server.run(sockets=[sock])
     except (KeyboardInterrupt, _Stop):
         pass
-    finally:
+    finally:  # the app's lifespan has closed the engine (cancelled its jobs)
         signal.signal(signal.SIGTERM, previous)
-        engine.close()
         sock.close()
         _remove_if_ours(conn, info)
 

@@ -11,13 +11,14 @@ import tempfile
 from typing import Callable, Optional
 
 from qgis.core import (QgsApplication, QgsFillSymbol, QgsMapLayerProxyModel, QgsProject,
-                       QgsTask, QgsVectorFileWriter, QgsVectorLayer)
+                       QgsTask, QgsVectorLayer)
 from qgis.gui import QgsDockWidget, QgsDoubleSpinBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (QCheckBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QProgressBar,
                                  QPushButton, QVBoxLayout, QWidget)
 
 from ..client import EngineClient
 from ..errors import PluginError
+from ..layers import write_points
 
 STYLES = {"instances": {"color": "255,200,0,70", "outline_color": "255,200,0", "outline_width": "0.5"},
           "boxes": {"color": "0,0,0,0", "outline_color": "0,220,255", "outline_width": "0.4"}}
@@ -131,7 +132,8 @@ class PointSamDock(QgsDockWidget):
         raster, points = self.raster.currentLayer(), self.points.currentLayer()
         if raster is None or points is None:
             raise PluginError("choose a raster layer and a point layer")
-        body = {"raster": raster.source(), "points": export_points(points, self.selected_only.isChecked(), folder),
+        body = {"raster": raster.source(), "points": write_points(points, os.path.join(folder, "points.gpkg"),
+                                                                  self.selected_only.isChecked()),
                 "output": self.output.filePath() or os.path.join(folder, "pointsam.gpkg"), "overwrite": True,
                 "calibration": self.calibration.isChecked(), "sar_db": self.sar_db.isChecked(),
                 "min_area": self.min_area.value()}
@@ -172,19 +174,6 @@ class PointSamDock(QgsDockWidget):
         report = task.result["report"]
         self.say(f"{report['instances']} instances, {report['skipped']} skipped, "
                  f"{report['encoder_passes']} encoder passes -> {task.result['output']}")
-
-
-def export_points(layer: QgsVectorLayer, selected_only: bool, folder: str) -> str:
-    """The layer's points (or its selection) as a GeoPackage for the engine."""
-    path = os.path.join(folder, "points.gpkg")
-    options = QgsVectorFileWriter.SaveVectorOptions()
-    options.driverName, options.layerName, options.onlySelectedFeatures = "GPKG", "points", selected_only
-    if selected_only and layer.selectedFeatureCount() == 0:
-        raise PluginError(f"nothing is selected in {layer.name()}; select points or untick 'Selected features only'")
-    error = QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, QgsProject.instance().transformContext(), options)
-    if error[0] != QgsVectorFileWriter.NoError:
-        raise PluginError(f"cannot write the points for the engine: {error[1]}")
-    return path
 
 
 def add_result_layers(gpkg: str, raster) -> list:

@@ -13,10 +13,11 @@ from qgis.core import (QgsFeatureRequest, QgsFeatureSink, QgsProcessing, QgsProc
                        QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSink,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
-                       QgsVectorFileWriter, QgsVectorLayer, QgsWkbTypes)
+                       QgsVectorLayer)
 
 from .. import settings
 from ..errors import PluginError
+from ..layers import write_points
 
 OUTPUTS = {"INSTANCES": "instances", "BOXES": "boxes", "BBOXES": "bboxes"}
 
@@ -60,7 +61,10 @@ class SegmentPoints(QgsProcessingAlgorithm):
         raster = self.parameterAsRasterLayer(parameters, self.RASTER, context)
         source = self.parameterAsSource(parameters, self.POINTS, context)
         with tempfile.TemporaryDirectory(prefix="pointsam-") as folder:
-            points = _write_points(source, context, os.path.join(folder, "points.gpkg"))
+            try:
+                points = write_points(source.materialize(QgsFeatureRequest()), os.path.join(folder, "points.gpkg"))
+            except PluginError as exc:
+                raise QgsProcessingException(str(exc)) from None
             output = os.path.join(folder, "result.gpkg")
             body = {"raster": raster.source(), "points": points, "output": output,
                     "calibration": self.parameterAsBool(parameters, self.CALIBRATION, context),
@@ -91,21 +95,9 @@ class SegmentPoints(QgsProcessingAlgorithm):
             layer = QgsVectorLayer(f"{gpkg}|layername={layer_name}", layer_name, "ogr")
             if not layer.isValid():
                 raise QgsProcessingException(f"the engine's output has no layer {layer_name}")
-            sink, dest = self.parameterAsSink(parameters, key, context, layer.fields(), QgsWkbTypes.Polygon, layer.crs())
+            sink, dest = self.parameterAsSink(parameters, key, context, layer.fields(), layer.wkbType(), layer.crs())
             for feature in layer.getFeatures():
                 sink.addFeature(feature, QgsFeatureSink.FastInsert)
             results[key] = dest
             del layer
         return results
-
-
-def _write_points(source, context, path: str) -> str:
-    """The points as a GeoPackage the engine reads (selected features only when the input asks for it)."""
-    options = QgsVectorFileWriter.SaveVectorOptions()
-    options.driverName = "GPKG"
-    options.layerName = "points"
-    memory = source.materialize(QgsFeatureRequest())
-    error = QgsVectorFileWriter.writeAsVectorFormatV3(memory, path, context.transformContext(), options)
-    if error[0] != QgsVectorFileWriter.NoError:
-        raise QgsProcessingException(f"cannot write the points for the engine: {error[1]}")
-    return path
