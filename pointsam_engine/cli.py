@@ -42,6 +42,7 @@ def main() -> None:
 @click.option("--chip-scale", type=float, default=1.0, show_default=True, help="Source pixels per chip pixel (2 = half resolution).")
 @click.option("--no-calibration", is_flag=True, help="Skip negative prompt calibration.")
 @click.option("--calibration-iou", type=float, default=0.1, show_default=True, help="Mask IoU above which neighbours become negatives.")
+@click.option("--keep-overlaps", is_flag=True, help="Keep each object's own mask where masks overlap (default: a shared pixel goes to the higher logit).")
 @click.option("--min-area", type=float, default=0.0, show_default=True, help="Drop objects smaller than this (map units²).")
 @click.option("--max-hole-area", type=float, default=None, help="Fill holes smaller than this (map units²; default 25 pixels).")
 @click.option("--simplify", type=float, default=None, help="Simplification tolerance in map units (default one pixel; 0 = none).")
@@ -50,8 +51,8 @@ def main() -> None:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the run report (JSON) here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def segment(raster, points, output, overwrite, model, model_type, adapter, device, bands, stretch, nodata, sar_db, assume_crs,
-            layer, instance_field, label_field, class_field, chip_scale, no_calibration, calibration_iou, min_area,
-            max_hole_area, simplify, out_crs, cache_dir, report_path, quiet) -> None:
+            layer, instance_field, label_field, class_field, chip_scale, no_calibration, calibration_iou, keep_overlaps,
+            min_area, max_hole_area, simplify, out_crs, cache_dir, report_path, quiet) -> None:
     """Segment one object per point of POINTS over RASTER into a GeoPackage."""
     def run():
         config = SegmentConfig(
@@ -59,7 +60,7 @@ def segment(raster, points, output, overwrite, model, model_type, adapter, devic
             assume_crs=assume_crs, layer=layer, instance_field=instance_field, label_field=label_field,
             class_field=class_field, chip_scale=chip_scale, model=model, model_type=model_type, adapter=adapter,
             device=device,
-            cache_dir=cache_dir, calibration=not no_calibration, calibration_iou=calibration_iou,
+            cache_dir=cache_dir, calibration=not no_calibration, calibration_iou=calibration_iou, keep_overlaps=keep_overlaps,
             min_area=min_area, max_hole_area=max_hole_area, simplify=simplify, out_crs=out_crs, overwrite=overwrite)
         from .pipeline import segment as run_segment
 

@@ -43,6 +43,7 @@ class SegmentConfig:
     # prediction and calibration
     calibration: bool = True
     calibration_iou: float = 0.1
+    keep_overlaps: bool = False  # True: each object keeps its own mask where masks overlap (no pixel goes to the higher logit)
     decoder_batch: int = 8  # larger batches are no faster on a CPU and cost ~25 MB per prompt at 1024²
     # vectorize
     min_area: float = 0.0  # map units²

@@ -29,7 +29,7 @@ from .points import Instance, PointTable, group_instances, locate_on_raster, rea
 from .masks import MaskPatch, Prompt
 from .raster import Raster, compute_normalization
 from .vectorize import (axis_boxes, clean_mask, oriented_boxes, overlapping, remove_overlaps, simplify_coverage,
-                        to_map, trace)
+                        simplify_each, to_map, trace)
 from .measure import Measurer
 from .memory import release_freed_memory
 
@@ -227,7 +227,8 @@ def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, stag
                 run.calibrated[members[a]] = True
         with stages("resolve"):
             results = [None if p is None else _clean(p, positives[a], max_hole_px) for a, p in enumerate(results)]
-            run.pairs_after |= {_pair(members[a], members[b]) for a, b in resolve_overlaps(results)}
+            shared = overlapping_pairs(results) if cfg.keep_overlaps else resolve_overlaps(results)
+            run.pairs_after |= {_pair(members[a], members[b]) for a, b in shared}
         held[k] = members[:n_own]
         for a, patch in enumerate(results):
             if patch is not None:
@@ -235,17 +236,19 @@ def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, stag
                 run.scores[members[a]] = patch.score
         for j in schedule[k]:
             with stages("resolve"):
-                _settle(j, held, near, patches, pos_w, run)
+                _settle(j, held, near, patches, pos_w, run, resolve=not cfg.keep_overlaps)
         release_freed_memory()
         notify(0.05 + 0.85 * (k + 1) / len(plan.chips), f"chip {k + 1}/{len(plan.chips)}")
     return run
 
 
-def _settle(j: int, held, near, patches: Dict[int, MaskPatch], pos_w, run: _ChipRun) -> None:
-    """Give pixels shared with neighbouring chips' objects to the higher logit, then trace chip j's objects."""
+def _settle(j: int, held, near, patches: Dict[int, MaskPatch], pos_w, run: _ChipRun, resolve: bool = True) -> None:
+    """Give pixels shared with neighbouring chips' objects to the higher logit (unless ``resolve`` is off),
+    then trace chip j's objects."""
     own = held.pop(j)
-    nearby = [i for i in own if i in patches] + [i for m in near[j] if m in held for i in held[m] if i in patches]
-    run.pairs_after |= {_pair(nearby[a], nearby[b]) for a, b in resolve_overlaps([patches[i] for i in nearby])}
+    if resolve:
+        nearby = [i for i in own if i in patches] + [i for m in near[j] if m in held for i in held[m] if i in patches]
+        run.pairs_after |= {_pair(nearby[a], nearby[b]) for a, b in resolve_overlaps([patches[i] for i in nearby])}
     for i in own:
         patch = patches.pop(i, None)
         if patch is not None:
@@ -290,8 +293,10 @@ def _build_layers(ras, instances: Sequence[Instance], run: _ChipRun, table: Poin
     live = [i for i in range(len(instances)) if run.polygons[i] is not None]
     geoms = to_map([run.polygons[i] for i in live], ras.working_transform)
     tolerance = cfg.simplify if cfg.simplify is not None else ras.pixel_size
-    scores = run.scores[live]
-    geoms = remove_overlaps(simplify_coverage(geoms, tolerance), scores)
+    if cfg.keep_overlaps:
+        geoms = simplify_each(geoms, tolerance)
+    else:
+        geoms = remove_overlaps(simplify_coverage(geoms, tolerance), run.scores[live])
     small = [g is None or g.area < cfg.min_area for g in geoms]
     for i, is_small in zip(live, small):
         if is_small:

@@ -68,6 +68,12 @@ def simplify_coverage(geoms: np.ndarray, tolerance: float) -> np.ndarray:
     return np.array([polygonal(g) for g in out], dtype=object)
 
 
+def simplify_each(geoms: np.ndarray, tolerance: float) -> np.ndarray:
+    """Simplify polygons one by one (for objects allowed to overlap); always valid polygons."""
+    out = shapely.simplify(np.asarray(geoms, dtype=object), tolerance) if tolerance > 0 else geoms
+    return np.array([polygonal(g) for g in out], dtype=object)
+
+
 def polygonal(geom):
     """A valid Polygon/MultiPolygon from any geometry (make_valid, drop lines and points)."""
     if geom is None:

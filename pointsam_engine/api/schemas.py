@@ -73,6 +73,7 @@ class SegmentJobRequest(RasterOptions):
     class_field: Optional[str] = Field(None, max_length=500)
     calibration: bool = True
     calibration_iou: float = Field(0.1, ge=0, le=1)
+    keep_overlaps: bool = Field(False, description="Keep each object's own mask where masks overlap.")
     min_area: float = Field(0.0, ge=0, allow_inf_nan=False)
     max_hole_area: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
     simplify: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
@@ -84,7 +85,8 @@ class SegmentJobRequest(RasterOptions):
     def config(self, base: SegmentConfig) -> SegmentConfig:
         return base.replace(**self.engine_options(), layer=self.layer, instance_field=self.instance_field,
                             label_field=self.label_field, class_field=self.class_field, calibration=self.calibration,
-                            calibration_iou=self.calibration_iou, min_area=self.min_area,
+                            calibration_iou=self.calibration_iou, keep_overlaps=self.keep_overlaps,
+                            min_area=self.min_area,
                             max_hole_area=self.max_hole_area, simplify=self.simplify, out_crs=self.out_crs,
                             overwrite=self.overwrite)
 

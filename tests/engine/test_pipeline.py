@@ -114,6 +114,20 @@ def test_calibration_separates_touching_objects_and_output_never_overlaps(tmp_pa
         assert sum(geom.contains(other) for other in clicks) == 1
 
 
+def test_keep_overlaps_leaves_each_object_its_own_mask(tmp_path):
+    raster, transform = _utm_scene(tmp_path)
+    cells = [(100, 100), (100, 112), (112, 100), (200, 300)]
+    points = write_points(tmp_path / "p.gpkg", pixel_centres(transform, cells))
+    kept = segment(raster, points, predictor=SquarePredictor(half=12), calibration=False, keep_overlaps=True)
+    settled = segment(raster, points, predictor=SquarePredictor(half=12), calibration=False)
+    pairs = {(0, 1), (0, 2), (1, 2)}  # the three squares around (100..112, 100..112) overlap one another
+    assert set(overlapping(kept.layers["instances"].sort_values("point_fid").geometry.values)) == pairs
+    assert kept.report["overlaps_after"] == 3 and settled.report["overlaps_after"] == 0
+    square_m2 = (2 * 12) ** 2 * 0.25
+    assert kept.layers["instances"]["area_m2"].tolist() == pytest.approx([square_m2] * 4, rel=2e-3)  # geodesic m² near the UTM meridian
+    assert settled.layers["instances"]["area_m2"].sum() < kept.layers["instances"]["area_m2"].sum() - square_m2 / 2
+
+
 def test_instance_and_label_fields_make_one_object_with_negatives(tmp_path):
     raster, transform = _utm_scene(tmp_path)
     xy = pixel_centres(transform, [(100, 100), (104, 104), (100, 106), (250, 50)])

@@ -29,3 +29,23 @@ def test_the_card_reports_what_is_measured(measured, kind):
     assert row, f"no row for {kind} in the model card"
     assert float(row.group(1)) == pytest.approx(measured[kind]["miou"], abs=5e-4)
     assert int(row.group(3)) == measured[kind]["merges"]
+
+
+@pytest.fixture(scope="module")
+def dense_mask_merges():
+    """Merges of the model's own masks (before the overlap rule) on the card's dense scenes, with and without calibration."""
+    dense = {"dense buildings": EVAL_SETS["dense buildings"]}
+    path = BUNDLED_DIR / BUNDLED["pointsam-tiny"]
+    return {calibration: measure(path, calibration=calibration, sets=dense, keep_overlaps=True)["dense buildings"]["merges"]
+            for calibration in (True, False)}
+
+
+def test_calibration_reduces_merges_of_the_masks_on_dense_buildings(dense_mask_merges):
+    assert dense_mask_merges[True] < dense_mask_merges[False], dense_mask_merges
+
+
+def test_the_card_reports_the_measured_mask_merges(dense_mask_merges):
+    card = (BUNDLED_DIR / "pointsam-tiny.md").read_text()
+    row = re.search(r"^\| dense buildings \|(?: [0-9.]+ \|){5} (\d+) \| (\d+) \|", card, re.M)
+    assert row, "no mask merges for dense buildings in the model card"
+    assert (int(row.group(1)), int(row.group(2))) == (dense_mask_merges[True], dense_mask_merges[False])
