@@ -137,14 +137,18 @@ def export(model, adapter, output, overwrite) -> None:
 @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (needs --token).")
 @click.option("--connection-file", default=None, type=click.Path(dir_okay=False),
               help="Where to write {url, token, pid} (default: $XDG_RUNTIME_DIR/pointsam/serve.json).")
-def serve(host, port, model, adapter, device, cache_mb, cache_dir, token, allow_remote, connection_file) -> None:
+@click.option("--adapters-dir", "adapter_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Folder of *.adapter.pt files to offer in /v1/models, besides the model folders (repeatable).")
+def serve(host, port, model, adapter, device, cache_mb, cache_dir, token, allow_remote, connection_file,
+          adapter_dirs) -> None:
     """Serve the engine's HTTP API (for the QGIS plugin and scripts); prints one JSON line with url and token."""
     def run():
         from .api.server import serve as run_server
 
         config = SegmentConfig(model=model, adapter=adapter, device=device, cache_mb=cache_mb, cache_dir=cache_dir)
         run_server(config, host=host, port=port, token=token, allow_remote=allow_remote,
-                   connection_file=connection_file, echo=lambda line: click.echo(line) or sys.stdout.flush())
+                   connection_file=connection_file, adapter_dirs=adapter_dirs,
+                   echo=lambda line: click.echo(line) or sys.stdout.flush())
     guard(run, interrupted="stopped")
 
 

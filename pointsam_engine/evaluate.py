@@ -9,6 +9,7 @@ no prediction counts as IoU 0. Also counted: missed clicks, truth objects hit by
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -143,26 +144,64 @@ def summarize(images: Sequence[ImageScore]) -> dict:
     }
 
 
-def read_grid(pred_path, raster=None) -> Grid:
+def read_grid(pred_path, raster=None, pred_layer: str = "instances") -> Grid:
     """The grid to compare on: ``raster`` when given, else the one the engine recorded in the GeoPackage."""
     if raster is not None:
         return Grid.from_raster(raster)
-    meta = pyogrio.read_info(str(pred_path), layer="instances").get("dataset_metadata") or {}
+    meta = pyogrio.read_info(str(pred_path), layer=pred_layer).get("dataset_metadata") or {}
     if "pointsam_grid" not in meta:
         raise PointsError(f"{pred_path} does not record its raster grid; pass --raster with the image it was made from")
     return Grid.from_dict(json.loads(meta["pointsam_grid"]))
 
 
 def evaluate_files(pred_path, truth_path, points_path=None, *, raster=None, truth_layer=None,
-                   points_layer=None) -> dict:
+                   points_layer=None, pred_layer: str = "instances") -> dict:
     """Score a PointSAM GeoPackage against truth polygons; returns :func:`summarize` of the one image."""
-    grid = read_grid(pred_path, raster)
-    pred = gpd.read_file(pred_path, layer="instances")
+    grid = read_grid(pred_path, raster, pred_layer)
+    pred = gpd.read_file(pred_path, layer=pred_layer)
     truth = gpd.read_file(truth_path, layer=truth_layer) if truth_layer else gpd.read_file(truth_path)
     points = None
     if points_path is not None:
         points = pyogrio.read_dataframe(points_path, layer=points_layer, fid_as_index=True)
     return summarize([score_image(pred, truth, grid, points)])
+
+
+def check_inputs(pred_path, truth_path, points_path=None, *, raster=None, truth_layer=None, points_layer=None,
+                 pred_layer: str = "instances") -> None:
+    """Refuse, in one line, inputs :func:`evaluate_files` cannot read: missing files or layers, no CRS,
+    predictions without ``point_fid`` when the points are given, a raster GDAL cannot open."""
+    layers = [("predictions", pred_path, pred_layer), ("truth", truth_path, truth_layer)]
+    if points_path is not None:
+        layers.append(("points", points_path, points_layer))
+    for what, path, layer in layers:
+        info = _layer_info(what, path, layer)
+        if info.get("crs") is None:
+            raise PointsError(f"the {what} {path} have no CRS; assign one (e.g. in QGIS, Layer CRS) and save again")
+        if what == "predictions" and points_path is not None and "point_fid" not in list(info["fields"]):
+            raise PointsError(f"the predictions {path} (layer {pred_layer}) have no point_fid field; give the "
+                              "instances layer pointsam segment wrote, which pairs each object with its click")
+    if raster is not None:
+        import rasterio
+
+        try:
+            rasterio.open(raster).close()
+        except rasterio.errors.RasterioIOError:
+            raise RasterError(f"raster {raster} does not exist or GDAL cannot read it; give the image the "
+                              "predictions were made from") from None
+
+
+def _layer_info(what: str, path, layer: Optional[str]) -> dict:
+    """pyogrio's description of one layer of a vector file, or a one-line :class:`PointsError`."""
+    if not os.path.exists(path):
+        raise PointsError(f"the {what} file {path} does not exist; check the path")
+    try:
+        names = [str(name) for name in pyogrio.list_layers(str(path))[:, 0]]
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError, RuntimeError):
+        raise PointsError(f"the {what} file {path} is not a vector file GDAL can read; give a GeoPackage or "
+                          "shapefile") from None
+    if layer is not None and layer not in names:
+        raise PointsError(f"the {what} file {path} has no layer {layer!r}; its layers: {', '.join(names) or 'none'}")
+    return pyogrio.read_info(str(path), layer=layer)
 
 
 def format_table(figures: dict) -> str:

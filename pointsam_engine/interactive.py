@@ -56,9 +56,11 @@ def snapped_chip(anchor_xy: np.ndarray, grid_shape: Tuple[int, int], size: int) 
 
 
 class ClickSegmenter:
-    """Segments single objects from clicks with one predictor, caching each raster's stretch.
+    """Segments single objects from clicks with a predictor, caching each raster's stretch.
 
-    Thread-safe: calls are serialized, since a predictor holds one chip embedding at a time.
+    Each call may pass its own ``predictor`` (another model); embeddings are cached under a key that
+    names the model (the predictor's label), so models never share one. Thread-safe: calls are
+    serialized, since a predictor holds one chip embedding at a time.
     """
 
     def __init__(self, predictor, config: Optional[SegmentConfig] = None):
@@ -68,12 +70,14 @@ class ClickSegmenter:
         self._norms: "OrderedDict[tuple, Normalization]" = OrderedDict()
 
     def predict(self, raster: str, positive: Sequence[Sequence[float]], negative: Sequence[Sequence[float]] = (),
-                crs: Optional[str] = None, out_crs: Optional[str] = None, **options) -> ClickResult:
+                crs: Optional[str] = None, out_crs: Optional[str] = None, predictor=None, **options) -> ClickResult:
         """Segment the object at the ``positive`` clicks (map x, y in ``crs``; default the raster's CRS).
 
-        ``negative`` clicks mark what is not the object. ``options`` are :class:`SegmentConfig` fields
-        (``bands``, ``stretch``, ``sar_db``, ``chip_scale``, ...).
+        ``negative`` clicks mark what is not the object. ``predictor`` runs the model (default: the
+        segmenter's own). ``options`` are :class:`SegmentConfig` fields (``bands``, ``stretch``, ``sar_db``,
+        ``chip_scale``, ...).
         """
+        predictor = predictor or self.predictor
         cfg = self.config.replace(**options)
         pos, neg = _points(positive, "positive"), _points(negative, "negative", allow_empty=True)
         if not len(pos):
@@ -83,9 +87,9 @@ class ClickSegmenter:
             _check_on_data(ras, pos_map, raster)
             norm = self._normalization(ras, cfg)
             pos_w, neg_w = ras.to_working(pos_map), ras.to_working(neg_map)
-            size = self.predictor.chip_size
+            size = predictor.chip_size
             row0, col0 = snapped_chip(pos_w.mean(axis=0), ras.working_shape, size)
-            encoded = self._set_chip(ras, norm, row0, col0, size)
+            encoded = self._set_chip(predictor, ras, norm, row0, col0, size)
             offset = np.array([col0, row0], float)
             local_pos, local_neg = pos_w - offset, _inside(neg_w - offset, size)
             if ((local_pos < 0) | (local_pos >= size)).any():
@@ -93,7 +97,7 @@ class ClickSegmenter:
                                   "click one object at a time, or pass a larger chip_scale")
             prompt = Prompt(np.vstack([local_pos, local_neg]),
                             np.r_[np.ones(len(local_pos), int), np.zeros(len(local_neg), int)])
-            patch = self.predictor.predict([prompt])[0]
+            patch = predictor.predict([prompt])[0]
             if patch is None:
                 raise PointsError("the model found no object at these clicks; click nearer the object's middle")
             max_hole_px = (cfg.max_hole_area / ras.pixel_area) if cfg.max_hole_area is not None else 25.0
@@ -103,17 +107,19 @@ class ClickSegmenter:
             geom = polygonal(shapely.simplify(geom, tolerance)) or geom
             return _result(geom, ras.crs, out_crs or crs, patch.score, encoded, (row0, col0, size))
 
-    def prefetch(self, raster: str, point: Sequence[float], crs: Optional[str] = None, **options) -> bool:
+    def prefetch(self, raster: str, point: Sequence[float], crs: Optional[str] = None, predictor=None,
+                 **options) -> bool:
         """Encode the chip a click at ``point`` would use, ahead of the click; True when the encoder ran."""
+        predictor = predictor or self.predictor
         cfg = self.config.replace(**options)
         with self._lock, _open(raster, cfg) as ras:
             xy = _to_raster_crs(_points([point], "point"), crs, ras)
             on_raster, _ = ras.on_data(xy[:, 0], xy[:, 1])
             if not on_raster.all():
                 raise PointsError(f"the point lies outside {raster}; check its CRS (raster CRS {ras.crs.to_string()})")
-            size = self.predictor.chip_size
+            size = predictor.chip_size
             row0, col0 = snapped_chip(ras.to_working(xy)[0], ras.working_shape, size)
-            return self._set_chip(ras, self._normalization(ras, cfg), row0, col0, size)
+            return self._set_chip(predictor, ras, self._normalization(ras, cfg), row0, col0, size)
 
     def _normalization(self, ras: Raster, cfg: SegmentConfig) -> Normalization:
         key = (ras.fingerprint(), ras.bands, ras.nodata, str(cfg.stretch), cfg.sar_db)
@@ -124,11 +130,12 @@ class ClickSegmenter:
         self._norms.move_to_end(key)
         return self._norms[key]
 
-    def _set_chip(self, ras: Raster, norm: Normalization, row0: int, col0: int, size: int) -> bool:
+    @staticmethod
+    def _set_chip(predictor, ras: Raster, norm: Normalization, row0: int, col0: int, size: int) -> bool:
         image, valid = ras.read_chip(row0, col0, size, norm)
         key = embedding_key(raster=ras.fingerprint(), stretch=norm.to_dict(), window=(row0, col0, size),
-                            scale=ras.scale, model=self.predictor.label)
-        return bool(self.predictor.set_chip(image, valid, key))
+                            scale=ras.scale, model=predictor.label)
+        return bool(predictor.set_chip(image, valid, key))
 
 
 def _open(raster: str, cfg: SegmentConfig) -> Raster:

@@ -20,10 +20,13 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class EngineClient:
-    """Calls ``/v1`` routes of an engine at ``url`` with its bearer ``token``."""
+    """Calls ``/v1`` routes of an engine at ``url`` with its bearer ``token``.
 
-    def __init__(self, url: str, token: str, timeout: float = 120.0):
-        self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
+    ``hint`` ends the message when the engine does not answer: what the user can do about it.
+    """
+
+    def __init__(self, url: str, token: str, timeout: float = 120.0, hint: str = "it restarts on the next run"):
+        self.url, self.token, self.timeout, self.hint = url.rstrip("/"), token, timeout, hint
 
     def request(self, method: str, path: str, body: Optional[dict] = None, timeout: Optional[float] = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
@@ -37,7 +40,7 @@ class EngineClient:
         except (urllib.error.URLError, ConnectionError, socket.timeout) as exc:
             reason = getattr(exc, "reason", exc)
             raise EngineUnavailableError(f"the PointSAM engine at {self.url} does not answer ({reason}); "
-                                         "it restarts on the next run") from None
+                                         f"{self.hint}") from None
 
     def health(self, timeout: float = 5.0) -> dict:
         return self.request("GET", "/v1/health", timeout=timeout)
@@ -50,6 +53,9 @@ class EngineClient:
 
     def prefetch(self, **body) -> dict:
         return self.request("POST", "/v1/prefetch", body)
+
+    def evaluate(self, **body) -> dict:
+        return self.request("POST", "/v1/evaluate", body)
 
     def submit(self, kind: str, **body) -> dict:
         return self.request("POST", f"/v1/jobs/{kind}", body)

@@ -1,8 +1,10 @@
-"""Starts, watches and stops the engine process (``pointsam serve``) in its own Python environment.
+"""The engine the plugin talks to: a ``pointsam serve`` process it runs itself, or one already running.
 
-QGIS's Python never imports torch: the plugin runs the engine with the interpreter of the environment
-where pointsam is installed (setting, or ``POINTSAM_ENGINE_PYTHON``), reads the one JSON line it prints,
-checks its health, restarts it when it has died, and stops it when QGIS closes. No qgis imports here.
+QGIS's Python never imports torch: :class:`EngineProcess` runs the engine with the interpreter of the
+environment where pointsam is installed (setting, or ``POINTSAM_ENGINE_PYTHON``), reads the one JSON line
+it prints, checks its health, restarts it when it has died, and stops it when QGIS closes.
+:class:`RemoteEngine` connects to an engine someone else started (a URL and token, or its connection
+file) and only health-checks it: what the plugin does not own, it never restarts. No qgis imports here.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 from .client import EngineClient
-from .errors import EngineMissingError, EngineUnavailableError, PluginError
+from .errors import EngineMissingError, EngineRequestError, EngineUnavailableError, PluginError
 
 ENV_PYTHON = "POINTSAM_ENGINE_PYTHON"
 INSTALL_HINT = "python3 -m venv ~/pointsam-env && ~/pointsam-env/bin/pip install pointsam"
@@ -124,3 +126,42 @@ class EngineProcess:
             self._proc.stdout.close()
             self._log.close()
         self._proc, self._client = None, None
+
+
+class RemoteEngine:
+    """An engine already running elsewhere: ``locate()`` gives its ``(url, token)``; ``setting`` names where
+    the user configured it, for the error messages. Never started, restarted or stopped here."""
+
+    def __init__(self, locate: Callable[[], Tuple[str, str]], setting: str):
+        self.locate, self.setting = locate, setting
+
+    def client(self) -> EngineClient:
+        """A client of the engine, health-checked; a one-line error when it does not answer or refuses the token."""
+        url, token = self.locate()
+        client = EngineClient(url, token, hint=f"start `pointsam serve` there or clear the setting {self.setting}")
+        try:
+            client.health()
+        except EngineRequestError as exc:
+            if exc.status != 401:
+                raise
+            raise EngineUnavailableError(f"the PointSAM engine at {client.url} refused the token; set pointsam/engine_token "
+                                         f"to the token `pointsam serve` printed, or clear the setting {self.setting}") from None
+        return client
+
+    def stop(self) -> None:
+        """Nothing to stop: the engine belongs to whoever started it."""
+
+
+def read_connection_file(path: str, setting: str) -> Tuple[str, str]:
+    """``(url, token)`` from the file ``pointsam serve --connection-file`` writes."""
+    try:
+        with open(path) as fh:
+            info = json.load(fh)
+        return str(info["url"]), str(info["token"])
+    except FileNotFoundError:
+        raise EngineUnavailableError(f"no PointSAM engine connection file {path}; start `pointsam serve "
+                                     f"--connection-file {path}` or clear the setting {setting}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EngineUnavailableError(f"{path} is not a connection file of `pointsam serve` ({type(exc).__name__}); "
+                                     f"restart `pointsam serve --connection-file {path}` or clear the setting "
+                                     f"{setting}") from None

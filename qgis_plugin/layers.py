@@ -6,20 +6,20 @@ import os
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransformContext, QgsFeature, QgsField, QgsFields,
                        QgsGeometry, QgsPointXY, QgsProject, QgsVectorFileWriter, QgsVectorLayer, QgsWkbTypes)
-from qgis.PyQt.QtCore import QVariant
 
+from .compat import field_type
 from .errors import PluginError
 
 DIGITIZED = "PointSAM digitized"
-FIELDS = (("score", QVariant.Double), ("area_m2", QVariant.Double), ("length_m", QVariant.Double),
-          ("width_m", QVariant.Double), ("angle_deg", QVariant.Double), ("n_pos", QVariant.Int),
-          ("n_neg", QVariant.Int), ("model", QVariant.String), ("source", QVariant.String))
+FIELDS = (("score", "Double"), ("area_m2", "Double"), ("length_m", "Double"), ("width_m", "Double"),
+          ("angle_deg", "Double"), ("n_pos", "Int"), ("n_neg", "Int"), ("model", "String"), ("source", "String"))
+WRITER_OK = QgsVectorFileWriter.WriterError.NoError
 
 
 def digitized_fields() -> QgsFields:
     fields = QgsFields()
     for name, kind in FIELDS:
-        fields.append(QgsField(name, kind))
+        fields.append(QgsField(name, field_type(kind)))
     return fields
 
 
@@ -30,7 +30,7 @@ def digitized_layer(path: str, crs: QgsCoordinateReferenceSystem) -> QgsVectorLa
     if not os.path.exists(path):
         options = QgsVectorFileWriter.SaveVectorOptions()
         options.driverName, options.layerName = "GPKG", "digitized"
-        writer = QgsVectorFileWriter.create(path, digitized_fields(), QgsWkbTypes.MultiPolygon, crs,
+        writer = QgsVectorFileWriter.create(path, digitized_fields(), QgsWkbTypes.Type.MultiPolygon, crs,
                                             QgsCoordinateTransformContext(), options)
         if writer.hasError():
             raise PluginError(f"cannot create {path}: {writer.errorMessage()}")
@@ -71,13 +71,14 @@ def polygon_geometry(geojson: dict) -> QgsGeometry:
     raise PluginError(f"the engine answered a {geojson['type']}, not a polygon")
 
 
-def write_points(layer: QgsVectorLayer, path: str, selected_only: bool = False) -> str:
-    """Points (or the selected ones) as a GeoPackage layer ``points`` for the engine to read."""
+def write_layer(layer: QgsVectorLayer, path: str, name: str = "points", selected_only: bool = False) -> str:
+    """A layer's features (or the selected ones) as the GeoPackage layer ``name`` in ``path``, for the engine
+    to read. Features keep their ids (GeoPackage ``fid``), which the engine's ``point_fid`` refers to."""
     if selected_only and layer.selectedFeatureCount() == 0:
-        raise PluginError(f"nothing is selected in {layer.name()}; select points or untick 'Selected features only'")
+        raise PluginError(f"nothing is selected in {layer.name()}; select features or untick 'Selected features only'")
     options = QgsVectorFileWriter.SaveVectorOptions()
-    options.driverName, options.layerName, options.onlySelectedFeatures = "GPKG", "points", selected_only
+    options.driverName, options.layerName, options.onlySelectedFeatures = "GPKG", name, selected_only
     error = QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, QgsProject.instance().transformContext(), options)
-    if error[0] != QgsVectorFileWriter.NoError:
-        raise PluginError(f"cannot write the points for the engine: {error[1]}")
+    if error[0] != WRITER_OK:
+        raise PluginError(f"cannot write {layer.name()} for the engine: {error[1]}")
     return path

@@ -6,9 +6,9 @@ import os
 
 from qgis.core import QgsApplication, QgsProject
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import QAction
 
 from . import settings
+from .compat import QAction
 from .processing.provider import PointSamProvider
 
 DIGITIZED_FILE = "pointsam_digitized.gpkg"
@@ -31,7 +31,7 @@ class PointSamPlugin:
 
         self.initProcessing()
         self.dock = PointSamDock(self._client, self.iface.mainWindow(), notify=self._warn)
-        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.action = QAction("PointSAM: digitize by clicking", self.iface.mainWindow())
         self.action.setCheckable(True)
         self.action.toggled.connect(self._digitize)
@@ -73,6 +73,6 @@ class PointSamPlugin:
             folder = QgsProject.instance().homePath() or os.path.expanduser("~")
             return digitized_layer(os.path.join(folder, DIGITIZED_FILE), canvas.mapSettings().destinationCrs())
 
-        self.tool = PointSamMapTool(canvas, self.dock.raster.currentLayer, self._client, target)
+        self.tool = PointSamMapTool(canvas, self.dock.raster.currentLayer, self._client, target, self.dock.choice)
         self.tool.message.connect(self._warn)
         canvas.setMapTool(self.tool)

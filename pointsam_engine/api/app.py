@@ -1,6 +1,6 @@
-"""The FastAPI app: one loaded model behind the interactive path and the job queue, every request guarded.
+"""The FastAPI app: loaded models shared by the interactive path and the job queue, every request guarded.
 
-:class:`Engine` holds the state (model, embedding cache, click segmenter, job runner);
+:class:`Engine` holds the state (model pool, embedding cache, click segmenter, job runner);
 :func:`create_app` wires routes, the error mapping and :class:`Guard` (token, Host header, body size).
 """
 
@@ -12,7 +12,7 @@ import tempfile
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import shapely
 from fastapi import FastAPI
@@ -30,24 +30,31 @@ _STATUS = {OutputError: 409}  # other engine errors are bad input: 422
 
 
 class Engine:
-    """What the server keeps between requests: the loaded model, its cache, the click path and the jobs."""
+    """What the server keeps between requests: the loaded models, their embedding cache, the click path and
+    the jobs. ``adapter_dirs`` are folders, besides the model folders, whose adapters ``/v1/models`` lists."""
 
-    def __init__(self, config: SegmentConfig, model=None):
+    def __init__(self, config: SegmentConfig, model=None, adapter_dirs: Sequence[str] = ()):
         from ..cache import EmbeddingCache
         from ..interactive import ClickSegmenter
-        from ..pipeline import load_configured_model
+        from .models import ModelPool
 
-        self.config = config
-        self.model = model if model is not None else load_configured_model(config)
-        self.cache = EmbeddingCache(config.cache_mb, config.cache_dir)
+        self.config, self.adapter_dirs = config, tuple(adapter_dirs)
+        self.models = ModelPool(config, model)
+        self.cache = EmbeddingCache(config.cache_mb, config.cache_dir)  # keys name the model: shared safely
         self.clicks = ClickSegmenter(self.predictor(), config)
         self.jobs = JobRunner()
 
-    def predictor(self):
-        """A predictor of its own (one chip at a time) that shares the model's weights and the embedding cache."""
+    @property
+    def model(self):
+        """The model the server was started with (requests that name no model use it)."""
+        return self.models.default
+
+    def predictor(self, model=None):
+        """A predictor of its own (one chip at a time) that shares ``model``'s weights (default: the server's)
+        and the embedding cache."""
         from ..predict import ChipPredictor
 
-        return ChipPredictor(self.model, self.cache, self.config.decoder_batch)
+        return ChipPredictor(model or self.model, self.cache, self.config.decoder_batch)
 
     def close(self) -> None:
         self.jobs.shutdown()
@@ -110,10 +117,11 @@ def _add_routes(app: FastAPI, engine: Engine) -> None:
     @app.post("/v1/predict", response_model=schemas.PredictResponse, responses=_ERRORS)
     def predict(body: schemas.PredictRequest):
         start = time.perf_counter()
+        model = engine.models.get(body.model, body.adapter)
         r = engine.clicks.predict(body.raster, body.positive, body.negative, crs=body.crs, out_crs=body.out_crs,
-                                  **body.engine_options())
+                                  predictor=engine.predictor(model), **body.engine_options())
         props = {"score": r.score, "area_m2": r.area_m2, "length_m": r.length_m, "width_m": r.width_m,
-                 "angle_deg": r.angle_deg, "model": engine.model.label}
+                 "angle_deg": r.angle_deg, "model": model.label}
         return schemas.PredictResponse(
             object={"type": "Feature", "geometry": shapely.geometry.mapping(r.polygon), "properties": props},
             box=shapely.geometry.mapping(r.box), bbox=shapely.geometry.mapping(r.bbox), crs=r.crs.to_string(),
@@ -122,7 +130,9 @@ def _add_routes(app: FastAPI, engine: Engine) -> None:
     @app.post("/v1/prefetch", response_model=schemas.PrefetchResponse, responses=_ERRORS)
     def prefetch(body: schemas.PrefetchRequest):
         start = time.perf_counter()
-        encoded = engine.clicks.prefetch(body.raster, body.point, crs=body.crs, **body.engine_options())
+        predictor = engine.predictor(engine.models.get(body.model, body.adapter))
+        encoded = engine.clicks.prefetch(body.raster, body.point, crs=body.crs, predictor=predictor,
+                                         **body.engine_options())
         return schemas.PrefetchResponse(encoded=encoded, seconds=round(time.perf_counter() - start, 4))
 
     @app.post("/v1/jobs/segment", response_model=schemas.JobView, status_code=202,
@@ -136,6 +146,15 @@ def _add_routes(app: FastAPI, engine: Engine) -> None:
     def train_job(body: schemas.TrainJobRequest):
         job = engine.jobs.submit("train", _train_work(engine, body))
         return job.to_dict()
+
+    @app.post("/v1/evaluate", response_model=schemas.Evaluation, responses=_ERRORS)
+    def evaluate(body: schemas.EvaluateRequest):
+        from ..evaluate import check_inputs, evaluate_files
+
+        paths = dict(raster=body.raster, truth_layer=body.truth_layer, points_layer=body.points_layer,
+                     pred_layer=body.pred_layer)
+        check_inputs(body.pred, body.truth, body.points, **paths)
+        return evaluate_files(body.pred, body.truth, body.points, **paths)
 
     @app.get("/v1/jobs", response_model=schemas.JobList, responses=_ERRORS)
     def list_jobs():
@@ -155,18 +174,13 @@ def _add_routes(app: FastAPI, engine: Engine) -> None:
 
 
 def _models(engine: Engine) -> schemas.Models:
-    from ..model import BUNDLED, BUNDLED_DIR, REGISTERED, model_dirs
+    from .models import adapter_folders, available_adapters, available_models
 
     m = engine.model
     loaded = schemas.ModelInfo(name=m.name, loaded=True, label=m.label, sha256=m.sha256, model_type=m.model_type,
                                image_size=m.image_size, adapter=m.adapter)
-    available = [schemas.ModelInfo(name=name, path=str(BUNDLED_DIR / file), loaded=m.name == name)
-                 for name, file in BUNDLED.items()]
-    for name, file in REGISTERED.items():
-        found = next((d / file for d in model_dirs() if (d / file).exists()), None)
-        if found:
-            available.append(schemas.ModelInfo(name=name, path=str(found), loaded=m.name == found.stem))
-    return schemas.Models(loaded=loaded, available=available)
+    return schemas.Models(loaded=loaded, available=available_models(engine.models),
+                          adapters=available_adapters(adapter_folders(engine.adapter_dirs)))
 
 
 def _segment_work(engine: Engine, body: schemas.SegmentJobRequest):
@@ -181,6 +195,7 @@ def _segment_work(engine: Engine, body: schemas.SegmentJobRequest):
         raise PointsError("give the points either as 'points' (a file path) or as 'points_geojson', not both or neither")
     if body.points is not None and not Path(body.points).exists():
         raise PointsError(f"point layer {body.points} does not exist; check the path")
+    predictor = engine.predictor(engine.models.get(body.model, body.adapter))  # loads a new model: after cheap checks
     inline = _inline_points(body.points_geojson, body.points_crs) if body.points_geojson is not None else None
 
     def work(progress, cancel):
@@ -188,7 +203,7 @@ def _segment_work(engine: Engine, body: schemas.SegmentJobRequest):
 
         try:
             result = segment(body.raster, inline.name if inline else body.points, body.output, cfg,
-                             progress=progress, cancel=cancel, predictor=engine.predictor())
+                             progress=progress, cancel=cancel, predictor=predictor)
         finally:
             if inline:
                 inline.cleanup()
@@ -198,8 +213,11 @@ def _segment_work(engine: Engine, body: schemas.SegmentJobRequest):
 
 
 def _train_work(engine: Engine, body: schemas.TrainJobRequest):
-    """The train job from the ``pointsam.jobs`` entry point (``training``), on the server's base model."""
+    """The train job from the ``pointsam.jobs`` entry point (``training``), on ``body.model`` or the server's base."""
     from importlib.metadata import entry_points
+
+    from ..model import resolve_model_path
+    from .models import check_path
 
     found = [e for e in entry_points(group="pointsam.jobs") if e.name == "train"]
     try:
@@ -209,7 +227,10 @@ def _train_work(engine: Engine, body: schemas.TrainJobRequest):
     if make_work is None:
         raise OptionError("training is not installed here; install pointsam[train] in the engine's environment")
     options = body.model_dump()
-    options["model"] = engine.config.model
+    options["model"] = body.model if body.model is not None else engine.config.model
+    if options["model"] is not None:
+        check_path("model", options["model"])
+    resolve_model_path(options["model"])  # a wrong name answers 422 now, not as a failed job
     return make_work(options)
 
 

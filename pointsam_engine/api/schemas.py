@@ -43,7 +43,19 @@ class RasterOptions(Strict):
                 "sar_db": self.sar_db, "assume_crs": self.assume_crs, "chip_scale": self.chip_scale}
 
 
-class PredictRequest(RasterOptions):
+class ModelChoice(Strict):
+    """Which model runs the request; neither field given: the model the server was started with."""
+
+    model: Optional[str] = Field(None, min_length=1, max_length=4096,
+                                 description="Registered model name (see /v1/models) or checkpoint path; "
+                                             "default: the server's model.")
+    adapter: Optional[str] = Field(None, min_length=1, max_length=4096,
+                                   description="Region adapter (*.adapter.pt) trained for the model.")
+
+    _model_paths = field_validator("model", "adapter")(_no_nul)
+
+
+class PredictRequest(RasterOptions, ModelChoice):
     positive: List[Coordinate] = Field(min_length=1, max_length=64, description="Clicks on the object, [x, y].")
     negative: List[Coordinate] = Field(default_factory=list, max_length=256, description="Clicks on what is not the object.")
     crs: Optional[str] = Field(None, max_length=2000, description="CRS of the clicks (default: the raster's).")
@@ -52,14 +64,14 @@ class PredictRequest(RasterOptions):
     _crs = field_validator("crs", "out_crs")(_no_nul)
 
 
-class PrefetchRequest(RasterOptions):
+class PrefetchRequest(RasterOptions, ModelChoice):
     point: Coordinate
     crs: Optional[str] = Field(None, max_length=2000)
 
     _crs = field_validator("crs")(_no_nul)
 
 
-class SegmentJobRequest(RasterOptions):
+class SegmentJobRequest(RasterOptions, ModelChoice):
     """``pointsam segment`` as a job: points as a file path or inline GeoJSON."""
 
     points: Optional[str] = Field(None, min_length=1, max_length=4096, description="Path of a point layer.")
@@ -92,8 +104,10 @@ class SegmentJobRequest(RasterOptions):
 
 
 class TrainJobRequest(Strict):
-    """``pointsam train`` as a job, on the server's base model: rasters paired with point layers."""
+    """``pointsam train`` as a job: rasters paired with point layers, on ``model`` (default: the server's base)."""
 
+    model: Optional[str] = Field(None, min_length=1, max_length=4096,
+                                 description="Base model: registered name or checkpoint path; default: the server's.")
     rasters: List[str] = Field(min_length=1, max_length=64)
     points: List[str] = Field(min_length=1, max_length=64)
     output: str = Field(min_length=1, max_length=4096, description="Adapter file to write (NAME.adapter.pt).")
@@ -101,7 +115,9 @@ class TrainJobRequest(Strict):
     lr: float = Field(5e-4, gt=0, le=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     rank: int = Field(4, ge=1, le=256)
-    blocks: Optional[str] = Field(None, max_length=200, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+    # block numbers of up to 3 digits (vit_h has 32 blocks): a range like 0-99999999999 would be expanded whole
+    blocks: Optional[str] = Field(None, max_length=200, pattern=r"^\d{1,3}(-\d{1,3})?(,\d{1,3}(-\d{1,3})?)*$",
+                                  description="Encoder blocks to adapt, e.g. 1-11 (default: all but the first).")
     train_decoder: bool = False
     val_fraction: float = Field(0.2, ge=0, lt=1)
     val_polygons: List[str] = Field(default_factory=list, max_length=64)
@@ -131,7 +147,23 @@ class TrainJobRequest(Strict):
             _no_nul(value)
         return values
 
-    _strings = field_validator("output", "assume_crs", "layer", "instance_field", "label_field")(_no_nul)
+    _strings = field_validator("model", "output", "assume_crs", "layer", "instance_field", "label_field")(_no_nul)
+
+
+class EvaluateRequest(Strict):
+    """``pointsam evaluate``: predictions (a PointSAM GeoPackage, or any layer with ``point_fid``) against truth."""
+
+    pred: str = Field(min_length=1, max_length=4096, description="Predictions: a vector file on the engine's machine.")
+    pred_layer: str = Field("instances", min_length=1, max_length=500)
+    truth: str = Field(min_length=1, max_length=4096, description="Reference polygons.")
+    truth_layer: Optional[str] = Field(None, min_length=1, max_length=500)
+    points: Optional[str] = Field(None, min_length=1, max_length=4096,
+                                  description="The clicks the predictions came from (paired by point_fid).")
+    points_layer: Optional[str] = Field(None, min_length=1, max_length=500)
+    raster: Optional[str] = Field(None, min_length=1, max_length=4096,
+                                  description="Grid to compare on; default: the grid recorded in pred.")
+
+    _strings = field_validator("pred", "pred_layer", "truth", "truth_layer", "points", "points_layer", "raster")(_no_nul)
 
 
 class Health(BaseModel):
@@ -152,9 +184,33 @@ class ModelInfo(BaseModel):
     adapter: Optional[str] = None
 
 
+class AdapterBase(BaseModel):
+    name: str
+    sha256: str
+    model_type: Optional[str] = None
+
+
+class AdapterInfo(BaseModel):
+    name: str
+    path: str
+    base: AdapterBase = Field(description="The model the adapter was trained for; it is refused on any other.")
+
+
 class Models(BaseModel):
-    loaded: ModelInfo
+    loaded: ModelInfo = Field(description="The server's own model, used when a request names none.")
     available: List[ModelInfo]
+    adapters: List[AdapterInfo] = Field(description="*.adapter.pt files in the model folders and --adapters-dir.")
+
+
+class Evaluation(BaseModel):
+    miou: float
+    mf1: float
+    images: int
+    instances: int
+    missed_points: int
+    truth_hit_twice: int
+    merges: int
+    clicks_on_background: int
 
 
 class PredictResponse(BaseModel):

@@ -14,7 +14,7 @@ import secrets
 import signal
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..config import SegmentConfig
 from ..errors import OptionError
@@ -65,8 +65,12 @@ def write_connection_file(path: Path, info: dict) -> Path:
 
 
 def serve(config: SegmentConfig, *, host: str = "127.0.0.1", port: int = 0, token: Optional[str] = None,
-          allow_remote: bool = False, connection_file: Optional[str] = None, echo=print) -> None:
-    """Load the model, announce ``{"url", "token", "pid", ...}`` and serve until interrupted."""
+          allow_remote: bool = False, connection_file: Optional[str] = None, adapter_dirs: Sequence[str] = (),
+          echo=print) -> None:
+    """Load the model, announce ``{"url", "token", "pid", ...}`` and serve until interrupted.
+
+    ``adapter_dirs``: folders whose ``*.adapter.pt`` files ``/v1/models`` offers, besides the model folders.
+    """
     import uvicorn
 
     from .app import Engine, create_app
@@ -76,7 +80,7 @@ def serve(config: SegmentConfig, *, host: str = "127.0.0.1", port: int = 0, toke
     if allow_remote and not token:
         raise OptionError("--allow-remote needs --token: choose a long secret the clients will send")
     token = token or secrets.token_urlsafe(32)
-    engine = Engine(config)
+    engine = Engine(config, adapter_dirs=adapter_dirs)
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host

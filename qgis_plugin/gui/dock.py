@@ -1,5 +1,7 @@
 """The "PointSAM" dock: choose a raster and a point layer, run the engine as a background task, add the results.
 
+The model and adapter lists come from the engine (``/v1/models``, Refresh); only adapters trained for the
+chosen model are offered, and the choice goes with every run and with the digitizing tool's clicks.
 Run starts a :class:`SegmentTask` (a QgsTask that follows the engine job: progress bar, Cancel); the
 instances and oriented boxes are added as styled layers in a group above the raster.
 """
@@ -13,12 +15,12 @@ from typing import Callable, Optional
 from qgis.core import (QgsApplication, QgsFillSymbol, QgsMapLayerProxyModel, QgsProject,
                        QgsTask, QgsVectorLayer)
 from qgis.gui import QgsDockWidget, QgsDoubleSpinBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtWidgets import (QCheckBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QProgressBar,
-                                 QPushButton, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QPlainTextEdit,
+                                 QProgressBar, QPushButton, QToolButton, QVBoxLayout, QWidget)
 
 from ..client import EngineClient
 from ..errors import PluginError
-from ..layers import write_points
+from ..layers import write_layer
 
 STYLES = {"instances": {"color": "255,200,0,70", "outline_color": "255,200,0", "outline_width": "0.5"},
           "boxes": {"color": "0,0,0,0", "outline_color": "0,220,255", "outline_width": "0.4"}}
@@ -28,7 +30,7 @@ class SegmentTask(QgsTask):
     """Submits a segment job and follows it; never raises in ``run()`` (QGIS's rule), reports in ``finished()``."""
 
     def __init__(self, client: Callable[[], EngineClient], body: dict, done: Callable[["SegmentTask"], None]):
-        super().__init__("PointSAM: segment points", QgsTask.CanCancel)
+        super().__init__("PointSAM: segment points", QgsTask.Flag.CanCancel)
         self.client, self.body, self.done = client, body, done
         self.result: Optional[dict] = None
         self.error: Optional[str] = None
@@ -60,9 +62,9 @@ class PointSamDock(QgsDockWidget):
         body = QWidget()
         form = QFormLayout()
         self.raster = QgsMapLayerComboBox()
-        self.raster.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.raster.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.points = QgsMapLayerComboBox()
-        self.points.setFilters(QgsMapLayerProxyModel.PointLayer)
+        self.points.setFilters(QgsMapLayerProxyModel.Filter.PointLayer)
         self.selected_only = QCheckBox("Selected features only")
         self.fields, field_labels = {}, {}
         for key, label in (("instance_field", "Instance field"), ("label_field", "Label field"), ("class_field", "Class field")):
@@ -71,7 +73,7 @@ class PointSamDock(QgsDockWidget):
             combo.setAllowEmptyFieldName(True)
             self.points.layerChanged.connect(combo.setLayer)
             self.fields[key] = combo
-        self.model = QLabel("engine not started")
+        self.model, self.adapter, self.adapters = QComboBox(), QComboBox(), []
         self.calibration = QCheckBox("Negative prompt calibration")
         self.calibration.setChecked(True)
         self.sar_db = QCheckBox("SAR: stretch in dB")
@@ -83,12 +85,13 @@ class PointSamDock(QgsDockWidget):
         self.simplify.setRange(0, 1e6)
         self.simplify.setSpecialValueText("one pixel")
         self.output = QgsFileWidget()
-        self.output.setStorageMode(QgsFileWidget.SaveFile)
+        self.output.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output.setFilter("GeoPackage (*.gpkg)")
         self.output.lineEdit().setPlaceholderText("[temporary file]")
         for label, widget in (("Raster", self.raster), ("Points", self.points), ("", self.selected_only),
                               *[(field_labels[k], c) for k, c in self.fields.items()],
-                              ("Model", self.model), ("", self.calibration), ("", self.sar_db), ("Bands", self.bands),
+                              ("Model", self._model_row()), ("Adapter", self.adapter), ("", self.calibration),
+                              ("", self.sar_db), ("Bands", self.bands),
                               ("Minimum area (map units²)", self.min_area), ("Simplify (map units)", self.simplify),
                               ("Output", self.output)):
             form.addRow(label, widget)
@@ -110,6 +113,20 @@ class PointSamDock(QgsDockWidget):
         body.setLayout(layout)
         self.setWidget(body)
 
+    def _model_row(self) -> QHBoxLayout:
+        """The model list with its Refresh button; the adapter list follows the chosen model."""
+        self.model.addItem("engine default (Refresh lists the engine's models)", {})
+        self.adapter.addItem("(none)", None)
+        self.model.currentIndexChanged.connect(self._offer_adapters)
+        refresh = QToolButton()
+        refresh.setText("Refresh")
+        refresh.setToolTip("Ask the engine for its models and adapters (starts it when needed)")
+        refresh.clicked.connect(self.load_models)
+        row = QHBoxLayout()
+        row.addWidget(self.model, 1)
+        row.addWidget(refresh)
+        return row
+
     def say(self, line: str) -> None:
         self.log.appendPlainText(line)
 
@@ -118,21 +135,48 @@ class PointSamDock(QgsDockWidget):
         self.say(f"error: {message}")
         self.notify(message)
 
-    def show_model(self) -> None:
-        """The engine's loaded model (``/v1/models``)."""
+    def load_models(self) -> None:
+        """Fill the model list from the engine (``/v1/models``): its default first, then what it has found."""
         try:
-            loaded = self.client().models()["loaded"]
+            listed = self.client().models()
         except PluginError as exc:
             self.fail(str(exc))
             return
-        self.model.setText(loaded["label"])
+        loaded = listed["loaded"]
+        self.adapters = listed["adapters"]
+        self.model.blockSignals(True)
+        self.model.clear()
+        self.model.addItem(f"engine default: {loaded['label']}", {"sha256": loaded["sha256"]})
+        for info in listed["available"]:
+            self.model.addItem(info["name"], {"model": info["path"], "sha256": info["sha256"]})
+        self.model.blockSignals(False)
+        self._offer_adapters()
+
+    def _offer_adapters(self) -> None:
+        """The adapters trained for the chosen model (those of another base would be refused)."""
+        sha256 = (self.model.currentData() or {}).get("sha256")
+        self.adapter.clear()
+        self.adapter.addItem("(none)", None)
+        for info in self.adapters:
+            if info["base"]["sha256"] == sha256:
+                self.adapter.addItem(info["name"], info["path"])
+
+    def choice(self) -> dict:
+        """The chosen model and adapter as request fields (none: the engine's default model)."""
+        body = {}
+        model = (self.model.currentData() or {}).get("model")
+        if model:
+            body["model"] = model
+        if self.adapter.currentData():
+            body["adapter"] = self.adapter.currentData()
+        return body
 
     def request(self, folder: str) -> dict:
         """The segment job for the chosen layers and options (points exported to ``folder``)."""
         raster, points = self.raster.currentLayer(), self.points.currentLayer()
         if raster is None or points is None:
             raise PluginError("choose a raster layer and a point layer")
-        body = {"raster": raster.source(), "points": write_points(points, os.path.join(folder, "points.gpkg"),
+        body = {"raster": raster.source(), "points": write_layer(points, os.path.join(folder, "points.gpkg"), "points",
                                                                   self.selected_only.isChecked()),
                 "output": self.output.filePath() or os.path.join(folder, "pointsam.gpkg"), "overwrite": True,
                 "calibration": self.calibration.isChecked(), "sar_db": self.sar_db.isChecked(),
@@ -144,7 +188,7 @@ class PointSamDock(QgsDockWidget):
             body["bands"] = [int(b) for b in self.bands.text().split(",")]
         if self.simplify.value() > 0:
             body["simplify"] = self.simplify.value()
-        return body
+        return {**body, **self.choice()}
 
     def run(self) -> None:
         folder = tempfile.mkdtemp(prefix="pointsam-dock-")
@@ -171,6 +215,8 @@ class PointSamDock(QgsDockWidget):
             self.fail(task.error or "cancelled")
             return
         self.added = add_result_layers(task.result["output"], self.raster.currentLayer())
+        if self.model.count() == 1:  # the engine is up now: offer its models without a Refresh
+            self.load_models()
         report = task.result["report"]
         self.say(f"{report['instances']} instances, {report['skipped']} skipped, "
                  f"{report['encoder_passes']} encoder passes -> {task.result['output']}")

@@ -23,17 +23,19 @@ REST_MS = 400
 
 
 class PointSamMapTool(QgsMapTool):
-    """Clicks to one object at a time on ``raster()``, accepted into ``target()``."""
+    """Clicks to one object at a time on ``raster()``, accepted into ``target()``; ``choice()`` gives the
+    model and adapter fields of each request (the dock's choice)."""
 
     message = pyqtSignal(str)  # errors and hints for the message bar
 
     def __init__(self, canvas: QgsMapCanvas, raster: Callable[[], Optional[QgsRasterLayer]],
-                 client: Callable[[], EngineClient], target: Callable[[], QgsVectorLayer]):
+                 client: Callable[[], EngineClient], target: Callable[[], QgsVectorLayer],
+                 choice: Callable[[], dict] = dict):
         super().__init__(canvas)
-        self.raster, self.client, self.target = raster, client, target
+        self.raster, self.client, self.target, self.choice = raster, client, target, choice
         self.points: List[Tuple[float, float, int]] = []  # x, y (canvas CRS), 1 positive / 0 negative
         self.answer: Optional[dict] = None
-        self.band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+        self.band = QgsRubberBand(canvas, QgsWkbTypes.GeometryType.PolygonGeometry)
         self.band.setColor(QColor(255, 200, 0, 90))
         self.band.setStrokeColor(QColor(255, 200, 0))
         self.band.setWidth(2)
@@ -44,24 +46,25 @@ class PointSamMapTool(QgsMapTool):
 
     # -- Qt events ----------------------------------------------------------------------------------
     def canvasReleaseEvent(self, event) -> None:  # noqa: N802
-        point = self.toMapCoordinates(event.pos())
-        negative = event.button() == Qt.RightButton or bool(event.modifiers() & Qt.ShiftModifier)
+        point = event.mapPoint()
+        negative = (event.button() == Qt.MouseButton.RightButton
+                    or bool(event.modifiers() & Qt.KeyboardModifier.ShiftModifier))
         self.points.append((point.x(), point.y(), 0 if negative else 1))
         self.refresh()
 
     def canvasMoveEvent(self, event) -> None:  # noqa: N802
-        point = self.toMapCoordinates(event.pos())
+        point = event.mapPoint()
         self._cursor = (point.x(), point.y())
         self._rest.start(REST_MS)
 
     def keyPressEvent(self, event) -> None:  # noqa: N802
         key = event.key()
-        if key in (Qt.Key_Return, Qt.Key_Enter, Qt.Key_Space):
+        if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space):
             self.accept()
-        elif key == Qt.Key_Backspace and self.points:
+        elif key == Qt.Key.Key_Backspace and self.points:
             self.points.pop()
             self.refresh()
-        elif key == Qt.Key_Escape:
+        elif key == Qt.Key.Key_Escape:
             self.clear()
         else:
             return
@@ -75,7 +78,7 @@ class PointSamMapTool(QgsMapTool):
     def refresh(self) -> None:
         """Predict the object for the current points and show it (cleared when no positive point is left)."""
         self.answer = None
-        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        self.band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         if not any(label for _, _, label in self.points):
             return
         try:
@@ -101,14 +104,14 @@ class PointSamMapTool(QgsMapTool):
 
     def clear(self) -> None:
         self.points, self.answer = [], None
-        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        self.band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
 
     # -- engine calls --------------------------------------------------------------------------------
     def _request(self, out_crs: Optional[str] = None) -> dict:
         crs = self.canvas().mapSettings().destinationCrs().authid()
         return {"raster": self._raster_path(), "crs": crs, "out_crs": out_crs or crs,
                 "positive": [[x, y] for x, y, label in self.points if label],
-                "negative": [[x, y] for x, y, label in self.points if not label]}
+                "negative": [[x, y] for x, y, label in self.points if not label], **self.choice()}
 
     def _in_target_crs(self) -> dict:
         crs = self.target().crs().authid()
@@ -126,7 +129,7 @@ class PointSamMapTool(QgsMapTool):
         if self._cursor is None or self.raster() is None:
             return
         body = {"raster": self._raster_path(), "point": list(self._cursor),
-                "crs": self.canvas().mapSettings().destinationCrs().authid()}
+                "crs": self.canvas().mapSettings().destinationCrs().authid(), **self.choice()}
 
         def call():
             try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingProvider
 
-from .segment_points import SegmentPoints
+from .evaluate import Evaluate
+from .finetune import FineTune
+from .segment_points import PointsToBoxes, SegmentPoints
 
 
 class PointSamProvider(QgsProcessingProvider):
@@ -18,4 +20,5 @@ class PointSamProvider(QgsProcessingProvider):
         return "PointSAM: point-prompted SAM segmentation"
 
     def loadAlgorithms(self) -> None:  # noqa: N802
-        self.addAlgorithm(SegmentPoints())
+        for algorithm in (SegmentPoints(), PointsToBoxes(), FineTune(), Evaluate()):
+            self.addAlgorithm(algorithm)

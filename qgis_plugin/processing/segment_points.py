@@ -1,4 +1,5 @@
-"""Processing algorithm ``pointsam:segmentpoints``: one instance polygon, oriented box and axis box per click.
+"""Processing algorithms ``pointsam:segmentpoints`` (one instance polygon, oriented box and axis box per
+click) and ``pointsam:pointstoboxes`` (the boxes only: rotated boxes as pseudo-labels for oriented detectors).
 
 The points are written to a temporary GeoPackage, the engine runs a segment job on the raster's file,
 and its GeoPackage layers are copied into the algorithm's sinks. Progress and cancel follow the job.
@@ -9,95 +10,66 @@ from __future__ import annotations
 import os
 import tempfile
 
-from qgis.core import (QgsFeatureRequest, QgsFeatureSink, QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSink,
-                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
-                       QgsVectorLayer)
+from qgis.core import (QgsFeatureSink, QgsProcessing, QgsProcessingException, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterFeatureSink, QgsProcessingParameterNumber, QgsVectorLayer)
 
-from .. import settings
-from ..errors import PluginError
-from ..layers import write_points
+from .common import CLASS_FIELD, INSTANCE_FIELD, LABEL_FIELD, POINTS, RASTER, EngineAlgorithm
 
-OUTPUTS = {"INSTANCES": "instances", "BOXES": "boxes", "BBOXES": "bboxes"}
+FIELDS = (INSTANCE_FIELD, LABEL_FIELD, CLASS_FIELD)
 
 
-class SegmentPoints(QgsProcessingAlgorithm):
-    RASTER, POINTS = "RASTER", "POINTS"
-    INSTANCE_FIELD, LABEL_FIELD, CLASS_FIELD = "INSTANCE_FIELD", "LABEL_FIELD", "CLASS_FIELD"
-    CALIBRATION, SAR_DB, BANDS, MIN_AREA, SIMPLIFY = "CALIBRATION", "SAR_DB", "BANDS", "MIN_AREA", "SIMPLIFY"
+class SegmentPoints(EngineAlgorithm):
+    CALIBRATION, MIN_AREA, SIMPLIFY = "CALIBRATION", "MIN_AREA", "SIMPLIFY"
+    SINKS = (("INSTANCES", "Instances", "instances"), ("BOXES", "Oriented boxes", "boxes"),
+             ("BBOXES", "Axis boxes", "bboxes"))  # parameter, label, the engine's layer
 
-    def name(self) -> str:
-        return "segmentpoints"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Segment points"
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return ("One object per click (or per instance field value): SAM with calibrated negative prompts turns "
-                "points over a raster into instance polygons, oriented boxes and axis-aligned boxes.")
-
-    def createInstance(self):  # noqa: N802
-        return SegmentPoints()
+    NAME, DISPLAY_NAME = "segmentpoints", "Segment points"
+    HELP = ("One object per click (or per instance field value): SAM with calibrated negative prompts turns "
+            "points over a raster into instance polygons, oriented boxes and axis-aligned boxes.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(self.RASTER, "Raster"))
-        self.addParameter(QgsProcessingParameterFeatureSource(self.POINTS, "Points", [QgsProcessing.TypeVectorPoint]))
-        for key, label in ((self.INSTANCE_FIELD, "Instance field (points with one value are one object)"),
-                           (self.LABEL_FIELD, "Label field (1 positive, 0 negative)"),
-                           (self.CLASS_FIELD, "Class field (carried to the output)")):
-            self.addParameter(QgsProcessingParameterField(key, label, parentLayerParameterName=self.POINTS, optional=True))
+        self.add_raster_and_points(FIELDS)
         self.addParameter(QgsProcessingParameterBoolean(self.CALIBRATION, "Negative prompt calibration", True))
-        self.addParameter(QgsProcessingParameterBoolean(self.SAR_DB, "SAR: stretch in dB", False))
-        self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands (e.g. 3,2,1 or 1)", optional=True))
+        self.add_raster_options()
         self.addParameter(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum area (map units²)",
-                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+                                                       QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(self.SIMPLIFY, "Simplify tolerance (map units; empty: one pixel)",
-                                                       QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0))
-        for key, label in (("INSTANCES", "Instances"), ("BOXES", "Oriented boxes"), ("BBOXES", "Axis boxes")):
-            self.addParameter(QgsProcessingParameterFeatureSink(key, label, QgsProcessing.TypeVectorPolygon))
+                                                       QgsProcessingParameterNumber.Type.Double, None, optional=True,
+                                                       minValue=0.0))
+        self.add_model()
+        for key, label, _ in self.SINKS:
+            self.addParameter(QgsProcessingParameterFeatureSink(key, label, QgsProcessing.SourceType.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        raster = self.parameterAsRasterLayer(parameters, self.RASTER, context)
-        source = self.parameterAsSource(parameters, self.POINTS, context)
+        raster = self.parameterAsRasterLayer(parameters, RASTER, context)
         with tempfile.TemporaryDirectory(prefix="pointsam-") as folder:
-            try:
-                points = write_points(source.materialize(QgsFeatureRequest()), os.path.join(folder, "points.gpkg"))
-            except PluginError as exc:
-                raise QgsProcessingException(str(exc)) from None
             output = os.path.join(folder, "result.gpkg")
-            body = {"raster": raster.source(), "points": points, "output": output,
-                    "calibration": self.parameterAsBool(parameters, self.CALIBRATION, context),
-                    "sar_db": self.parameterAsBool(parameters, self.SAR_DB, context),
-                    "min_area": self.parameterAsDouble(parameters, self.MIN_AREA, context)}
-            for key, field in ((self.INSTANCE_FIELD, "instance_field"), (self.LABEL_FIELD, "label_field"),
-                               (self.CLASS_FIELD, "class_field")):
-                name = self.parameterAsString(parameters, key, context)
-                if name:
-                    body[field] = name
-            bands = self.parameterAsString(parameters, self.BANDS, context).strip()
-            if bands:
-                body["bands"] = [int(b) for b in bands.split(",")]
+            body = {"raster": raster.source(), "points": self.write_source(parameters, POINTS, context, folder, "points"),
+                    "output": output, "calibration": self.parameterAsBool(parameters, self.CALIBRATION, context),
+                    "min_area": self.parameterAsDouble(parameters, self.MIN_AREA, context),
+                    **self.options(parameters, context, FIELDS)}
             if parameters.get(self.SIMPLIFY) not in (None, ""):
                 body["simplify"] = self.parameterAsDouble(parameters, self.SIMPLIFY, context)
-            try:
-                client = settings.engine().client()
-                feedback.pushInfo(f"PointSAM engine at {client.url}")
-                client.follow(client.submit("segment", **body), lambda f, stage: feedback.setProgress(100 * f),
-                              feedback.isCanceled)
-            except PluginError as exc:
-                raise QgsProcessingException(str(exc)) from None
+            self.run_job("segment", body, feedback)
             return self._copy_layers(output, parameters, context)
 
     def _copy_layers(self, gpkg: str, parameters, context) -> dict:
         results = {}
-        for key, layer_name in OUTPUTS.items():
+        for key, _, layer_name in self.SINKS:
             layer = QgsVectorLayer(f"{gpkg}|layername={layer_name}", layer_name, "ogr")
             if not layer.isValid():
                 raise QgsProcessingException(f"the engine's output has no layer {layer_name}")
             sink, dest = self.parameterAsSink(parameters, key, context, layer.fields(), layer.wkbType(), layer.crs())
             for feature in layer.getFeatures():
-                sink.addFeature(feature, QgsFeatureSink.FastInsert)
+                sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
             results[key] = dest
             del layer
         return results
+
+
+class PointsToBoxes(SegmentPoints):
+    SINKS = (("BOXES", "Oriented boxes", "boxes"), ("BBOXES", "Axis boxes", "bboxes"))
+
+    NAME, DISPLAY_NAME = "pointstoboxes", "Points to boxes"
+    HELP = ("One oriented box (minimum rotated rectangle, with angle, length and width) and one axis-aligned box "
+            "per click: point labels become box labels, e.g. pseudo-labels for an oriented object detector.")

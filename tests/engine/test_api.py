@@ -283,6 +283,14 @@ def test_saved_openapi_schema_is_current():
         "docs/openapi.json is stale; regenerate it with: python -m pointsam_engine.api docs/openapi.json"
 
 
+def test_train_job_refuses_block_numbers_no_sam_has(server, tmp_path):
+    """A range like 0-99999999999 would be expanded whole (the server ran out of memory under fuzzing)."""
+    refused = server.client.post("/v1/jobs/train", json={"rasters": ["/nowhere.tif"], "points": ["/nowhere.gpkg"],
+                                                         "output": str(tmp_path / "a.adapter.pt"), "blocks": "0-1000"})
+    assert refused.status_code == 422 and refused.json()["error"] == "InvalidRequest"
+    assert refused.json()["message"].startswith("blocks:")
+
+
 def test_train_job_writes_an_adapter_the_server_can_report(server, scene, tmp_path):
     adapter = tmp_path / "region.adapter.pt"
     bad = server.client.post("/v1/jobs/train", json={"rasters": [str(scene["raster"])], "points": ["/nowhere.gpkg"],
@@ -299,3 +307,137 @@ def test_train_job_writes_an_adapter_the_server_can_report(server, scene, tmp_pa
 
     base = read_adapter(adapter)["base"]
     assert server.info["model"] == f"{base['name']}@{base['sha256'][:12]}", "trained on the server's base model"
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_model, tmp_path_factory):
+    """An adapter trained (in form) for the tiny test model, not for the server's bundled one."""
+    import torch
+
+    from pointsam_engine.adapter import save_adapter
+    from pointsam_engine.lora import add_lora
+    from pointsam_engine.model import load_model
+
+    base = load_model(str(tiny_model), device="cpu")
+    add_lora(base.sam, rank=2)
+    folder = tmp_path_factory.mktemp("adapters")
+    return save_adapter(base.sam, folder / "tinyregion.adapter.pt", base=base, config={"steps": 1}, history=[]), base
+
+
+@pytest.fixture(scope="module")
+def adapters_server(tmp_path_factory, tiny_adapter):
+    srv = Server(tmp_path_factory.mktemp("adapters_server"), "--adapters-dir", str(tiny_adapter[0].parent))
+    yield srv
+    assert srv.stop() == 0
+
+
+def _segment_report(client, scene, output, **choice) -> dict:
+    job = client.post("/v1/jobs/segment", json={"raster": str(scene["raster"]), "points": str(scene["points"]),
+                                                "output": str(output), **choice})
+    assert job.status_code == 202, job.text
+    final = _wait(client, job.json()["id"], lambda v: v["state"] in ("succeeded", "failed", "cancelled"))[-1]
+    assert final["state"] == "succeeded", final
+    return final["result"]["report"]
+
+
+def test_model_pool_keeps_the_servers_model_and_the_last_other_each_loaded_once(tiny_model, tiny_adapter):
+    from pointsam_engine.api.models import ModelPool
+    from pointsam_engine.config import SegmentConfig
+
+    adapter, tiny = tiny_adapter
+    pool = ModelPool(SegmentConfig(model=str(tiny_model), device="cpu"))
+    assert pool.get() is pool.default and pool.get(model=str(tiny_model)) is pool.default
+    loads, load = [], pool._load
+    pool._load = lambda model, adapter_path: loads.append(model) or load(model, adapter_path)
+    adapted = [None, None]
+    threads = [threading.Thread(target=lambda k=k: adapted.__setitem__(k, pool.get(adapter=str(adapter))))
+               for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert adapted[0] is adapted[1] and len(loads) == 1, "two requests for a new model load it once"
+    assert adapted[0].label.startswith(f"{tiny.label}+tinyregion@")
+    bundled = pool.get("pointsam-tiny")
+    assert [m for _, m in pool.loaded()] == [pool.default, bundled], "the least recently used other model went"
+    assert pool.get(adapter=str(adapter)) is not adapted[0] and len(loads) == 3
+
+
+def test_a_request_chooses_its_model_and_adapter(adapters_server, scene, tiny_model, tiny_adapter, tmp_path):
+    adapter, tiny = tiny_adapter
+    client, default = adapters_server.client, adapters_server.info["model"]
+    click, _, _ = _click(scene, 3)
+    answer = client.post("/v1/predict", json={"raster": str(scene["raster"]), "positive": [[click.x, click.y]]})
+    assert answer.json()["object"]["properties"]["model"] == default
+    by_name = client.post("/v1/predict", json={"raster": str(scene["raster"]), "positive": [[click.x, click.y]],
+                                               "model": "pointsam-tiny"}).json()
+    assert by_name["object"]["properties"]["model"] == default and by_name["encoded"] is False, \
+        "the bundled model named is the server's own, with its cached embedding"
+    ahead = {"raster": str(scene["raster"]), "point": [click.x, click.y], "model": str(tiny_model)}
+    assert [client.post("/v1/prefetch", json=ahead).json()["encoded"] for _ in range(2)] == [True, False], \
+        "another model encodes the chip again (embeddings are cached per model), once"
+    assert _segment_report(client, scene, tmp_path / "tiny.gpkg", model=str(tiny_model))["model"] == tiny.label
+    adapted = _segment_report(client, scene, tmp_path / "adapted.gpkg", model=str(tiny_model), adapter=str(adapter))
+    assert adapted["model"].startswith(f"{tiny.label}+tinyregion@")
+
+
+def test_an_adapter_for_another_base_is_refused_with_one_line(adapters_server, scene, tiny_adapter, tmp_path):
+    adapter, tiny = tiny_adapter
+    click, _, _ = _click(scene, 3)
+    refused = adapters_server.client.post("/v1/predict", json={"raster": str(scene["raster"]),
+                                                               "positive": [[click.x, click.y]], "adapter": str(adapter)})
+    assert refused.status_code == 422
+    body = refused.json()
+    assert body["error"] == "ModelError" and "\n" not in body["message"]
+    assert f"was trained on tiny-test@{tiny.sha256[:12]}, not on {adapters_server.info['model']}" in body["message"]
+    job = adapters_server.client.post("/v1/jobs/segment", json={"raster": str(scene["raster"]), "points": str(scene["points"]),
+                                                                "output": str(tmp_path / "x.gpkg"), "adapter": str(adapter)})
+    assert job.status_code == 422 and not (tmp_path / "x.gpkg").exists()
+    unknown = adapters_server.client.post("/v1/prefetch", json={"raster": str(scene["raster"]), "point": [click.x, click.y],
+                                                                "model": "vit_q"})
+    assert unknown.status_code == 422 and "checkpoint vit_q does not exist" in unknown.json()["message"]
+
+
+def test_models_lists_models_with_their_sha_and_the_adapters_dir(adapters_server, tiny_adapter, tiny_model):
+    adapter, tiny = tiny_adapter
+    listed = adapters_server.client.get("/v1/models").json()
+    bundled = next(m for m in listed["available"] if m["name"] == "pointsam-tiny")
+    assert adapters_server.info["model"] == f"pointsam-tiny@{bundled['sha256'][:12]}" and bundled["loaded"]
+    assert {"name": "tinyregion", "path": str(adapter),
+            "base": {"name": "tiny-test", "sha256": tiny.sha256, "model_type": "pointsam"}} in listed["adapters"]
+    adapters_server.client.post("/v1/prefetch", json={"raster": "/nowhere.tif", "point": [0, 0], "model": str(tiny_model)})
+    loaded_by_path = [m for m in adapters_server.client.get("/v1/models").json()["available"] if m["sha256"] == tiny.sha256]
+    assert [(m["name"], m["path"], m["loaded"]) for m in loaded_by_path] == [("tiny-test", str(tiny_model), True)]
+
+
+@pytest.fixture(scope="module")
+def segmented(server, scene, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("segmented") / "scene.gpkg"
+    _segment_report(server.client, scene, output)
+    return output
+
+
+def test_evaluate_scores_a_segmentation_against_the_truth(server, scene, segmented):
+    body = {"pred": str(segmented), "truth": str(scene["truth"]), "points": str(scene["points"])}
+    figures = server.client.post("/v1/evaluate", json=body)
+    assert figures.status_code == 200, figures.text
+    scores = figures.json()
+    assert scores["miou"] > 0.6 and scores["instances"] == len(gpd.read_file(scene["points"]))
+    assert scores["missed_points"] == 0 and 0 <= scores["merges"] <= scores["instances"]
+    on_raster = server.client.post("/v1/evaluate", json={**body, "raster": str(scene["raster"])}).json()
+    assert on_raster["miou"] == pytest.approx(scores["miou"])
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"pred": "/nowhere/p.gpkg"}, "the predictions file /nowhere/p.gpkg does not exist"),
+    ({"pred_layer": "boxes2"}, "has no layer 'boxes2'; its layers: instances, boxes, bboxes, skipped"),
+    ({"pred": "TRUTH", "pred_layer": "truth"}, "have no point_fid field"),
+    ({"raster": "POINTS"}, "GDAL cannot read it"),
+])
+def test_evaluate_refuses_bad_inputs_with_one_line(server, scene, segmented, change, says):
+    named = {"TRUTH": str(scene["truth"]), "POINTS": str(scene["points"])}
+    body = {"pred": str(segmented), "truth": str(scene["truth"]), "points": str(scene["points"]),
+            **{key: named.get(value, value) for key, value in change.items()}}
+    refused = server.client.post("/v1/evaluate", json=body)
+    assert refused.status_code == 422, refused.text
+    assert says in refused.json()["message"] and "\n" not in refused.json()["message"]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+if not os.environ.get("DISPLAY"):  # under xvfb-run Qt draws on X (the docs screenshot); without X, offscreen
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, "/usr/share/qgis/python/plugins")  # processing
 
@@ -64,6 +65,34 @@ def scene(tmp_path_factory):
     import json
 
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory):
+    """A model folder, written by the engine's environment: a second model found on disk (the tiny random SAM of
+    tests/conftest.py under vit_b's official file name, so the engine lists it as vit_b), an adapter for the
+    bundled model (``region``, LoRA at its zero start: the bundled model's masks) and one for vit_b."""
+    folder = tmp_path_factory.mktemp("models")
+    code = ("import sys, torch; from pathlib import Path; from tests.conftest import TINY_ARCH; "
+            "from pointsam_engine.adapter import save_adapter; from pointsam_engine.lora import add_lora; "
+            "from pointsam_engine.model import SamArch, build_sam, load_model, save_pointsam_checkpoint; "
+            "folder = Path(sys.argv[1]); torch.manual_seed(0); arch = SamArch(**TINY_ARCH); "
+            "save_pointsam_checkpoint(build_sam(arch), arch, folder / 'sam_vit_b_01ec64.pth', name='tiny-test')\n"
+            "for base, name in (('pointsam-tiny', 'region'), (str(folder / 'sam_vit_b_01ec64.pth'), 'tinyregion')):\n"
+            "    model = load_model(base, device='cpu'); add_lora(model.sam, rank=2)\n"
+            "    save_adapter(model.sam, folder / f'{name}.adapter.pt', base=model, config={}, history=[])")
+    subprocess.run([engine_python(), "-c", code, str(folder)], cwd=ROOT, check=True, capture_output=True)
+    return folder
+
+
+def feature_count(path: str) -> int:
+    """Features in a vector file (the layer is dropped at once: none may outlive exitQgis())."""
+    from qgis.core import QgsVectorLayer
+
+    layer = QgsVectorLayer(path, "count", "ogr")
+    n = layer.featureCount()
+    del layer
+    return n
 
 
 class _StubIface:

@@ -30,7 +30,7 @@ def _click_xy(scene, index):
     return json.loads(out.stdout)
 
 
-def test_clicks_and_enter_put_one_object_in_the_digitized_layer(plugin, scene, tmp_path):
+def test_clicks_and_enter_put_one_object_in_the_digitized_layer(plugin, scene, model_folder, tmp_path):
     from qgis_plugin import settings
     from qgis_plugin.gui.map_tool import PointSamMapTool
     from qgis_plugin.layers import digitized_layer
@@ -44,7 +44,8 @@ def test_clicks_and_enter_put_one_object_in_the_digitized_layer(plugin, scene, t
     canvas.setExtent(QgsRectangle(raster.extent()))
     canvas.refresh()
     target = digitized_layer(str(tmp_path / "digitized.gpkg"), raster.crs())
-    tool = PointSamMapTool(canvas, lambda: raster, lambda: settings.engine().client(), lambda: target)
+    adapter = {"adapter": str(model_folder / "region.adapter.pt")}  # the dock's choice, as the plugin passes it
+    tool = PointSamMapTool(canvas, lambda: raster, lambda: settings.engine().client(), lambda: target, lambda: adapter)
     messages = []
     tool.message.connect(messages.append)
     canvas.setMapTool(tool)
@@ -52,10 +53,10 @@ def test_clicks_and_enter_put_one_object_in_the_digitized_layer(plugin, scene, t
     x, y = _click_xy(scene, 4)
     pixel = canvas.getCoordinateTransform().transform(QgsPointXY(x, y))
     at = QPoint(int(pixel.x()), int(pixel.y()))
-    tool.canvasReleaseEvent(QgsMapMouseEvent(canvas, QEvent.MouseButtonRelease, at, Qt.LeftButton))
+    tool.canvasReleaseEvent(QgsMapMouseEvent(canvas, QEvent.Type.MouseButtonRelease, at, Qt.MouseButton.LeftButton))
     assert tool.answer is not None, messages
     assert not tool.band.asGeometry().isEmpty()
-    tool.keyPressEvent(QKeyEvent(QEvent.KeyPress, Qt.Key_Return, Qt.NoModifier))
+    tool.keyPressEvent(QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Return, Qt.KeyboardModifier.NoModifier))
 
     features = list(target.getFeatures())
     assert len(features) == 1, messages
@@ -63,11 +64,12 @@ def test_clicks_and_enter_put_one_object_in_the_digitized_layer(plugin, scene, t
     assert geometry.contains(QgsPointXY(x, y))
     assert abs(geometry.area() - _truth_area_at(scene, x, y)) < 0.5 * _truth_area_at(scene, x, y)
     assert features[0]["n_pos"] == 1 and features[0]["n_neg"] == 0 and features[0]["score"] > 0
+    assert "+region@" in features[0]["model"], "the click used the chosen adapter"
     assert tool.points == [] and tool.band.asGeometry().isEmpty()
 
-    tool.canvasReleaseEvent(QgsMapMouseEvent(canvas, QEvent.MouseButtonRelease, at, Qt.LeftButton))
-    tool.keyPressEvent(QKeyEvent(QEvent.KeyPress, Qt.Key_Escape, Qt.NoModifier))
-    tool.keyPressEvent(QKeyEvent(QEvent.KeyPress, Qt.Key_Return, Qt.NoModifier))
+    tool.canvasReleaseEvent(QgsMapMouseEvent(canvas, QEvent.Type.MouseButtonRelease, at, Qt.MouseButton.LeftButton))
+    tool.keyPressEvent(QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Escape, Qt.KeyboardModifier.NoModifier))
+    tool.keyPressEvent(QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Return, Qt.KeyboardModifier.NoModifier))
     assert target.featureCount() == 1, "Esc cleared the object, so Enter had nothing to accept"
     canvas.unsetMapTool(tool)
     del tool, canvas

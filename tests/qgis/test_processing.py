@@ -10,23 +10,21 @@ import time
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication, QgsProcessingException, QgsRasterLayer, QgsVectorLayer
+from qgis.core import QgsApplication, QgsProcessingException, QgsRasterLayer
+
+from .conftest import feature_count as _count
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {"point_fid", "score", "area_m2", "calibrated", "n_pos", "n_neg", "chip", "model", "source"}
 
 
-def _count(path: str) -> int:
-    layer = QgsVectorLayer(path, "points", "ogr")
-    n = layer.featureCount()
-    del layer
-    return n
-
-
 def test_plugin_registers_the_provider_and_its_algorithms(plugin):
     provider = QgsApplication.processingRegistry().providerById("pointsam")
     assert provider is not None and provider.name() == "PointSAM"
-    assert QgsApplication.processingRegistry().algorithmById("pointsam:segmentpoints") is not None
+    names = {alg.id(): alg.displayName() for alg in provider.algorithms()}
+    assert names == {"pointsam:segmentpoints": "Segment points", "pointsam:pointstoboxes": "Points to boxes",
+                     "pointsam:finetune": "Fine-tune from points",
+                     "pointsam:evaluate": "Evaluate against reference polygons"}
 
 
 def test_segment_points_gives_one_instance_per_click_in_the_raster_crs(plugin, scene):
@@ -44,7 +42,9 @@ def test_segment_points_gives_one_instance_per_click_in_the_raster_crs(plugin, s
     del raster
 
 
-def test_qgis_process_runs_the_algorithm_from_the_shell(plugin, scene, tmp_path):
+@pytest.mark.parametrize("algorithm, sinks", [("segmentpoints", ("INSTANCES", "BOXES", "BBOXES")),
+                                               ("pointstoboxes", ("BOXES", "BBOXES"))])
+def test_qgis_process_runs_the_algorithm_from_the_shell(plugin, scene, tmp_path, algorithm, sinks):
     # Debian 12's qgis_process wrapper passes --noversioncheck, which qgis_process 3.22 refuses: call the binary
     qgis_process = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
     if qgis_process is None:
@@ -59,11 +59,11 @@ def test_qgis_process_runs_the_algorithm_from_the_shell(plugin, scene, tmp_path)
     ini = home / ".local/share/QGIS/QGIS3/profiles/default/QGIS/QGIS3.ini"
     ini.parent.mkdir(parents=True)
     ini.write_text("[PythonPlugins]\npointsam=true\n")
-    out = tmp_path / "instances.gpkg"
+    out = tmp_path / f"{sinks[0].lower()}.gpkg"
+    outputs = [f"{sink}={out if sink == sinks[0] else 'TEMPORARY_OUTPUT'}" for sink in sinks]
     env = {**os.environ, "HOME": str(home), "QGIS_PLUGINPATH": str(plugins), "QT_QPA_PLATFORM": "offscreen"}
-    run = subprocess.run([qgis_process, "run", "pointsam:segmentpoints", "--", f"RASTER={scene['raster']}",
-                          f"POINTS={scene['points']}", f"INSTANCES={out}", "BOXES=TEMPORARY_OUTPUT",
-                          "BBOXES=TEMPORARY_OUTPUT"], capture_output=True, text=True, env=env, timeout=600)
+    run = subprocess.run([qgis_process, "run", f"pointsam:{algorithm}", "--", f"RASTER={scene['raster']}",
+                          f"POINTS={scene['points']}", *outputs], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert _count(str(out)) == _count(scene["points"])
 

@@ -1,0 +1,171 @@
+"""The models a server runs: the one it started with, a few more loaded on request, and what it can offer.
+
+A request may name a ``model`` (registered name or path) and an ``adapter`` (``*.adapter.pt``);
+:class:`ModelPool` loads each (model, adapter) pair once and keeps the server's own model plus the most
+recently used others, so the click path and the jobs share them. :func:`catalogue` lists the models and
+adapters found on disk for ``GET /v1/models``, reading only each adapter's header.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..config import SegmentConfig
+from ..errors import ModelError
+
+KEPT_MODELS = 2  # the server's own model and one other: each can weigh GBs (vit_h)
+
+FileKey = Tuple[str, ...]
+
+
+def check_path(what: str, value: str) -> None:
+    """Refuse in one line a model or adapter name the file system cannot even look up (too long, ...)."""
+    try:
+        os.stat(value)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a registered name, or a missing file: the loader says which
+    except OSError as exc:
+        raise ModelError(f"{what} {value[:60]}... cannot be looked up ({exc.strerror}); give a registered model "
+                         "name or the path of a file") from None
+
+
+def _file_key(path) -> FileKey:
+    """A file by resolved path, mtime and size, so a rewritten adapter is loaded again."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return (str(path),)  # missing: loading it gives the engine's one-line error
+    return (str(path.resolve()), str(stat.st_mtime_ns), str(stat.st_size))
+
+
+class ModelPool:
+    """Loaded models by (checkpoint, adapter); the server's own is always kept, the rest are an LRU.
+
+    Thread-safe. A model evicted while a job still runs on it stays alive until that job ends.
+    """
+
+    def __init__(self, config: SegmentConfig, model=None, size: int = KEPT_MODELS):
+        from ..pipeline import load_configured_model
+
+        self.config, self.size = config, max(size, 1)
+        self.default = model if model is not None else load_configured_model(config)
+        self._default_key = self._key(config.model, config.adapter)
+        self._others: "OrderedDict[tuple, object]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model: Optional[str] = None, adapter: Optional[str] = None):
+        """The :class:`~pointsam_engine.model.LoadedModel` for ``model`` (default: the server's base) and
+        ``adapter``; neither given: the server's own model (with its adapter, if it was started with one)."""
+        if model is None and adapter is None:
+            return self.default
+        key = self._key(model if model is not None else self.config.model, adapter)
+        if key == self._default_key:
+            return self.default
+        with self._lock:  # one load at a time: two requests for a new model load it once
+            if key not in self._others:
+                self._others[key] = self._load(model if model is not None else self.config.model, adapter)
+                while len(self._others) > self.size - 1:
+                    self._others.popitem(last=False)
+            self._others.move_to_end(key)
+            return self._others[key]
+
+    def loaded(self) -> List[Tuple[str, object]]:
+        """``(checkpoint path, model)`` of every model in memory, the server's own first."""
+        with self._lock:
+            return [(self._default_key[0][0], self.default), *((key[0][0], m) for key, m in self._others.items())]
+
+    def _key(self, model: Optional[str], adapter: Optional[str]) -> tuple:
+        from ..model import resolve_model_path
+
+        for what, value in (("model", model), ("adapter", adapter)):
+            if value is not None:
+                check_path(what, value)
+        return _file_key(resolve_model_path(model)), _file_key(adapter) if adapter else None
+
+    def _load(self, model: Optional[str], adapter: Optional[str]):
+        from ..adapter import apply_adapter
+        from ..model import load_model
+
+        loaded = load_model(model, device=self.config.device)
+        return apply_adapter(loaded, adapter) if adapter else loaded
+
+
+_SHA256: Dict[FileKey, str] = {}
+
+
+def model_sha256(path) -> str:
+    """A checkpoint's sha256, computed once per file version (official checkpoints are GBs)."""
+    from ..model import file_sha256
+
+    key = _file_key(path)
+    if key not in _SHA256:
+        _SHA256[key] = file_sha256(path)
+    return _SHA256[key]
+
+
+def available_models(pool: ModelPool) -> List[dict]:
+    """Bundled models, registered ones found in the model folders, and any loaded model given by path."""
+    from ..model import BUNDLED, BUNDLED_DIR, REGISTERED, model_dirs
+
+    found = [(name, BUNDLED_DIR / file) for name, file in BUNDLED.items()]
+    for name, file in REGISTERED.items():
+        path = next((d / file for d in model_dirs() if (d / file).is_file()), None)
+        if path is not None:
+            found.append((name, path))
+    loaded = {m.sha256: m for _, m in pool.loaded()}
+    models = [{"name": name, "path": str(path), "sha256": model_sha256(path)} for name, path in found]
+    known = {m["sha256"] for m in models}
+    for path, m in pool.loaded():
+        if m.sha256 not in known:  # started with --model PATH, or loaded by a request naming a path
+            models.append({"name": m.name, "path": path, "sha256": m.sha256})
+            known.add(m.sha256)
+    for m in models:
+        m["loaded"] = m["sha256"] in loaded
+        if m["loaded"]:
+            m.update(model_type=loaded[m["sha256"]].model_type, image_size=loaded[m["sha256"]].image_size)
+    return models
+
+
+def adapter_header(path) -> Optional[dict]:
+    """``{"name", "path", "base": {"name", "sha256", "model_type"}}`` of an adapter file; None when it is not one.
+
+    The tensors are memory-mapped, not read: listing a folder of adapters costs their headers only.
+    """
+    import torch
+
+    from ..adapter import ADAPTER_FORMAT
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip-format torch file, or not readable: not an adapter we can offer
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != ADAPTER_FORMAT or "base" not in payload:
+        return None
+    base = payload["base"]
+    return {"name": str(payload.get("name", Path(path).name)), "path": str(path),
+            "base": {"name": str(base.get("name")), "sha256": str(base.get("sha256")),
+                     "model_type": base.get("model_type")}}
+
+
+def available_adapters(folders: Iterable[Path]) -> List[dict]:
+    """The ``*.adapter.pt`` files directly in ``folders`` (each file once), with their base model."""
+    seen, adapters = set(), []
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*.adapter.pt")) if Path(folder).is_dir() else ():
+            header = None if path.resolve() in seen else adapter_header(path)
+            seen.add(path.resolve())
+            if header is not None:
+                adapters.append(header)
+    return adapters
+
+
+def adapter_folders(extra: Sequence[str]) -> List[Path]:
+    """The model folders (:func:`~pointsam_engine.model.model_dirs`) and the server's ``--adapters-dir``."""
+    from ..model import model_dirs
+
+    return [*model_dirs(), *(Path(folder) for folder in extra)]

@@ -1,0 +1,121 @@
+"""An engine already running (``pointsam serve`` started by someone else): the plugin connects to it by
+URL and token or through its connection file, spawns nothing, and says in one line what to do when it
+does not answer or refuses the token."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from qgis.core import QgsProcessingException, QgsSettings
+
+from .conftest import engine_python
+
+
+@pytest.fixture(scope="module")
+def server(plugin, tmp_path_factory):
+    """A ``pointsam serve`` the plugin did not start: its process, announcement and connection file."""
+    connection_file = tmp_path_factory.mktemp("served") / "serve.json"
+    proc = subprocess.Popen([engine_python(), "-m", "pointsam_engine.cli", "serve", "--port", "0", "--cache-mb", "64",
+                             "--connection-file", str(connection_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    yield proc, json.loads(proc.stdout.readline()), connection_file
+    proc.terminate()
+    proc.wait(60)
+    proc.stdout.close()
+
+
+@pytest.fixture
+def served(server, monkeypatch):
+    """The server, with no POINTSAM_ENGINE_PYTHON (which would win over the settings); settings cleared after."""
+    from qgis_plugin import settings
+
+    monkeypatch.delenv("POINTSAM_ENGINE_PYTHON")
+    yield server
+    for key in (settings.KEY_URL, settings.KEY_TOKEN, settings.KEY_CONNECTION_FILE):
+        QgsSettings().remove(key)
+    settings.stop_engine()
+
+
+def _segment(scene):
+    import processing
+
+    return processing.run("pointsam:segmentpoints", {"RASTER": scene["raster"], "POINTS": scene["points"],
+                                                     "INSTANCES": "TEMPORARY_OUTPUT", "BOXES": "TEMPORARY_OUTPUT",
+                                                     "BBOXES": "TEMPORARY_OUTPUT"})
+
+
+def _engine_children() -> set:
+    """Pids of this process's children that run the engine."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        if ppid == os.getpid() and b"pointsam_engine" in command:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def _jobs(info) -> list:
+    from qgis_plugin.client import EngineClient
+
+    return EngineClient(info["url"], info["token"]).request("GET", "/v1/jobs")["jobs"]
+
+
+def test_a_running_engine_is_used_by_url_or_connection_file_and_nothing_is_spawned(served, scene):
+    from qgis_plugin import settings
+    from qgis_plugin.engine import RemoteEngine
+
+    proc, info, connection_file = served
+    QgsSettings().setValue(settings.KEY_URL, info["url"])
+    QgsSettings().setValue(settings.KEY_TOKEN, info["token"])
+    result = _segment(scene)
+    assert result["INSTANCES"].featureCount() > 0
+    assert isinstance(settings.engine(), RemoteEngine)
+    assert [(job["kind"], job["state"]) for job in _jobs(info)] == [("segment", "succeeded")]
+    assert _engine_children() == {proc.pid}, "the plugin started an engine of its own"
+
+    QgsSettings().remove(settings.KEY_URL)
+    QgsSettings().setValue(settings.KEY_CONNECTION_FILE, str(connection_file))
+    _segment(scene)
+    assert [job["kind"] for job in _jobs(info)] == ["segment", "segment"]
+    assert _engine_children() == {proc.pid}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("case", ["wrong token", "dead url", "missing connection file"])
+def test_an_engine_that_does_not_answer_gives_one_line_naming_it_and_the_fix(served, scene, tmp_path, case):
+    from qgis_plugin import settings
+
+    proc, info, _ = served
+    dead = f"http://127.0.0.1:{_free_port()}"
+    missing = str(tmp_path / "nowhere.json")
+    config, expected = {
+        "wrong token": ({settings.KEY_URL: info["url"], settings.KEY_TOKEN: "x" * 43},
+                        [info["url"], "refused the token", "pointsam/engine_token"]),
+        "dead url": ({settings.KEY_URL: dead, settings.KEY_TOKEN: info["token"]},
+                     [dead, "does not answer", "start `pointsam serve`", "clear the setting pointsam/engine_url"]),
+        "missing connection file": ({settings.KEY_CONNECTION_FILE: missing},
+                                    [missing, f"pointsam serve --connection-file {missing}",
+                                     "pointsam/engine_connection_file"]),
+    }[case]
+    for key, value in config.items():
+        QgsSettings().setValue(key, value)
+    with pytest.raises(QgsProcessingException) as error:
+        _segment(scene)
+    message = str(error.value)
+    assert all(part in message for part in expected), message
+    assert "\n" not in message and "Traceback" not in message
+    assert _engine_children() == {proc.pid}, "the plugin must not start or restart an engine it does not own"
