@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from pointsam_engine.errors import OptionError
+
 from .pretrain import PretrainConfig
 
 
@@ -46,12 +48,18 @@ def _shares(text):
     return {kind.strip(): float(value) for kind, value in pairs}
 
 
+MAX_BLOCK = 255  # far beyond any SAM encoder (vit_h: 32 blocks); guards against ranges like 0-99999999999
+
+
 def _blocks(text):
+    """``--blocks 1-11`` or ``6,7,8`` -> a list of block numbers; a one-line error for anything else."""
     if not text:
         return None
     out = []
     for part in text.split(","):
-        lo, _, hi = part.partition("-")
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or not (hi or lo).isdigit() or max(int(lo), int(hi or lo)) > MAX_BLOCK:
+            raise OptionError(f"--blocks {text!r} is not understood; give encoder block numbers like 1-11 or 6,7,8")
         out += list(range(int(lo), int(hi or lo) + 1))
     return out
 

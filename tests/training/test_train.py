@@ -137,3 +137,12 @@ def test_mask_supervised_upper_bound_reads_each_objects_own_polygon(scene):
         others = np.sum(chip.truth, axis=0)
         assert others.max() <= 1  # truth polygons do not overlap
     assert checked >= len(region.instances)
+
+
+@pytest.mark.parametrize("blocks", ["0-99999999999", "1-x", "-3"])
+def test_block_lists_that_make_no_sense_fail_in_one_line_before_anything_runs(scene, tiny_model, tmp_path, blocks):
+    out = tmp_path / "x.adapter.pt"
+    result = CliRunner().invoke(main, ["train", "--raster", str(scene["raster"]), "--points", str(scene["points"]),
+                                       "-o", str(out), "--model", str(tiny_model), "--blocks", blocks])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "--blocks" in result.output, result.output
+    assert not out.exists()
