@@ -1,16 +1,23 @@
 """Does ``pointsam train`` help on imagery the base model has not seen? The ablation of the PointSAM method.
 
-Target domain: generated buildings scenes as the bundled model never saw them in training: 0.5 m pixels
-instead of 0.3 m (smaller houses, more of them per chip), and another sensor's look (washed-out colours, a
-dusty haze, a warm cast and blur). Training scenes give only their
-clicks; held-out test scenes, with other seeds, give the truth. Every variant trains with the same budget
-(steps, seed, LoRA rank) and is scored on the same test scenes with the engine's ``segment`` + ``evaluate``:
+Target domain: generated buildings scenes as the bundled model never saw them in training. It learnt on
+true-colour 0.3 m scenes; the target is a colour-infrared survey (near-infrared, red, green: vegetation
+bright red, roofs and ground in other hues) at 0.4 m, of a dense neighbourhood where 60 % of the rows are
+terraces of look-alike houses, the case the method's negative prompt calibration is for. Training scenes
+give only their clicks; held-out test scenes, with other seeds, give the truth. Every variant trains with
+the same budget (steps, seed, LoRA rank; the adapter of the last step is kept, so no test figure ever
+chooses a model) and is scored on the same test scenes with the engine's ``segment`` + ``evaluate``:
 
     zero-shot | plain self-training | + calibration | + prototypes | PointSAM (both) | mask-supervised LoRA
 
-    .venv/bin/python benchmarks/domain_shift.py [--steps 300] [--train-scenes 4] [--test-scenes 3] [--device auto]
+Three ways of segmenting the test scenes are scored: the engine's default (calibration at inference, a
+pixel two masks claim goes to the higher logit), the paper's protocol (the clicks alone: what the adapter
+itself learnt), and the model's own masks as they are (``keep_overlaps``), whose merges show what the
+calibrated teacher taught.
 
-Prints one table (mIoU, F1, merges, minutes) and writes it as JSON and Markdown under ``benchmarks/out``.
+    .venv/bin/python benchmarks/domain_shift.py [--steps 150] [--train-scenes 4] [--test-scenes 3] [--device auto]
+
+Prints one table and writes it as JSON and Markdown under ``benchmarks/out/domain_shift``.
 """
 
 from __future__ import annotations
@@ -28,8 +35,19 @@ OUT = Path(__file__).resolve().parent / "out" / "domain_shift"
 HAZE = np.array([205.0, 185.0, 150.0])
 
 
-def shift_style(image: np.ndarray) -> np.ndarray:
-    """(3, H, W) uint8 buildings image -> the target style: desaturated, haze, colour cast, blur."""
+def colour_infrared(image: np.ndarray) -> np.ndarray:
+    """(3, H, W) uint8 true-colour buildings image -> a colour-infrared look (near-infrared, red, green bands).
+
+    Near-infrared is modelled from how green a pixel is: vegetation reflects it strongly (bright red in
+    the composite), roofs, roads and bare ground weakly."""
+    r, g, b = image.astype(float)
+    vegetation = np.clip((g - r) / 40.0 + (g - b) / 60.0, 0, 1)
+    nir = 0.45 * (r + g + b) / 3 + 170 * vegetation + 20
+    return np.clip(np.stack([nir, r, g]), 0, 255).astype(np.uint8)
+
+
+def haze(image: np.ndarray) -> np.ndarray:
+    """(3, H, W) uint8 buildings image -> desaturated, hazy, colour cast, blurred."""
     x = image.astype(float)
     x = 0.35 * x + 0.65 * x.mean(axis=0, keepdims=True)
     x = 0.6 * x + 0.4 * HAZE[:, None, None]
@@ -38,31 +56,46 @@ def shift_style(image: np.ndarray) -> np.ndarray:
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
-def make_scenes(folder: Path, seeds, size: int, resolution: float) -> list:
+STYLES = {"cir": colour_infrared, "haze": haze}
+
+
+def make_scenes(folder: Path, seeds, size: int, resolution: float, style: str = "cir", density: float = 1.6) -> list:
     from pointsam_engine.scenes import render, write_scene
 
     out = []
     for seed in seeds:
-        scene = render("buildings", size, seed=seed, resolution=resolution)
-        scene.image = shift_style(scene.image)
+        scene = render("buildings", size, seed=seed, resolution=resolution, density=density)
+        scene.image = STYLES[style](scene.image)
         out.append(write_scene(scene, folder, f"target_{seed}"))
     return out
 
 
+PROTOCOLS = {  # how the test scenes are segmented: name -> engine options
+    "engine": {},  # the engine's default: calibration at inference, a shared pixel to the higher logit
+    "paper": {"calibration": False},  # the paper's protocol: the clicks alone, no calibration at inference
+    "masks": {"calibration": False, "keep_overlaps": True},  # the model's own first-pass masks, as they are
+}
+
+
 def score(test, model: str, adapter=None) -> dict:
+    """mIoU, F1 and merges of the engine's output; mIoU under the paper's protocol; merges of the raw masks."""
     import pyogrio
 
     from pointsam_engine.evaluate import Grid, score_image, summarize
     from pointsam_engine.pipeline import segment
 
-    scores = []
-    for files in test:
-        result = segment(files["raster"], files["points"], None, model=model, adapter=adapter)
-        truth = pyogrio.read_dataframe(files["truth"])
-        points = pyogrio.read_dataframe(files["points"], fid_as_index=True)
-        scores.append(score_image(result.layers["instances"], truth, Grid.from_raster(files["raster"]), points))
-    figures = summarize(scores)
-    return {k: figures[k] for k in ("miou", "mf1", "merges")}
+    figures = {}
+    for protocol, options in PROTOCOLS.items():
+        scores = []
+        for files in test:
+            result = segment(files["raster"], files["points"], None, model=model, adapter=adapter, **options)
+            truth = pyogrio.read_dataframe(files["truth"])
+            points = pyogrio.read_dataframe(files["points"], fid_as_index=True)
+            scores.append(score_image(result.layers["instances"], truth, Grid.from_raster(files["raster"]), points))
+        figures[protocol] = summarize(scores)
+    engine, paper, masks = figures["engine"], figures["paper"], figures["masks"]
+    return {"miou": engine["miou"], "mf1": engine["mf1"], "merges": engine["merges"], "paper_miou": paper["miou"],
+            "mask_merges": masks["merges"], "objects": engine["instances"]}
 
 
 VARIANTS = {
@@ -76,42 +109,64 @@ VARIANTS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--train-scenes", type=int, default=4)
     parser.add_argument("--test-scenes", type=int, default=3)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--resolution", type=float, default=0.5, help="Target pixel size in metres (training: 0.3)")
+    parser.add_argument("--resolution", type=float, default=0.4, help="Target pixel size in metres (training: 0.3)")
+    parser.add_argument("--density", type=float, default=1.6,
+                        help="Buildings density; above 1 a share density - 1 of the rows are terraces")
+    parser.add_argument("--style", choices=sorted(STYLES), default="cir", help="The target's look (training: true colour)")
     parser.add_argument("--model", default="pointsam-tiny")
     parser.add_argument("--device", default="auto", help="Lightning Fabric accelerator: cpu, gpu or auto")
     parser.add_argument("--seed", type=int, default=0)
+    # the target's design was settled on seeds 60001-60004 and 61001-61003; the reported table uses these fresh ones
+    parser.add_argument("--train-seeds-from", type=int, default=63001)
+    parser.add_argument("--test-seeds-from", type=int, default=62001)
+    parser.add_argument("--variants", default=None,
+                        help=f"Comma-separated subset to train (default all): {', '.join(VARIANTS)}")
+    parser.add_argument("--out", type=Path, default=OUT, help="Folder for scenes, adapters and the table.")
     args = parser.parse_args()
 
     from training.selftrain import SelfTrainOptions
     from training.train import TrainConfig, train
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    train_scenes = make_scenes(OUT / "train", [60001 + i for i in range(args.train_scenes)], args.size,
-                               args.resolution)
-    test_scenes = make_scenes(OUT / "test", [61001 + i for i in range(args.test_scenes)], args.size,
-                              args.resolution)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    train_scenes = make_scenes(out / "train", [args.train_seeds_from + i for i in range(args.train_scenes)], args.size,
+                               args.resolution, args.style, args.density)
+    test_scenes = make_scenes(out / "test", [args.test_seeds_from + i for i in range(args.test_scenes)], args.size,
+                              args.resolution, args.style, args.density)
     rows = {"zero-shot": {**score(test_scenes, args.model), "minutes": 0.0}}
     print(f"zero-shot: {rows['zero-shot']}")
     base = TrainConfig(rasters=[str(f["raster"]) for f in train_scenes], points=[str(f["points"]) for f in train_scenes],
                        output="", model=args.model, steps=args.steps, seed=args.seed, val_fraction=0.0,
                        checkpoint_every=args.steps, accelerator=args.device, overwrite=True,
                        train_masks=[str(f["truth"]) for f in train_scenes])
-    for name, options in VARIANTS.items():
-        adapter = OUT / (name.split(" (")[0].replace(" ", "_").replace("+_", "plus_") + ".adapter.pt")
+    chosen = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
+    for name in chosen:
+        options = VARIANTS[name]
+        adapter = out / (name.split(" (")[0].replace(" ", "_").replace("+_", "plus_") + ".adapter.pt")
         cfg = replace(base, output=str(adapter), selftrain=SelfTrainOptions(**options))
         start = time.time()
         train(cfg, echo=lambda _: None)
         rows[name] = {**score(test_scenes, args.model, str(adapter)), "minutes": (time.time() - start) / 60}
         print(f"{name}: {rows[name]}")
-    table = ["| variant | mIoU | F1 | merges | training minutes |", "|---|---|---|---|---|"]
-    table += [f"| {k} | {v['miou']:.3f} | {v['mf1']:.3f} | {v['merges']} | {v['minutes']:.1f} |" for k, v in rows.items()]
+    table = ["| variant | mIoU | F1 | merges | mIoU, clicks alone | mask merges | training minutes |",
+             "|---|---|---|---|---|---|---|"]
+    table += [f"| {k} | {v['miou']:.3f} | {v['mf1']:.3f} | {v['merges']} | {v['paper_miou']:.3f} | {v['mask_merges']} "
+              f"| {v['minutes']:.1f} |" for k, v in rows.items()]
     print("\n".join(table))
-    (OUT / "domain_shift.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
-    (OUT / "domain_shift.md").write_text("\n".join(table) + "\n")
+    import os
+    import platform
+
+    import torch
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, accelerator {args.device}"
+    print(f"machine: {machine}")
+    (out / "domain_shift.json").write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows},
+                                                      indent=2, default=str))
+    (out / "domain_shift.md").write_text("\n".join(table) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,13 @@
    calibration, with the engine's :func:`find_neighbours` and :func:`with_negatives`). The teacher's
    thresholded masks are the pseudo-labels.
 4. Student (the same weights, with gradient): the strong photometric view of the same geometry, with
-   the original prompts. Loss: 20 focal (gamma 2, alpha 0.8 as intended by lightning-sam, not the
-   authors' number of instances) + Dice + MSE of the IoU head, + ``prototype_weight`` times the
-   prototype loss on the student's mask-pooled features (:mod:`training.prototypes`).
+   the original prompts. Loss: 20 focal (gamma 2) + Dice + MSE of the IoU head, + ``prototype_weight``
+   times the prototype loss on the student's mask-pooled features (:mod:`training.prototypes`).
+   The focal term weighs object and background pixels alike (alpha 0.5 for both). lightning-sam's
+   alpha 0.8, which PointSAM inherits (and replaces by the number of instances), is a plain scale on a
+   focal of the mean BCE, not a class weight; read as torchvision's class weight, 0.8 favours the
+   object so much that masks grow under self-training (measured on 0.6 m hazy buildings: median mask
+   area 1.65 times the truth after 150 steps, mIoU 0.606 zero-shot -> 0.500).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from .objective import decode, mask_terms
 from .prototypes import PrototypeRegularizer, instance_features
 from .regions import TrainingChip, background_negatives
 
-FOCAL_ALPHA = 0.8
+FOCAL_ALPHA = 0.5
 
 
 @dataclass(frozen=True)

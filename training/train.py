@@ -106,10 +106,15 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, progress: Optio
     check_inputs(cfg)
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, precision=cfg.precision)
     fabric.launch()
-    rng = np.random.default_rng(cfg.seed + fabric.global_rank)
+    lead = fabric.is_global_zero  # with several devices, one process validates and writes every file
+    if not lead:
+        echo = lambda _: None  # noqa: E731
+    shared = np.random.default_rng(cfg.seed)  # the same split and target prototypes in every process
+    # one stream when one process trains; with several, each samples its own chips and views
+    rng = shared if fabric.world_size == 1 else np.random.default_rng([cfg.seed, fabric.global_rank])
     torch.manual_seed(cfg.seed)
     base = load_model(cfg.model, device="cpu")
-    regions = _load_regions(cfg, base.image_size, rng, echo)
+    regions = _load_regions(cfg, base.image_size, shared, echo)
     chips = [c for r in regions for c in r.chips if len(c.owned)]
     if not chips:
         raise PointsError("every click fell into the validation blocks; lower --val-fraction or give more clicks")
@@ -128,17 +133,27 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, progress: Optio
         regularizer = _restore(paths["checkpoint"], base.sam, optimizer, schedule, state, rng, cfg)
         echo(f"resuming at step {state['step']} from {paths['checkpoint']}")
     elif cfg.selftrain.prototypes:
-        regularizer = PrototypeRegularizer(_targets(base.sam, chips, cfg, rng), cfg.bank_size, cfg.match_interval)
+        regularizer = PrototypeRegularizer(_targets(base.sam, chips, cfg, shared), cfg.bank_size, cfg.match_interval)
     fabric.seed_everything(cfg.seed, verbose=False)
-    log = _CsvLog(paths["csv"], append=cfg.resume)
+    log = _CsvLog(paths["csv"], append=cfg.resume, enabled=lead)
     log.trim(state["step"])  # rows written after the checkpoint that is resumed are redone
+
+    def validate() -> None:
+        if lead:
+            _validate(base, regions, cfg, state, log, echo)
+        fabric.barrier()
+
+    def checkpoint() -> None:
+        if lead:
+            _checkpoint(paths["checkpoint"], base.sam, optimizer, schedule, state, regularizer, cfg)
+
     if state["step"] == 0 and cfg.val_fraction > 0:
-        _validate(base, regions, cfg, state, log, echo)
+        validate()
     start, bar = time.time(), tqdm(total=cfg.steps, initial=state["step"], desc="train", disable=fabric.global_rank > 0)
     try:
         while state["step"] < cfg.steps:
             if cancel is not None and cancel.is_set():
-                _checkpoint(paths["checkpoint"], base.sam, optimizer, schedule, state, regularizer, cfg)
+                checkpoint()
                 raise Cancelled(f"training cancelled at step {state['step']}; no adapter written, "
                                 f"resume from {paths['checkpoint']} with resume")
             state["rng"] = rng.bit_generator.state  # a checkpoint taken inside this step restarts it
@@ -158,16 +173,18 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, progress: Optio
             if progress is not None:
                 progress(state["step"] / cfg.steps, f"step {state['step']}/{cfg.steps}")
             if cfg.val_fraction > 0 and (state["step"] % cfg.val_every == 0 or state["step"] == cfg.steps):
-                _validate(base, regions, cfg, state, log, echo)
+                validate()
             if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
                 state["rng"] = rng.bit_generator.state
-                _checkpoint(paths["checkpoint"], base.sam, optimizer, schedule, state, regularizer, cfg)
+                checkpoint()
     except KeyboardInterrupt:
-        _checkpoint(paths["checkpoint"], base.sam, optimizer, schedule, state, regularizer, cfg)
+        checkpoint()
         bar.close()
         raise
     bar.close()
-    return _finish(base, cfg, state, paths, regions, time.time() - start, echo)
+    summary = _finish(base, cfg, state, paths, regions, time.time() - start, echo) if lead else {}
+    fabric.barrier()
+    return summary
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -280,14 +297,16 @@ def _finish(model: LoadedModel, cfg: TrainConfig, state: dict, paths, regions, s
 class _CsvLog:
     """Rows of loss terms and validation figures; columns grow as new keys appear."""
 
-    def __init__(self, path: Path, append: bool):
-        self.path = path
+    def __init__(self, path: Path, append: bool, enabled: bool = True):
+        self.path, self.enabled = path, enabled
         self.rows: List[dict] = list(csv.DictReader(path.open())) if append and path.exists() else []
 
     def trim(self, step: int) -> None:
         self.rows = [r for r in self.rows if int(r["step"]) <= step]
 
     def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
         self.rows.append(row)
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
         with atomic_path(self.path) as tmp, tmp.open("w", newline="") as fh:

@@ -146,3 +146,31 @@ def test_block_lists_that_make_no_sense_fail_in_one_line_before_anything_runs(sc
                                        "-o", str(out), "--model", str(tiny_model), "--blocks", blocks])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "--blocks" in result.output, result.output
     assert not out.exists()
+
+
+def test_the_self_training_focal_term_weighs_object_and_background_alike():
+    from training.losses import focal_loss
+
+    logits, target = torch.randn(2, 16, 16), (torch.rand(2, 16, 16) > 0.7).float()
+    flipped = focal_loss(-logits, 1 - target, alpha=selftrain.FOCAL_ALPHA)
+    assert torch.allclose(focal_loss(logits, target, alpha=selftrain.FOCAL_ALPHA), flipped)
+
+
+
+def test_two_processes_with_ddp_train_one_adapter(scene, tiny_model, tmp_path):
+    """The multi-GPU path (``--strategy ddp``), run on the CPU with two processes and gloo."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    output = tmp_path / "ddp.adapter.pt"
+    command = [sys.executable, str(Path(sys.executable).with_name("pointsam")), "train", "--raster",
+               str(scene["raster"]), "--points", str(scene["points"]), "--model", str(tiny_model), "-o", str(output),
+               "--steps", "4", "--val-fraction", "0", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Starting with 2 processes" in done.stderr
+    adapter = read_adapter(output)
+    assert adapter["config"]["kept_step"] == 4 and adapter["config"]["strategy"] == "ddp"
+    assert any(v.abs().sum() > 0 for k, v in adapter["state_dict"].items() if "_b." in k)  # the adapter learnt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.adapter.pt", "ddp.ckpt", "ddp.csv", "ddp.png"]
