@@ -111,8 +111,8 @@ class TrainJobRequest(Strict):
     rasters: List[str] = Field(min_length=1, max_length=64)
     points: List[str] = Field(min_length=1, max_length=64)
     output: str = Field(min_length=1, max_length=4096, description="Adapter file to write (NAME.adapter.pt).")
-    steps: int = Field(300, ge=1, le=1_000_000)
-    lr: float = Field(5e-4, gt=0, le=1)
+    steps: int = Field(400, ge=1, le=1_000_000)
+    lr: float = Field(1e-4, gt=0, le=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     rank: int = Field(4, ge=1, le=256)
     # block numbers of up to 3 digits (vit_h has 32 blocks): a range like 0-99999999999 would be expanded whole

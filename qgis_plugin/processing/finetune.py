@@ -38,9 +38,9 @@ class FineTune(EngineAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_raster_and_points(FIELDS)
         integer, double = QgsProcessingParameterNumber.Type.Integer, QgsProcessingParameterNumber.Type.Double
-        self.addParameter(QgsProcessingParameterNumber(self.STEPS, "Training steps", integer, 300, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.STEPS, "Training steps", integer, 400, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.RANK, "LoRA rank", integer, 4, minValue=1, maxValue=256))
-        self.addParameter(QgsProcessingParameterNumber(self.LR, "Learning rate", double, 5e-4, minValue=1e-7, maxValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.LR, "Learning rate", double, 1e-4, minValue=1e-7, maxValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.VAL_FRACTION, "Validation fraction (clicks held out, "
                                                        "in spatial blocks)", double, 0.2, minValue=0, maxValue=0.9))
         self.addParameter(QgsProcessingParameterFeatureSource(self.VAL_POLYGONS, "Reference polygons for validation",
