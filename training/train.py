@@ -9,7 +9,8 @@ Nothing is lost: a checkpoint (adapter, optimiser, schedule, random state, proto
 is written atomically every ``checkpoint_every`` steps and on Ctrl-C, and ``resume`` continues to the
 same result as an uninterrupted run. The adapter file keeps the weights that scored best on the
 validation blocks; there is no test set in the loop. Every loss term and validation figure goes to
-``<output>.csv`` and a plot of them to ``<output>.png``.
+``<output>.csv`` and a plot of them to ``<output>.png``, among them ``area_vs_base``: how much the held-out
+masks have grown against the base model's, the form self-training's drift takes (docs/accuracy.md).
 """
 
 from __future__ import annotations
@@ -235,11 +236,14 @@ def _targets(sam, chips, cfg: TrainConfig, rng) -> torch.Tensor:
 
 
 def _validate(model: LoadedModel, regions, cfg: TrainConfig, state: dict, log, echo) -> None:
-    from .validation import validate
+    from .validation import area_growth, validate
 
     model.sam.eval()
-    figures = validate(model, regions, cfg.segment, cfg.val_polygons or None)
-    score = figures.get("miou", figures["single_click_share"])
+    figures, areas = validate(model, regions, cfg.segment, cfg.val_polygons or None)
+    if state["step"] == 0:  # LoRA's B is zero: these are the base model's masks
+        state["base_areas"] = areas
+    figures["area_vs_base"] = area_growth(areas, state.get("base_areas", {}))
+    score = figures.get("miou", figures["single_click_share"])  # area_vs_base informs; it does not choose
     entry = {"step": state["step"], **figures}
     state["history"].append(entry)
     log.write(entry)
@@ -324,7 +328,7 @@ def _plot(csv_path: Path, png: Path) -> None:
     rows = list(csv.DictReader(csv_path.open()))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for axis, keys, style in ((top, ("loss", "focal", "dice", "iou_mse", "prototype"), {"linewidth": 0.8}),
-                              (bottom, ("miou", "single_click_share", "merge_rate"), {"marker": "o"})):
+                              (bottom, ("miou", "single_click_share", "merge_rate", "area_vs_base"), {"marker": "o"})):
         for key in keys:
             pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
             if pts:

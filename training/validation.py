@@ -3,6 +3,8 @@
 Without reference polygons, point-based measures: the share of held-out clicks whose polygon holds exactly
 one click of the layer (its own), and the merge rate (polygons holding two or more). With reference
 polygons (``--val-polygons``), the paper's per-instance mIoU and F1 through the engine's ``evaluate``.
+Each held-out object's polygon area is returned too, so that the caller can follow how the masks grow
+against the base model's (:func:`area_growth`): the way self-training drifts, which the click counts miss.
 Validation clicks never reach the training chips (:func:`training.regions.block_split`).
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import geopandas as gpd
 import numpy as np
@@ -42,9 +44,10 @@ def write_validation_clicks(region: Region, path) -> Optional[Path]:
 
 
 def validate(model: LoadedModel, regions: Sequence[Region], cfg: SegmentConfig,
-             val_polygons: Optional[Sequence[Optional[str]]] = None) -> dict:
-    """Segment every region's held-out clicks with ``model`` and measure the result."""
+             val_polygons: Optional[Sequence[Optional[str]]] = None) -> Tuple[dict, Dict[str, float]]:
+    """Segment every region's held-out clicks with ``model``; the figures, and each object's polygon area."""
     singles = merges = total = 0
+    areas: Dict[str, float] = {}
     scores = []
     predictor = ChipPredictor(model, EmbeddingCache(0), cfg.decoder_batch)  # weights change: never reuse embeddings
     options = cfg.replace(instance_field="obj", label_field="positive", layer="points", class_field=None)
@@ -55,6 +58,7 @@ def validate(model: LoadedModel, regions: Sequence[Region], cfg: SegmentConfig,
                 continue
             result = segment(region.raster, clicks, None, options, predictor=predictor)
             polygons = result.layers["instances"]
+            areas.update(object_areas(polygons, prefix=f"{i}:"))
             all_clicks = np.vstack([inst.pos for inst in region.instances])
             s, m = _click_counts(polygons, all_clicks, region.crs)
             singles, merges, total = singles + s, merges + m, total + int(region.val.sum())
@@ -68,7 +72,21 @@ def validate(model: LoadedModel, regions: Sequence[Region], cfg: SegmentConfig,
     if scores:
         summary = summarize(scores)
         figures.update(miou=summary["miou"], mf1=summary["mf1"])
-    return figures
+    return figures, areas
+
+
+def area_growth(areas: Dict[str, float], reference: Dict[str, float]) -> float:
+    """Median over the objects both hold of ``areas`` / ``reference`` (1: no change); NaN when none is shared."""
+    ratios = [areas[k] / reference[k] for k in areas.keys() & reference.keys() if reference[k] > 0]
+    return float(np.median(ratios)) if ratios else float("nan")
+
+
+def object_areas(polygons: gpd.GeoDataFrame, prefix: str = "") -> Dict[str, float]:
+    """Each object's polygon area (its parts summed), keyed by ``prefix`` + the ``instance`` field."""
+    if len(polygons) == 0:
+        return {}
+    by_object = polygons.geometry.area.groupby(polygons["instance"].astype(str)).sum()
+    return {prefix + key: float(area) for key, area in by_object.items()}
 
 
 def _click_counts(polygons: gpd.GeoDataFrame, clicks: np.ndarray, crs) -> tuple:

@@ -1,7 +1,9 @@
 """``pointsam train``: calibrated teacher prompts, a few-step run the engine can use, exact resume, bad inputs."""
 
+import geopandas as gpd
 import numpy as np
 import pytest
+import shapely
 import torch
 from click.testing import CliRunner
 
@@ -14,6 +16,7 @@ from pointsam_engine.scenes import render, write_scene
 from training import selftrain, train as train_module
 from training.selftrain import SelfTrainOptions, teacher_masks
 from training.train import TrainConfig, train
+from training.validation import area_growth, object_areas
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -70,7 +73,20 @@ def test_a_few_steps_write_an_adapter_that_the_engine_applies(scene, tiny_model,
     best = max(history, key=lambda h: h["miou"])
     assert summary["best"]["step"] == best["step"] and read_adapter(output)["config"]["kept_step"] == best["step"]
     header = (tmp_path / "region.csv").read_text().splitlines()[0].split(",")
-    assert {"loss", "focal", "dice", "iou_mse", "prototype", "miou", "single_click_share"} <= set(header)
+    assert {"loss", "focal", "dice", "iou_mse", "prototype", "miou", "single_click_share", "area_vs_base"} <= set(header)
+    assert history[0]["area_vs_base"] == 1.0  # step 0 is the base model, matched object by object
+
+
+def test_area_growth_is_the_median_ratio_over_the_objects_both_runs_hold():
+    squares = gpd.GeoDataFrame({"instance": ["a", "b", "c", "c"]},
+                               geometry=[shapely.box(0, 0, 2, 2), shapely.box(0, 0, 1, 1), shapely.box(0, 0, 3, 1),
+                                         shapely.box(5, 5, 6, 6)])
+    areas = object_areas(squares, prefix="0:")
+    assert areas == {"0:a": 4.0, "0:b": 1.0, "0:c": 4.0}  # an object's parts add up
+    base = {"0:a": 2.0, "0:b": 1.0, "0:c": 1.0, "0:gone": 3.0}
+    assert area_growth(areas, base) == 2.0  # ratios 2, 1, 4; "gone" has no polygon now
+    assert area_growth(base, base) == 1.0
+    assert np.isnan(area_growth(areas, {})) and object_areas(squares.iloc[:0], prefix="0:") == {}
 
 
 def test_resume_after_ctrl_c_equals_the_uninterrupted_run(scene, tiny_model, tmp_path, monkeypatch):
