@@ -110,9 +110,12 @@ VARIANTS = {
 
 
 def main() -> None:
+    from training.selftrain import SelfTrainOptions
+    from training.train import TrainConfig, train
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: pointsam train's)")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="Adam learning rate (default: pointsam train's)")
     parser.add_argument("--train-scenes", type=int, default=4)
     parser.add_argument("--test-scenes", type=int, default=3)
     parser.add_argument("--size", type=int, default=512)
@@ -130,10 +133,6 @@ def main() -> None:
                         help=f"Comma-separated subset to train (default all): {', '.join(VARIANTS)}")
     parser.add_argument("--out", type=Path, default=OUT, help="Folder for scenes, adapters and the table.")
     args = parser.parse_args()
-
-    from training.selftrain import SelfTrainOptions
-    from training.train import TrainConfig, train
-
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     train_scenes = make_scenes(out / "train", [args.train_seeds_from + i for i in range(args.train_scenes)], args.size,
@@ -144,7 +143,7 @@ def main() -> None:
     print(f"zero-shot: {rows['zero-shot']}")
     base = TrainConfig(rasters=[str(f["raster"]) for f in train_scenes], points=[str(f["points"]) for f in train_scenes],
                        output="", model=args.model, steps=args.steps, seed=args.seed, val_fraction=0.0,
-                       **({} if args.lr is None else {"lr": args.lr}),
+                       lr=args.lr,
                        checkpoint_every=args.steps, accelerator=args.device, overwrite=True,
                        train_masks=[str(f["truth"]) for f in train_scenes])
     chosen = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
@@ -165,8 +164,8 @@ def main() -> None:
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, accelerator {args.device}"
     print(f"machine: {machine}")
-    summary = {"args": {**vars(args), "lr": base.lr}, "machine": machine, "rows": rows}
-    (out / "domain_shift.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "domain_shift.json").write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows},
+                                                      indent=2, default=str))
     (out / "domain_shift.md").write_text("\n".join(table) + "\n")
 
 

@@ -7,6 +7,8 @@ import click
 from pointsam_engine.errors import OptionError
 
 from .pretrain import PretrainConfig
+from .selftrain import SelfTrainOptions
+from .train import TrainConfig
 
 
 @click.command()
@@ -69,20 +71,20 @@ def _blocks(text):
 @click.option("--points", "points", multiple=True, required=True, type=click.Path(dir_okay=False), help="Point layer over the raster before it (repeat).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Adapter file to write (NAME.adapter.pt).")
 @click.option("--model", default=None, help="Base model (default: the bundled model), as in pointsam segment.")
-@click.option("--steps", default=400, show_default=True, type=int)
-@click.option("--lr", default=1e-4, show_default=True, type=float, help="Adam learning rate (WeSAM's; PointSAM's 5e-4 drifts here, see docs/accuracy.md).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--rank", default=4, show_default=True, type=int, help="LoRA rank.")
+@click.option("--steps", default=TrainConfig.steps, show_default=True, type=int)
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=float, help="Adam learning rate (WeSAM's; PointSAM's 5e-4 drifts here, see docs/accuracy.md).")
+@click.option("--seed", default=TrainConfig.seed, show_default=True, type=int)
+@click.option("--rank", default=TrainConfig.rank, show_default=True, type=int, help="LoRA rank.")
 @click.option("--blocks", default=None, help="Encoder blocks to adapt, e.g. 1-11 or 6,7,8 (default: all but the first).")
 @click.option("--train-decoder", is_flag=True, help="Fine-tune the mask decoder too.")
-@click.option("--val-fraction", default=0.2, show_default=True, type=float, help="Share of clicks held out, in spatial blocks.")
+@click.option("--val-fraction", default=TrainConfig.val_fraction, show_default=True, type=float, help="Share of clicks held out, in spatial blocks.")
 @click.option("--val-polygons", multiple=True, type=click.Path(dir_okay=False), help="Reference polygons per raster, for mIoU on the held-out blocks.")
-@click.option("--val-every", default=50, show_default=True, type=int)
-@click.option("--checkpoint-every", default=50, show_default=True, type=int)
-@click.option("--background", default=1, show_default=True, type=int, help="Random background negatives per object.")
+@click.option("--val-every", default=TrainConfig.val_every, show_default=True, type=int)
+@click.option("--checkpoint-every", default=TrainConfig.checkpoint_every, show_default=True, type=int)
+@click.option("--background", default=SelfTrainOptions.background, show_default=True, type=int, help="Random background negatives per object.")
 @click.option("--no-calibration", is_flag=True, help="Plain self-training: no negative prompt calibration of the teacher.")
 @click.option("--no-prototypes", is_flag=True, help="No prototype-based regularization.")
-@click.option("--prototype-weight", default=0.1, show_default=True, type=float)
+@click.option("--prototype-weight", default=SelfTrainOptions.prototype_weight, show_default=True, type=float)
 @click.option("--bands", default=None, help="As in pointsam segment.")
 @click.option("--stretch", default="2,98", show_default=True)
 @click.option("--nodata", type=float, default=None)
@@ -119,9 +121,6 @@ def train_config(rasters, points, output, model, steps, lr, seed, rank, blocks, 
                  chip_scale, accelerator, resume, overwrite, devices=1, strategy="auto", precision="32-true"):
     """A :class:`~training.train.TrainConfig` from ``pointsam train``'s options (also the HTTP API's train jobs)."""
     from pointsam_engine.config import SegmentConfig, parse_bands, parse_stretch
-
-    from .selftrain import SelfTrainOptions
-    from .train import TrainConfig
 
     segment = SegmentConfig(bands=parse_bands(bands), stretch=parse_stretch(stretch), nodata=nodata, sar_db=sar_db,
                             assume_crs=assume_crs, layer=layer, instance_field=instance_field,

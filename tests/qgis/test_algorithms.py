@@ -146,3 +146,15 @@ def test_a_modeler_model_chains_segment_points_into_evaluate(plugin, scene, tmp_
     assert 0.6 < scores["MIOU"] <= 1, "the bundled model reaches over 0.6 on generated buildings"
     assert scores["INSTANCES"] == _count(scene["points"])
     assert json.loads((tmp_path / "figures.json").read_text())["miou"] == pytest.approx(scores["MIOU"])
+
+
+def test_finetune_defaults_are_the_engines_train_job_defaults(plugin):
+    from pathlib import Path
+
+    from qgis.core import QgsApplication
+
+    saved = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"  # kept current by the engine's tests
+    api = json.loads(saved.read_text())["components"]["schemas"]["TrainJobRequest"]["properties"]
+    algorithm = QgsApplication.processingRegistry().algorithmById("pointsam:finetune")
+    for parameter, field in (("STEPS", "steps"), ("RANK", "rank"), ("LR", "lr"), ("VAL_FRACTION", "val_fraction")):
+        assert float(algorithm.parameterDefinition(parameter).defaultValue()) == api[field]["default"], parameter

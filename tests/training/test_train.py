@@ -190,3 +190,13 @@ def test_two_processes_with_ddp_train_one_adapter(scene, tiny_model, tmp_path):
     assert adapter["config"]["kept_step"] == 4 and adapter["config"]["strategy"] == "ddp"
     assert any(v.abs().sum() > 0 for k, v in adapter["state_dict"].items() if "_b." in k)  # the adapter learnt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.adapter.pt", "ddp.ckpt", "ddp.csv", "ddp.png"]
+
+
+def test_the_api_train_job_defaults_are_pointsam_trains():
+    from pointsam_engine.api.schemas import TrainJobRequest
+    from training.cli import train as train_command
+
+    cli = {p.name: p.default for p in train_command.params if not (p.multiple or p.required or p.is_flag)}
+    api = {name: f.default for name, f in TrainJobRequest.model_fields.items() if name in cli}
+    assert {"steps", "lr", "seed", "rank", "val_fraction", "background", "prototype_weight"} <= set(api)
+    assert api == {name: cli[name] for name in api}
