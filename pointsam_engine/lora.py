@@ -26,7 +26,8 @@ stock key layout. Rank and alpha are not tensors: save :func:`lora_config` next 
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ from torch.nn import functional as F
 
 from pointsam_engine.errors import ModelError, OptionError
 
-__all__ = ["LoRAQKV", "add_lora", "load_lora_state_dict", "lora_config", "lora_state_dict", "merge_lora"]
+__all__ = ["LoRAQKV", "add_lora", "base_model", "load_lora_state_dict", "lora_config", "lora_state_dict", "merge_lora"]
 
 
 class LoRAQKV(nn.Linear):
@@ -121,6 +122,23 @@ def lora_config(sam: nn.Module) -> dict:
     first = next(iter(adapted.values()))
     blocks = [int(name.split(".")[2]) for name in adapted]
     return {"rank": first.rank, "alpha": first.alpha, "blocks": blocks}
+
+
+@contextmanager
+def base_model(sam: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``sam`` computes the base model: every adapter's update is switched off.
+
+    No weights are copied, so the frozen base costs no memory beside the adapted model (self-training's
+    anchor uses it)."""
+    layers = list(_adapted(sam).values())
+    scales = [layer.scale for layer in layers]
+    for layer in layers:
+        layer.scale = 0.0
+    try:
+        yield sam
+    finally:
+        for layer, scale in zip(layers, scales):
+            layer.scale = scale
 
 
 def lora_state_dict(sam: nn.Module) -> Dict[str, torch.Tensor]:

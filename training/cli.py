@@ -85,6 +85,9 @@ def _blocks(text):
 @click.option("--no-calibration", is_flag=True, help="Plain self-training: no negative prompt calibration of the teacher.")
 @click.option("--no-prototypes", is_flag=True, help="No prototype-based regularization.")
 @click.option("--prototype-weight", default=SelfTrainOptions.prototype_weight, show_default=True, type=float)
+@click.option("--anchor-weight", default=SelfTrainOptions.anchor_weight, show_default=True, type=float,
+              help="Weight of the anchor: the student also fits the base model's masks, which stops self-training's "
+                   "drift (0: PointSAM as published; see docs/accuracy.md).")
 @click.option("--bands", default=None, help="As in pointsam segment.")
 @click.option("--stretch", default="2,98", show_default=True)
 @click.option("--nodata", type=float, default=None)
@@ -101,9 +104,9 @@ def _blocks(text):
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside the output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing adapter.")
 def train(rasters, points, output, model, steps, lr, seed, rank, blocks, train_decoder, val_fraction, val_polygons,
-          val_every, checkpoint_every, background, no_calibration, no_prototypes, prototype_weight, bands, stretch,
-          nodata, sar_db, assume_crs, layer, instance_field, label_field, chip_scale, accelerator, devices, strategy,
-          precision, resume, overwrite) -> None:
+          val_every, checkpoint_every, background, no_calibration, no_prototypes, prototype_weight, anchor_weight, bands,
+          stretch, nodata, sar_db, assume_crs, layer, instance_field, label_field, chip_scale, accelerator, devices,
+          strategy, precision, resume, overwrite) -> None:
     """Adapt SAM to a region from its point layers alone (PointSAM: LoRA self-training)."""
     options = dict(locals())  # the options, before any other name is bound here
     from pointsam_engine.cli import guard
@@ -117,8 +120,9 @@ def train(rasters, points, output, model, steps, lr, seed, rank, blocks, train_d
 
 def train_config(rasters, points, output, model, steps, lr, seed, rank, blocks, train_decoder, val_fraction,
                  val_polygons, val_every, checkpoint_every, background, no_calibration, no_prototypes,
-                 prototype_weight, bands, stretch, nodata, sar_db, assume_crs, layer, instance_field, label_field,
-                 chip_scale, accelerator, resume, overwrite, devices=1, strategy="auto", precision="32-true"):
+                 prototype_weight, anchor_weight, bands, stretch, nodata, sar_db, assume_crs, layer, instance_field,
+                 label_field, chip_scale, accelerator, resume, overwrite, devices=1, strategy="auto",
+                 precision="32-true"):
     """A :class:`~training.train.TrainConfig` from ``pointsam train``'s options (also the HTTP API's train jobs)."""
     from pointsam_engine.config import SegmentConfig, parse_bands, parse_stretch
 
@@ -126,7 +130,7 @@ def train_config(rasters, points, output, model, steps, lr, seed, rank, blocks, 
                             assume_crs=assume_crs, layer=layer, instance_field=instance_field,
                             label_field=label_field, chip_scale=chip_scale, model=model)
     opts = SelfTrainOptions(background=background, calibration=not no_calibration, prototypes=not no_prototypes,
-                            prototype_weight=prototype_weight)
+                            prototype_weight=prototype_weight, anchor_weight=anchor_weight)
     return TrainConfig(rasters=tuple(rasters), points=tuple(points), output=output, model=model,
                        val_polygons=tuple(val_polygons), steps=steps, lr=lr, seed=seed, rank=rank,
                        blocks=_blocks(blocks), train_decoder=train_decoder, val_fraction=val_fraction,

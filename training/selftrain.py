@@ -16,6 +16,13 @@
    focal of the mean BCE, not a class weight; read as torchvision's class weight, 0.8 favours the
    object so much that masks grow under self-training (measured on 0.6 m hazy buildings: median mask
    area 1.65 times the truth after 150 steps, mIoU 0.606 zero-shot -> 0.500).
+5. Anchor (``anchor_weight`` above 0; beyond the paper, after WeSAM's frozen anchor network): the student
+   also fits the base model's masks (the adapters switched off, :func:`pointsam_engine.lora.base_model`)
+   for the same weak view and prompts, ``anchor_weight`` times 20 focal + Dice. Where teacher and base
+   model agree it changes nothing. Where the teacher's masks have grown past the base model's, the
+   student is pulled back towards the base model, so the loop of grown pseudo-labels teaching more
+   growth, the form self-training's drift takes here (docs/accuracy.md), cannot run away. It costs one
+   more ``no_grad`` encoder pass per step and no memory: the base model is the same weights.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import numpy as np
 import torch
 
 from pointsam_engine.calibration import find_neighbours, with_negatives
+from pointsam_engine.lora import base_model
 from pointsam_engine.masks import MaskPatch, Prompt
 
 from .augment import random_dihedral, strong_view
@@ -47,6 +55,7 @@ class SelfTrainOptions:
     prototype_weight: float = 0.1
     strong: bool = True  # False: the student sees the weak view too
     supervised: bool = False  # truth masks instead of pseudo-labels: the upper bound of benchmarks only
+    anchor_weight: float = 1.0  # the base model's masks as an anchor against drift; 0: PointSAM as published
 
 
 @dataclass
@@ -132,12 +141,18 @@ def selftrain_step(sam, chip: TrainingChip, opts: SelfTrainOptions, rng: np.rand
     student_image = strong_view(image, rng) if opts.strong else image
     student_embedding = embed(sam, student_image)
     pseudo = pseudo.to(student_embedding.device)
-    terms = mask_terms(sam, student_embedding, [prompts[i].points for i in trained],
-                       [prompts[i].labels for i in trained], pseudo, focal_alpha=FOCAL_ALPHA)
+    points, labels = [prompts[i].points for i in trained], [prompts[i].labels for i in trained]
+    terms = mask_terms(sam, student_embedding, points, labels, pseudo, focal_alpha=FOCAL_ALPHA)
     loss = terms.total().mean()
     mean = lambda t: float(t.detach().mean())  # noqa: E731
     logged = {"focal": mean(terms.focal), "dice": mean(terms.dice), "iou_mse": mean(terms.iou_mse),
               "agreement": float(terms.iou.mean()), "calibrated": float(len(neighbours)), "objects": float(len(trained))}
+    if opts.anchor_weight > 0 and not opts.supervised:  # the truth needs no anchor
+        anchor = base_masks(sam, image, [prompts[i] for i in trained]).to(student_embedding.device)
+        anchor_terms = mask_terms(sam, student_embedding, points, labels, anchor, focal_alpha=FOCAL_ALPHA)
+        anchor_loss = (20 * anchor_terms.focal + anchor_terms.dice).mean()  # the IoU head learns the teacher's
+        loss = loss + opts.anchor_weight * anchor_loss
+        logged["anchor"] = float(anchor_loss.detach())
     teacher_features = None
     if opts.prototypes and regularizer is not None:
         teacher_features = instance_features(teacher_embedding, pseudo)
@@ -146,6 +161,12 @@ def selftrain_step(sam, chip: TrainingChip, opts: SelfTrainOptions, rng: np.rand
         logged["prototype"] = float(proto.detach())
     logged["loss"] = float(loss.detach())
     return StepResult(loss, logged, teacher_features)
+
+
+def base_masks(sam, image: np.ndarray, prompts: List[Prompt]) -> torch.Tensor:
+    """(N, h, w) bool: the base model's masks (adapters off) for ``prompts`` on the (weak-view) ``image``."""
+    with torch.no_grad(), base_model(sam):
+        return torch.from_numpy(np.stack([p.logits > 0 for p in kept_masks(sam, embed(sam, image), prompts)]))
 
 
 def _union(patches: List[MaskPatch], size: int) -> np.ndarray:

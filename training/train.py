@@ -2,8 +2,9 @@
 
 The base model stays frozen; LoRA adapters on the image encoder's q and v projections learn from
 self-training on the region's chips (:mod:`training.selftrain`), regularised by prototypes
-(:mod:`training.prototypes`). Lightning Fabric carries device, precision and strategy, so the same
-loop runs on this CPU and on several GPUs (``--accelerator gpu --devices 4 --strategy ddp``).
+(:mod:`training.prototypes`) and anchored to the base model's masks against drift. Lightning Fabric
+carries device, precision and strategy, so the same loop runs on this CPU and on several GPUs
+(``--accelerator gpu --devices 4 --strategy ddp``).
 
 Nothing is lost: a checkpoint (adapter, optimiser, schedule, random state, prototype bank, history)
 is written atomically every ``checkpoint_every`` steps and on Ctrl-C, and ``resume`` continues to the

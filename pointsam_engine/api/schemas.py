@@ -127,6 +127,8 @@ class TrainJobRequest(Strict):
     no_calibration: bool = False
     no_prototypes: bool = False
     prototype_weight: float = Field(0.1, ge=0, le=100)
+    anchor_weight: float = Field(1.0, ge=0, le=100, description="Weight of the base model's masks as an anchor "
+                                 "against self-training's drift (0: PointSAM as published).")
     bands: Optional[List[int]] = Field(None, min_length=1, max_length=3)
     stretch: str = Field("2,98", max_length=40)
     nodata: Optional[float] = Field(None, allow_inf_nan=False)

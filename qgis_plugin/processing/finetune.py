@@ -27,13 +27,15 @@ def adapter_path(path: str) -> str:
 
 class FineTune(EngineAlgorithm):
     STEPS, RANK, LR, VAL_FRACTION, VAL_POLYGONS = "STEPS", "RANK", "LR", "VAL_FRACTION", "VAL_POLYGONS"
+    ANCHOR_WEIGHT = "ANCHOR_WEIGHT"
     OUTPUT = "OUTPUT"
 
     NAME, DISPLAY_NAME = "finetune", "Fine-tune from points"
     HELP = ("Adapts SAM to a region from one click per object, without masks (the PointSAM method: self-training "
             "with calibrated negative prompts and prototype regularization). Writes a small adapter file for "
             "the model; give it to Segment points as Adapter. Reference polygons, when given, score the "
-            "held-out clicks (validation fraction) so the best step is kept.")
+            "held-out clicks (validation fraction) so the best step is kept. The anchor weight keeps the masks "
+            "close to the base model's where self-training would let them grow; 0 trains PointSAM as published.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_raster_and_points(FIELDS)
@@ -43,6 +45,8 @@ class FineTune(EngineAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.LR, "Learning rate", double, 1e-4, minValue=1e-7, maxValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.VAL_FRACTION, "Validation fraction (clicks held out, "
                                                        "in spatial blocks)", double, 0.2, minValue=0, maxValue=0.9))
+        self.addParameter(QgsProcessingParameterNumber(self.ANCHOR_WEIGHT, "Anchor weight (0: none)", double, 1.0,
+                                                       minValue=0, maxValue=100))
         self.addParameter(QgsProcessingParameterFeatureSource(self.VAL_POLYGONS, "Reference polygons for validation",
                                                               [QgsProcessing.SourceType.TypeVectorPolygon], optional=True))
         self.add_raster_options()
@@ -61,6 +65,7 @@ class FineTune(EngineAlgorithm):
                     "rank": self.parameterAsInt(parameters, self.RANK, context),
                     "lr": self.parameterAsDouble(parameters, self.LR, context),
                     "val_fraction": self.parameterAsDouble(parameters, self.VAL_FRACTION, context),
+                    "anchor_weight": self.parameterAsDouble(parameters, self.ANCHOR_WEIGHT, context),
                     **self.options(parameters, context, FIELDS)}
             if self.parameterAsSource(parameters, self.VAL_POLYGONS, context) is not None:
                 body["val_polygons"] = [self.write_source(parameters, self.VAL_POLYGONS, context, folder, "reference")]

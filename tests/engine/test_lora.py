@@ -8,7 +8,8 @@ from pointsam_engine.encoder import use_lean_attention
 from pointsam_engine.errors import ModelError
 from pointsam_engine.model import SamArch, build_sam
 from tests.conftest import TINY_ARCH
-from pointsam_engine.lora import LoRAQKV, add_lora, load_lora_state_dict, lora_config, lora_state_dict, merge_lora
+from pointsam_engine.lora import (LoRAQKV, add_lora, base_model, load_lora_state_dict, lora_config, lora_state_dict,
+                                  merge_lora)
 
 ARCH = SamArch(**{**TINY_ARCH, "encoder_depth": 3, "encoder_global_attn_indexes": (2,), "image_size": 128})
 
@@ -60,6 +61,21 @@ def test_only_lora_parameters_train_and_one_step_changes_the_output(base, image)
         assert not torch.allclose(sam.image_encoder(image), base.image_encoder(image))
         blocks0 = sam.image_encoder.blocks[0].state_dict()
         assert all(torch.equal(v, base.image_encoder.blocks[0].state_dict()[k]) for k, v in blocks0.items())
+
+
+def test_base_model_switches_a_trained_adapter_off_and_back_on(base, image):
+    sam = copy.deepcopy(base)
+    add_lora(sam, rank=2)
+    _step(sam, image)
+    with torch.no_grad():
+        adapted = sam.image_encoder(image)
+        with base_model(sam) as plain:
+            assert torch.equal(plain.image_encoder(image), base.image_encoder(image))
+        assert torch.equal(sam.image_encoder(image), adapted)
+        assert not torch.allclose(adapted, base.image_encoder(image))
+        with pytest.raises(RuntimeError), base_model(sam):
+            raise RuntimeError("an error inside the block")
+        assert torch.equal(sam.image_encoder(image), adapted)
 
 
 def test_k_slice_is_never_adapted(base):

@@ -156,5 +156,6 @@ def test_finetune_defaults_are_the_engines_train_job_defaults(plugin):
     saved = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"  # kept current by the engine's tests
     api = json.loads(saved.read_text())["components"]["schemas"]["TrainJobRequest"]["properties"]
     algorithm = QgsApplication.processingRegistry().algorithmById("pointsam:finetune")
-    for parameter, field in (("STEPS", "steps"), ("RANK", "rank"), ("LR", "lr"), ("VAL_FRACTION", "val_fraction")):
+    for parameter, field in (("STEPS", "steps"), ("RANK", "rank"), ("LR", "lr"), ("VAL_FRACTION", "val_fraction"),
+                             ("ANCHOR_WEIGHT", "anchor_weight")):
         assert float(algorithm.parameterDefinition(parameter).defaultValue()) == api[field]["default"], parameter

@@ -164,6 +164,47 @@ def test_block_lists_that_make_no_sense_fail_in_one_line_before_anything_runs(sc
     assert not out.exists()
 
 
+def test_the_anchor_is_the_base_models_masks_whatever_the_adapter_has_learnt():
+    from pointsam_engine.lora import add_lora
+    from pointsam_engine.model import DEFAULT_MODEL
+
+    scene = render("buildings", 256, seed=7302)
+    image = np.ascontiguousarray(scene.image.transpose(1, 2, 0))
+    prompts = [Prompt(c[None], np.ones(1, int)) for c in scene.clicks[:6]]
+    sam = load_model(DEFAULT_MODEL, device="cpu").sam.eval()
+    with torch.no_grad():
+        before = [p.logits > 0 for p in selftrain.kept_masks(sam, selftrain.embed(sam, image), prompts)]
+        torch.manual_seed(0)  # A's initialisation
+        add_lora(sam, rank=2)
+        for name, p in sam.named_parameters():
+            if "lora_" in name and "_b." in name:
+                p.normal_(0, 3.0, generator=torch.Generator().manual_seed(3))
+        adapted = [p.logits > 0 for p in selftrain.kept_masks(sam, selftrain.embed(sam, image), prompts)]
+    anchor = selftrain.base_masks(sam, image, prompts).numpy()
+    assert np.array_equal(anchor, np.stack(before))
+    assert sum(int((a != b).sum()) for a, b in zip(adapted, before)) > 0.02 * sum(int(b.sum()) for b in before)
+
+
+def test_the_anchor_weight_adds_the_anchor_term_to_the_step_loss(scene):
+    from pointsam_engine.config import SegmentConfig
+    from pointsam_engine.lora import add_lora
+    from pointsam_engine.model import DEFAULT_MODEL
+    from training.regions import load_region
+
+    sam = load_model(DEFAULT_MODEL, device="cpu").sam
+    add_lora(sam, rank=2)
+    region = load_region(0, scene["raster"], scene["points"], SegmentConfig(), 256, val_fraction=0.0,
+                         rng=np.random.default_rng(0))
+    chip = next(c for c in region.chips if len(c.owned))
+    losses = {}
+    for weight in (0.0, 2.0):
+        opts = SelfTrainOptions(max_objects=4, prototypes=False, anchor_weight=weight)
+        losses[weight] = selftrain.selftrain_step(sam, chip, opts, np.random.default_rng(5))
+    assert "anchor" not in losses[0.0].terms and losses[2.0].terms["anchor"] > 0
+    total = losses[0.0].terms["loss"] + 2.0 * losses[2.0].terms["anchor"]
+    assert losses[2.0].terms["loss"] == pytest.approx(total, rel=1e-5)
+
+
 def test_the_self_training_focal_term_weighs_object_and_background_alike():
     from training.losses import focal_loss
 
@@ -198,5 +239,5 @@ def test_the_api_train_job_defaults_are_pointsam_trains():
 
     cli = {p.name: p.default for p in train_command.params if not (p.multiple or p.required or p.is_flag)}
     api = {name: f.default for name, f in TrainJobRequest.model_fields.items() if name in cli}
-    assert {"steps", "lr", "seed", "rank", "val_fraction", "background", "prototype_weight"} <= set(api)
+    assert {"steps", "lr", "seed", "rank", "val_fraction", "background", "prototype_weight", "anchor_weight"} <= set(api)
     assert api == {name: cli[name] for name in api}
