@@ -9,7 +9,7 @@ head ranks first); other prompts get one mask. Losses are taken at the decoder's
 from __future__ import annotations
 
 from itertools import groupby
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,14 +42,27 @@ def decode(sam, embedding: torch.Tensor, points: np.ndarray, labels: np.ndarray)
     return low[:, keep], iou_pred[:, keep]
 
 
-def mask_terms(sam, embedding: torch.Tensor, points: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-               targets: torch.Tensor, focal_alpha: float = 0.25) -> MaskTerms:
-    """SAM's losses for each prompt against ``targets`` (N, H, W) in {0, 1} (or area fractions)."""
+def decode_groups(sam, embedding: torch.Tensor, points: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> list:
+    """Prompts grouped by click count, each group decoded once: ``[(indices, logits, predicted IoUs), ...]``.
+
+    Pass the result to :func:`mask_terms` to score the same decoding against several targets."""
     order = sorted(range(len(points)), key=lambda i: len(points[i]))
-    parts: List[tuple] = []
+    decoded = []
     for _, group in groupby(order, key=lambda i: len(points[i])):
         group = list(group)
         logits, pred_iou = decode(sam, embedding, np.stack([points[i] for i in group]), np.stack([labels[i] for i in group]))
+        decoded.append((group, logits, pred_iou))
+    return decoded
+
+
+def mask_terms(sam, embedding: torch.Tensor, points: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+               targets: torch.Tensor, focal_alpha: float = 0.25, decoded: Optional[list] = None) -> MaskTerms:
+    """SAM's losses for each prompt against ``targets`` (N, H, W) in {0, 1} (or area fractions).
+
+    ``decoded``: :func:`decode_groups` of these prompts, when another target already decoded them."""
+    decoded = decode_groups(sam, embedding, points, labels) if decoded is None else decoded
+    parts: List[tuple] = []
+    for group, logits, pred_iou in decoded:
         t = F.adaptive_avg_pool2d(targets[group][:, None].float(), logits.shape[-2:]).expand_as(logits)
         focal, dice = focal_loss(logits, t, alpha=focal_alpha), dice_loss(logits, t)
         best = (20 * focal + dice).argmin(dim=1, keepdim=True)

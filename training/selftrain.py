@@ -38,7 +38,7 @@ from pointsam_engine.lora import base_model
 from pointsam_engine.masks import MaskPatch, Prompt
 
 from .augment import random_dihedral, strong_view
-from .objective import decode, mask_terms
+from .objective import decode, decode_groups, mask_terms
 from .prototypes import PrototypeRegularizer, instance_features
 from .regions import TrainingChip, background_negatives
 
@@ -142,14 +142,16 @@ def selftrain_step(sam, chip: TrainingChip, opts: SelfTrainOptions, rng: np.rand
     student_embedding = embed(sam, student_image)
     pseudo = pseudo.to(student_embedding.device)
     points, labels = [prompts[i].points for i in trained], [prompts[i].labels for i in trained]
-    terms = mask_terms(sam, student_embedding, points, labels, pseudo, focal_alpha=FOCAL_ALPHA)
+    decoded = decode_groups(sam, student_embedding, points, labels)  # one decoding for pseudo-labels and anchor
+    terms = mask_terms(sam, student_embedding, points, labels, pseudo, focal_alpha=FOCAL_ALPHA, decoded=decoded)
     loss = terms.total().mean()
     mean = lambda t: float(t.detach().mean())  # noqa: E731
     logged = {"focal": mean(terms.focal), "dice": mean(terms.dice), "iou_mse": mean(terms.iou_mse),
               "agreement": float(terms.iou.mean()), "calibrated": float(len(neighbours)), "objects": float(len(trained))}
     if opts.anchor_weight > 0 and not opts.supervised:  # the truth needs no anchor
         anchor = base_masks(sam, image, [prompts[i] for i in trained]).to(student_embedding.device)
-        anchor_terms = mask_terms(sam, student_embedding, points, labels, anchor, focal_alpha=FOCAL_ALPHA)
+        anchor_terms = mask_terms(sam, student_embedding, points, labels, anchor, focal_alpha=FOCAL_ALPHA,
+                                  decoded=decoded)
         anchor_loss = (20 * anchor_terms.focal + anchor_terms.dice).mean()  # the IoU head learns the teacher's
         loss = loss + opts.anchor_weight * anchor_loss
         logged["anchor"] = float(anchor_loss.detach())
