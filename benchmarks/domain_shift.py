@@ -3,7 +3,9 @@
 Target domain: generated buildings scenes as the bundled model never saw them in training. It learnt on
 true-colour 0.3 m scenes; the target is a colour-infrared survey (near-infrared, red, green: vegetation
 bright red, roofs and ground in other hues) at 0.4 m, of a dense neighbourhood where 60 % of the rows are
-terraces of look-alike houses, the case the method's negative prompt calibration is for. Training scenes
+terraces of look-alike houses, the case the method's negative prompt calibration is for. ``--style``
+gives two other looks: ``haze`` (hazy, desaturated true colour) and ``pan`` (one grey panchromatic band,
+as in archive aerial photographs). Training scenes
 give only their clicks; held-out test scenes, with other seeds, give the truth. Every variant trains with
 the same budget (steps, seed, LoRA rank; the adapter of the last step is kept, so no test figure ever
 chooses a model) and is scored on the same test scenes with the engine's ``segment`` + ``evaluate``:
@@ -11,8 +13,11 @@ chooses a model) and is scored on the same test scenes with the engine's ``segme
     zero-shot | plain self-training | + calibration | + prototypes | PointSAM (both) | mask-supervised LoRA
     | plain + anchor | PointSAM + anchor (pointsam train's default)
 
-The paper's variants train without the anchor (``anchor_weight`` 0); the last two add it
-(``--anchor-weight``, :mod:`training.selftrain`).
+The paper's variants train without the anchor (``anchor_weight`` 0); the anchored ones add it
+(``--anchor-weight``, :mod:`training.selftrain`). Two more, not run by default, show what the strong view
+adds: the student sees the teacher's weak view (``--variants "plain on the weak view,plain + anchor on
+the weak view"``). ``--teacher-views`` averages every self-training variant's pseudo-labels over that
+many flips/turns of the weak view.
 
 Three ways of segmenting the test scenes are scored: the engine's default (calibration at inference, a
 pixel two masks claim goes to the higher logit), the paper's protocol (the clicks alone: what the adapter
@@ -62,7 +67,15 @@ def haze(image: np.ndarray) -> np.ndarray:
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
-STYLES = {"cir": colour_infrared, "haze": haze}
+def panchromatic(image: np.ndarray) -> np.ndarray:
+    """(3, H, W) uint8 true-colour buildings image -> one panchromatic band (grey, as in archive aerial photographs)
+    in all three bands. The weights follow a silicon sensor's response: green most, then red and blue."""
+    r, g, b = image.astype(float)
+    grey = 0.3 * r + 0.45 * g + 0.25 * b
+    return np.clip(np.stack([grey, grey, grey]), 0, 255).astype(np.uint8)
+
+
+STYLES = {"cir": colour_infrared, "haze": haze, "pan": panchromatic}
 
 
 def make_scenes(folder: Path, seeds, size: int, resolution: float, style: str = "cir", density: float = 1.6) -> list:
@@ -113,6 +126,10 @@ VARIANTS = {  # the paper's ablation has no anchor (anchor_weight 0); the anchor
     "plain + anchor": dict(calibration=False, prototypes=False, anchor=True),
     "PointSAM + anchor (pointsam train's default)": dict(calibration=True, prototypes=True, anchor=True),
 }
+DIAGNOSTICS = {  # run only when named in --variants: what the strong view adds
+    "plain on the weak view": dict(calibration=False, prototypes=False, strong=False),
+    "plain + anchor on the weak view": dict(calibration=False, prototypes=False, strong=False, anchor=True),
+}
 
 
 def main() -> None:
@@ -136,11 +153,18 @@ def main() -> None:
     parser.add_argument("--train-seeds-from", type=int, default=63001)
     parser.add_argument("--test-seeds-from", type=int, default=62001)
     parser.add_argument("--variants", default=None,
-                        help=f"Comma-separated subset to train (default all): {', '.join(VARIANTS)}")
+                        help=f"Comma-separated variants to train (default: {', '.join(VARIANTS)}; "
+                             f"also: {', '.join(DIAGNOSTICS)})")
     parser.add_argument("--anchor-weight", type=float, default=SelfTrainOptions.anchor_weight,
                         help="Weight of the anchor in the anchored variants (default: pointsam train's)")
+    parser.add_argument("--teacher-views", type=int, default=SelfTrainOptions.teacher_views,
+                        help="Teacher views averaged for the pseudo-labels of every self-training variant")
     parser.add_argument("--out", type=Path, default=OUT, help="Folder for scenes, adapters and the table.")
     args = parser.parse_args()
+    chosen = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
+    unknown = [v for v in chosen if v not in {**VARIANTS, **DIAGNOSTICS}]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; see --help for the names")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     train_scenes = make_scenes(out / "train", [args.train_seeds_from + i for i in range(args.train_scenes)], args.size,
@@ -154,10 +178,10 @@ def main() -> None:
                        lr=args.lr,
                        checkpoint_every=args.steps, accelerator=args.device, overwrite=True,
                        train_masks=[str(f["truth"]) for f in train_scenes])
-    chosen = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
     for name in chosen:
-        options = dict(VARIANTS[name])
+        options = dict({**VARIANTS, **DIAGNOSTICS}[name])
         options["anchor_weight"] = args.anchor_weight if options.pop("anchor", False) else 0.0
+        options["teacher_views"] = args.teacher_views
         adapter = out / (name.split(" (")[0].replace(" ", "_").replace("+_", "plus_") + ".adapter.pt")
         cfg = replace(base, output=str(adapter), selftrain=SelfTrainOptions(**options))
         start = time.time()

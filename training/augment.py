@@ -44,6 +44,23 @@ class Dihedral:
             xy[:, 1] = size - xy[:, 1]
         return xy
 
+    def restore(self, a: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`image`: an (H, W, ...) array of the view back in the chip's geometry."""
+        if self.flip_y:
+            a = a[::-1]
+        if self.flip_x:
+            a = a[:, ::-1]
+        if self.transpose:
+            a = a.swapaxes(0, 1)
+        return np.ascontiguousarray(a)
+
+
+IDENTITY = Dihedral(False, False, False)
+# the teacher's extra views, most different first: half turn, the two diagonal mirrors, quarter turns, flips
+SPREAD_VIEWS = (IDENTITY, Dihedral(False, True, True), Dihedral(True, False, False), Dihedral(True, True, True),
+                Dihedral(True, True, False), Dihedral(True, False, True), Dihedral(False, True, False),
+                Dihedral(False, False, True))
+
 
 def random_dihedral(rng: np.random.Generator) -> Dihedral:
     return Dihedral(*(bool(b) for b in rng.integers(0, 2, 3)))

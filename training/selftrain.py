@@ -3,7 +3,9 @@
 1. Weak view: a random flip/quarter turn of the chip and of every click (:mod:`training.augment`).
 2. Prompts from clicks only: each trained object's positive clicks, the user's negative clicks, and
    ``background`` random points far from every positive click and outside the teacher's masks.
-3. Teacher (the current weights, ``no_grad``): masks for every object in the chip. Where a trained
+3. Teacher (the current weights, ``no_grad``): masks for every object in the chip, with ``teacher_views``
+   above 1 the mean of its logits over that many flips/turns of the weak view (:class:`TeacherViews`;
+   beyond the paper). Where a trained
    object's mask overlaps another object's (IoU above ``calibration_iou``) or holds its click, that
    object's positive clicks become extra negatives and the teacher predicts again (negative prompt
    calibration, with the engine's :func:`find_neighbours` and :func:`with_negatives`). The teacher's
@@ -28,7 +30,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from pointsam_engine.calibration import find_neighbours, with_negatives
 from pointsam_engine.lora import base_model
 from pointsam_engine.masks import MaskPatch, Prompt
 
-from .augment import random_dihedral, strong_view
+from .augment import SPREAD_VIEWS, random_dihedral, strong_view
 from .objective import decode, decode_groups, mask_terms
 from .prototypes import PrototypeRegularizer, instance_features
 from .regions import TrainingChip, background_negatives
@@ -56,6 +58,7 @@ class SelfTrainOptions:
     strong: bool = True  # False: the student sees the weak view too
     supervised: bool = False  # truth masks instead of pseudo-labels: the upper bound of benchmarks only
     anchor_weight: float = 1.0  # the base model's masks as an anchor against drift; 0: PointSAM as published
+    teacher_views: int = 1  # pseudo-labels averaged over this many flips/turns of the weak view; 1: as published
 
 
 @dataclass
@@ -87,15 +90,42 @@ def kept_masks(sam, embedding, prompts: List[Prompt]) -> List[MaskPatch]:
     return out
 
 
-def teacher_masks(sam, embedding, prompts: List[Prompt], positives: List[np.ndarray], targets: np.ndarray,
-                  opts: SelfTrainOptions, scale: float,
+class TeacherViews:
+    """The teacher's masks for prompts in the weak view: the mean of its logits over ``count`` flips/turns of it.
+
+    Each view is encoded once; prompts are moved into every view and the logits brought back to the weak
+    view's geometry before they are averaged. One view is the paper's teacher."""
+
+    def __init__(self, sam, image: np.ndarray, count: int = 1):
+        if not 1 <= count <= len(SPREAD_VIEWS):
+            raise ValueError(f"teacher_views must be 1-{len(SPREAD_VIEWS)}, got {count}")
+        self.sam, self.size = sam, image.shape[0]
+        self.views = [(v, embed(sam, v.image(image))) for v in SPREAD_VIEWS[:count]]
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        """The weak view's own image embedding."""
+        return self.views[0][1]
+
+    def masks(self, prompts: List[Prompt]) -> List[MaskPatch]:
+        if len(self.views) == 1:
+            return kept_masks(self.sam, self.embedding, prompts)
+        runs = [kept_masks(self.sam, embedding, [Prompt(view.points(p.points, self.size), p.labels) for p in prompts])
+                for view, embedding in self.views]
+        return [MaskPatch(0, 0, np.mean([view.restore(run[i].logits) for (view, _), run in zip(self.views, runs)], axis=0),
+                          float(np.mean([run[i].score for run in runs]))) for i in range(len(prompts))]
+
+
+def teacher_masks(masks_of: Callable[[List[Prompt]], List[MaskPatch]], prompts: List[Prompt],
+                  positives: List[np.ndarray], targets: np.ndarray, opts: SelfTrainOptions, scale: float,
                   known: Optional[List[MaskPatch]] = None) -> Tuple[List[MaskPatch], Dict[int, List[int]]]:
     """Pseudo-label masks (decoder resolution) of every prompt, the ``targets`` calibrated against their neighbours.
 
-    ``known``: masks already decoded for these prompts; only the targets' (whose prompts changed) are decoded again."""
+    ``masks_of``: the teacher (:meth:`TeacherViews.masks`). ``known``: masks already decoded for these
+    prompts; only the targets' (whose prompts changed) are decoded again."""
     patches = list(known) if known is not None else [None] * len(prompts)
     todo = [i for i in range(len(prompts)) if patches[i] is None or i in set(targets.tolist())]
-    for i, patch in zip(todo, kept_masks(sam, embedding, [prompts[i] for i in todo])):
+    for i, patch in zip(todo, masks_of([prompts[i] for i in todo])):
         patches[i] = patch
     if not opts.calibration:
         return patches, {}
@@ -103,7 +133,7 @@ def teacher_masks(sam, embedding, prompts: List[Prompt], positives: List[np.ndar
     neighbours = find_neighbours(patches, low_res_clicks, targets.tolist(), opts.calibration_iou)
     if neighbours:
         again = [with_negatives(prompts[i], np.vstack([positives[j] for j in js])) for i, js in neighbours.items()]
-        for i, patch in zip(neighbours, kept_masks(sam, embedding, again)):
+        for i, patch in zip(neighbours, masks_of(again)):
             patches[i] = patch
     return patches, neighbours
 
@@ -121,13 +151,14 @@ def selftrain_step(sam, chip: TrainingChip, opts: SelfTrainOptions, rng: np.rand
              for p, n in zip(positives, user_negatives)]
     neighbours: dict = {}
     with torch.no_grad():
-        teacher_embedding = embed(sam, image)
+        teacher = TeacherViews(sam, image, 1 if opts.supervised else opts.teacher_views)
+        teacher_embedding = teacher.embedding
         scale = size / teacher_embedding.shape[-1] / 4  # decoder masks are 4x the embedding grid
         if opts.supervised:
             truth = [view.image(t) for t in chip.truth]
             covered = np.any(truth, axis=0)
         else:
-            known = kept_masks(sam, teacher_embedding, first)
+            known = teacher.masks(first)
             covered = _union(known, size)
         prompts = list(first)
         for i in trained:
@@ -136,7 +167,7 @@ def selftrain_step(sam, chip: TrainingChip, opts: SelfTrainOptions, rng: np.rand
         if opts.supervised:
             pseudo = torch.from_numpy(np.stack([truth[i] for i in trained]))
         else:
-            patches, neighbours = teacher_masks(sam, teacher_embedding, prompts, positives, trained, opts, scale, known)
+            patches, neighbours = teacher_masks(teacher.masks, prompts, positives, trained, opts, scale, known)
             pseudo = torch.from_numpy(np.stack([patches[i].logits > 0 for i in trained]))
     student_image = strong_view(image, rng) if opts.strong else image
     student_embedding = embed(sam, student_image)
