@@ -112,8 +112,9 @@ class TeacherViews:
             return kept_masks(self.sam, self.embedding, prompts)
         runs = [kept_masks(self.sam, embedding, [Prompt(view.points(p.points, self.size), p.labels) for p in prompts])
                 for view, embedding in self.views]
-        return [MaskPatch(0, 0, np.mean([view.restore(run[i].logits) for (view, _), run in zip(self.views, runs)], axis=0),
-                          float(np.mean([run[i].score for run in runs]))) for i in range(len(prompts))]
+        restored = [[view.restore(m.logits) for m in run] for (view, _), run in zip(self.views, runs)]
+        return [MaskPatch(0, 0, np.mean([r[i] for r in restored], axis=0), float(np.mean([run[i].score for run in runs])))
+                for i in range(len(prompts))]
 
 
 def teacher_masks(masks_of: Callable[[List[Prompt]], List[MaskPatch]], prompts: List[Prompt],
