@@ -130,6 +130,7 @@ DIAGNOSTICS = {  # run only when named in --variants: what the strong view adds
     "plain on the weak view": dict(calibration=False, prototypes=False, strong=False),
     "plain + anchor on the weak view": dict(calibration=False, prototypes=False, strong=False, anchor=True),
 }
+ALL_VARIANTS = {**VARIANTS, **DIAGNOSTICS}
 
 
 def main() -> None:
@@ -162,7 +163,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="Folder for scenes, adapters and the table.")
     args = parser.parse_args()
     chosen = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
-    unknown = [v for v in chosen if v not in {**VARIANTS, **DIAGNOSTICS}]
+    unknown = [v for v in chosen if v not in ALL_VARIANTS]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}; see --help for the names")
     out = args.out
@@ -179,7 +180,7 @@ def main() -> None:
                        checkpoint_every=args.steps, accelerator=args.device, overwrite=True,
                        train_masks=[str(f["truth"]) for f in train_scenes])
     for name in chosen:
-        options = dict({**VARIANTS, **DIAGNOSTICS}[name])
+        options = dict(ALL_VARIANTS[name])
         options["anchor_weight"] = args.anchor_weight if options.pop("anchor", False) else 0.0
         options["teacher_views"] = args.teacher_views
         adapter = out / (name.split(" (")[0].replace(" ", "_").replace("+_", "plus_") + ".adapter.pt")

@@ -108,8 +108,6 @@ class TeacherViews:
         return self.views[0][1]
 
     def masks(self, prompts: List[Prompt]) -> List[MaskPatch]:
-        if len(self.views) == 1:
-            return kept_masks(self.sam, self.embedding, prompts)
         runs = [kept_masks(self.sam, embedding, [Prompt(view.points(p.points, self.size), p.labels) for p in prompts])
                 for view, embedding in self.views]
         restored = [[view.restore(m.logits) for m in run] for (view, _), run in zip(self.views, runs)]
