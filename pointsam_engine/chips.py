@@ -14,7 +14,7 @@ No I/O, no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -78,29 +78,55 @@ def plan_chips(rows: np.ndarray, cols: np.ndarray, grid_shape: Tuple[int, int], 
     covered = np.zeros(len(rows), dtype=bool)
     chips: List[Chip] = []
     order = np.lexsort((cols, rows))
+    sorted_rows = rows[order]
     inner = size - 2 * margin
     for p in order:
         if covered[p]:
             continue
+        # every point a chip for p can hold or weigh lies less than one chip size above or below p
+        local = order[np.searchsorted(sorted_rows, rows[p] - size):np.searchsorted(sorted_rows, rows[p] + size, "right")]
         row0 = int(_clamp(np.array([np.floor(rows[p] - margin)]), size, n_rows)[0])
         # candidate left edges: p on the left of the inner region, in its centre, on its right,
         # or an uncovered neighbour in the same band on the left of the inner region
-        band = (~covered) & (rows >= rows[p]) & (rows < rows[p] + inner) & (np.abs(cols - cols[p]) <= inner)
+        free = local[~covered[local]]
+        band = free[(rows[free] >= rows[p]) & (rows[free] < rows[p] + inner) & (np.abs(cols[free] - cols[p]) <= inner)]
         starts = np.concatenate([[cols[p] - margin, cols[p] - size / 2, cols[p] - size + margin],
                                  cols[band] - margin])
         starts = np.unique(_clamp(np.floor(starts), size, n_cols))
-        best, best_count = None, -1
-        near = np.flatnonzero((~covered) & (np.abs(rows - rows[p]) < size) & (np.abs(cols - cols[p]) < 2 * size))
-        for col0 in starts:
-            chip = Chip(len(chips), row0, int(col0), size)
-            ok = centrality(rows[near], cols[near], chip, grid_shape) >= margin
-            if ok[near == p].all() and ok.sum() > best_count:
-                best, best_count = chip, int(ok.sum())
-        if best is None:  # cannot happen with margin <= size/2; keep the planner total anyway
-            best = Chip(len(chips), row0, int(_clamp(np.array([cols[p] - size / 2]), size, n_cols)[0]), size)
+        near = free[(np.abs(rows[free] - rows[p]) < size) & (np.abs(cols[free] - cols[p]) < 2 * size)]
+        col0 = _best_start(rows[near], cols[near], near == p, row0, starts, size, margin, grid_shape)
+        if col0 is None:  # cannot happen with margin <= size/2; keep the planner total anyway
+            col0 = int(_clamp(np.array([cols[p] - size / 2]), size, n_cols)[0])
+        best = Chip(len(chips), row0, col0, size)
         chips.append(best)
-        covered |= centrality(rows, cols, best, grid_shape) >= margin
+        covered[local] |= centrality(rows[local], cols[local], best, grid_shape) >= margin
     return _assign(rows, cols, chips, grid_shape)
+
+
+def _central_along(coords: np.ndarray, start: np.ndarray, size: int, margin: float, extent: int) -> np.ndarray:
+    """Whether each coordinate lies in ``[start, start + size)`` at least ``margin`` from each end that is not
+    a raster edge; ``start`` may be a column of several starts (one row of the result each)."""
+    end = start + size
+    ok = (coords >= start) & (coords < end)
+    ok &= (start == 0) | (coords - start >= margin)
+    ok &= (end >= extent) | (end - coords >= margin)
+    return ok
+
+
+def _best_start(rows: np.ndarray, cols: np.ndarray, is_p: np.ndarray, row0: int, starts: np.ndarray, size: int,
+                margin: float, grid_shape: Tuple[int, int]) -> Optional[int]:
+    """The first of ``starts`` (left edges of chips at ``row0``) holding the most points at least ``margin``
+    inside (``centrality() >= margin``) among those that hold the point ``is_p``; ``None`` if none holds it."""
+    n_rows, n_cols = grid_shape
+    in_rows = _central_along(rows, np.array(row0), size, margin, n_rows)
+    cols, is_p = cols[in_rows], is_p[in_rows]
+    if not is_p.any():
+        return None
+    counts = np.empty(len(starts), dtype=np.int64)
+    for lo in range(0, len(starts), 64):  # 64 candidate chips at a time bounds the memory of dense layers
+        ok = _central_along(cols[None, :], starts[lo:lo + 64, None], size, margin, n_cols)
+        counts[lo:lo + 64] = np.where(ok[:, is_p].all(axis=1), ok.sum(axis=1), -1)
+    return int(starts[np.argmax(counts)]) if counts.max() >= 0 else None
 
 
 def plan_per_point(rows: np.ndarray, cols: np.ndarray, grid_shape: Tuple[int, int], size: int) -> ChipPlan:
@@ -118,10 +144,21 @@ def plan_per_point(rows: np.ndarray, cols: np.ndarray, grid_shape: Tuple[int, in
 
 
 def _assign(rows, cols, chips: List[Chip], grid_shape) -> ChipPlan:
-    scores = np.stack([centrality(rows, cols, chip, grid_shape) for chip in chips]) if chips else np.zeros((0, len(rows)))
-    owner = scores.argmax(axis=0) if chips else np.zeros(len(rows), dtype=int)
+    """Each point's owner (the chip where it is most central, the first on ties; chip 0 for a point in
+    none) and each chip's context (other points inside it). Each chip looks only at its own rows."""
+    rows, cols = np.asarray(rows, float), np.asarray(cols, float)
+    owner, best = np.zeros(len(rows), dtype=int), np.full(len(rows), -1.0)
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    inside = []
+    for k, chip in enumerate(chips):
+        local = order[np.searchsorted(sorted_rows, chip.row0):np.searchsorted(sorted_rows, chip.row0 + chip.size)]
+        score = centrality(rows[local], cols[local], chip, grid_shape)
+        better = score > best[local]
+        best[local[better]], owner[local[better]] = score[better], k
+        inside.append(local[score > 0])
     assigned = [np.flatnonzero(owner == k) for k in range(len(chips))]
-    context = [np.flatnonzero((scores[k] > 0) & (owner != k)) for k in range(len(chips))]
+    context = [np.sort(points[owner[points] != k]) for k, points in enumerate(inside)]
     return ChipPlan(chips, owner, assigned, context)
 
 

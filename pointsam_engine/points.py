@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
+import pandas as pd
 import pyogrio
 import shapely
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
+from scipy.spatial import cKDTree
 
 from .errors import PointsError
 
@@ -122,41 +124,73 @@ def _labels(frame, label_field: Optional[str], name: str) -> np.ndarray:
 
 
 def group_instances(points: PointTable) -> tuple[list[Instance], list[int]]:
-    """Group clicks into objects.
+    """Group clicks into objects, in O(n log n).
 
-    Points sharing an instance key form one object. A negative point whose key has no positive
-    point (no ``--instance-field``, or a group of negatives only) is attached to the object with the
-    nearest positive point, where a person clicking "not this" means it. Returns the objects and the
-    fids of instance groups that had no positive point at all while an instance field was given.
+    Points sharing an instance key form one object (objects in order of their key's first click); a
+    point whose instance field is empty (NULL) is an object of its own, keyed by its fid. A negative point whose key has no positive point (no ``--instance-field``, or a group of negatives
+    only) is attached to the object with the nearest positive point, where a person clicking "not this"
+    means it. Returns the objects and the fids of instance groups that had no positive point at all
+    while an instance field was given.
     """
-    keys = list(dict.fromkeys(points.instance.tolist()))
+    codes, keys = _instance_codes(points)
+    order = np.argsort(codes, kind="stable")  # rows of each key together, in table order
+    bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
     instances: list[Instance] = []
-    loose_neg: list[int] = []
-    for key in keys:
-        rows = np.flatnonzero(points.instance == key) if not _is_nan(key) else np.flatnonzero([_is_nan(k) for k in points.instance])
+    loose_neg: list[np.ndarray] = []
+    for code, key in enumerate(keys):
+        rows = order[bounds[code]:bounds[code + 1]]
         pos_rows = rows[points.label[rows] == 1]
         neg_rows = rows[points.label[rows] == 0]
         if len(pos_rows) == 0:
-            loose_neg.extend(neg_rows.tolist())
+            loose_neg.append(neg_rows)
             continue
-        first = pos_rows[np.argmin(points.fid[pos_rows])]
-        instances.append(Instance(
-            index=len(instances), key=key, point_fid=int(points.fid[first]),
-            pos=np.column_stack([points.x[pos_rows], points.y[pos_rows]]),
-            neg=np.column_stack([points.x[neg_rows], points.y[neg_rows]]),
-            cls=None if points.cls is None else points.cls[first],
-            pos_fids=points.fid[pos_rows].tolist(),
-            neg_fids=points.fid[neg_rows].tolist(),
-        ))
-    if instances and loose_neg:
-        pos_xy = np.concatenate([inst.pos for inst in instances])
-        owner = np.concatenate([[i] * len(inst.pos) for i, inst in enumerate(instances)])
-        for row in loose_neg:
-            d = np.hypot(pos_xy[:, 0] - points.x[row], pos_xy[:, 1] - points.y[row])
-            inst = instances[owner[int(np.argmin(d))]]
-            inst.neg = np.vstack([inst.neg, [[points.x[row], points.y[row]]]])
-            inst.neg_fids.append(int(points.fid[row]))
-    return instances, ([] if instances else [int(points.fid[r]) for r in loose_neg])
+        instances.append(_instance(points, len(instances), key, pos_rows, neg_rows))
+    loose = np.concatenate(loose_neg) if loose_neg else np.empty(0, dtype=np.int64)
+    if instances and len(loose):
+        _attach_to_nearest(points, instances, np.sort(loose))
+    return instances, ([] if instances else sorted(int(points.fid[r]) for r in loose))
+
+
+def _instance_codes(points: PointTable) -> tuple[np.ndarray, list]:
+    """A code per click (equal codes: one object) and the key of each code; NULL keys get a code each."""
+    codes, uniques = pd.factorize(pd.Series(points.instance, dtype=object))
+    keys = list(uniques)
+    null = np.flatnonzero(codes < 0)
+    codes[null] = len(keys) + np.arange(len(null))
+    keys.extend(points.fid[null].tolist())
+    return codes, keys
+
+
+def _instance(points: PointTable, index: int, key, pos_rows: np.ndarray, neg_rows: np.ndarray) -> Instance:
+    first = pos_rows[np.argmin(points.fid[pos_rows])]
+    return Instance(
+        index=index, key=key, point_fid=int(points.fid[first]),
+        pos=np.column_stack([points.x[pos_rows], points.y[pos_rows]]),
+        neg=np.column_stack([points.x[neg_rows], points.y[neg_rows]]),
+        cls=None if points.cls is None else points.cls[first],
+        pos_fids=points.fid[pos_rows].tolist(),
+        neg_fids=points.fid[neg_rows].tolist(),
+    )
+
+
+def _attach_to_nearest(points: PointTable, instances: list[Instance], rows: np.ndarray) -> None:
+    """Each negative click in ``rows`` joins the object whose positive click is nearest (a k-d tree query)."""
+    pos_xy = np.concatenate([inst.pos for inst in instances])
+    owner = np.repeat(np.arange(len(instances)), [len(inst.pos) for inst in instances])
+    _, nearest = cKDTree(pos_xy).query(np.column_stack([points.x[rows], points.y[rows]]))
+    for inst_index, group in _groups(owner[nearest], rows):
+        inst = instances[inst_index]
+        inst.neg = np.vstack([inst.neg, np.column_stack([points.x[group], points.y[group]])])
+        inst.neg_fids.extend(points.fid[group].tolist())
+
+
+def _groups(labels: np.ndarray, rows: np.ndarray):
+    """``(label, rows with that label)`` pairs, rows kept in order."""
+    order = np.argsort(labels, kind="stable")
+    split = np.flatnonzero(np.diff(labels[order])) + 1
+    for group in np.split(order, split):
+        if len(group):
+            yield int(labels[group[0]]), rows[group]
 
 
 def locate_on_raster(table: PointTable, raster, points_name, raster_name) -> tuple[np.ndarray, dict]:
@@ -172,7 +206,3 @@ def locate_on_raster(table: PointTable, raster, points_name, raster_name) -> tup
     reasons = {int(i): "outside raster" for i in np.flatnonzero(~on_raster)}
     reasons.update({int(i): "on nodata" for i in np.flatnonzero(on_raster & ~on_data)})
     return on_data, reasons
-
-
-def _is_nan(value) -> bool:
-    return isinstance(value, float) and value != value

@@ -63,3 +63,18 @@ def test_each_chip_is_settled_once_after_every_chip_it_meets():
     assert sorted(settled_at) == list(range(len(plan.chips)))
     for j, k in settled_at.items():
         assert k >= j and all(m <= k for m in near[j])
+
+
+def test_owner_and_context_follow_the_centrality_of_every_chip():
+    """Each point is owned by the chip where it is most central (the first on ties); each chip's context is
+    every other point inside it: checked against scoring every point in every chip."""
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        shape = (int(rng.integers(200, 3000)), int(rng.integers(200, 3000)))
+        rows, cols = rng.integers(0, shape[0], 200).astype(float), rng.integers(0, shape[1], 200).astype(float)
+        plan = plan_chips(rows, cols, shape, 256, 32)
+        scores = np.stack([centrality(rows, cols, chip, shape) for chip in plan.chips])
+        assert np.array_equal(plan.owner, scores.argmax(axis=0))
+        for k in range(len(plan.chips)):
+            assert np.array_equal(plan.assigned[k], np.flatnonzero(plan.owner == k))
+            assert np.array_equal(plan.context[k], np.flatnonzero((scores[k] > 0) & (plan.owner != k)))

@@ -63,3 +63,39 @@ def test_point_errors(tmp_path):
         read_points(path, "EPSG:32633", instance_field="nope")
     with pytest.raises(PointsError, match="use 1 for positive and 0 for negative"):
         read_points(path, "EPSG:32633", label_field="lab")
+
+
+def _table(instance, label, x, y=None):
+    from pointsam_engine.points import PointTable
+    n = len(label)
+    return PointTable(fid=np.arange(n, dtype=np.int64) + 1, x=np.asarray(x, float),
+                      y=np.zeros(n) if y is None else np.asarray(y, float),
+                      label=np.asarray(label, np.int8), instance=np.asarray(instance, dtype=object), cls=None)
+
+
+def test_clicks_with_an_empty_instance_field_are_objects_of_their_own():
+    nan = float("nan")
+    table = _table(["a", nan, "a", nan, None], [1, 1, 1, 1, 0], [0.0, 50.0, 2.0, 90.0, 88.0])
+    instances, orphans = group_instances(table)
+    assert [i.pos_fids for i in instances] == [[1, 3], [2], [4]]  # no object twice, NULL clicks not merged
+    assert [i.neg_fids for i in instances] == [[], [], [5]] and orphans == []
+
+
+def test_grouping_matches_a_per_key_scan_on_random_layers():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n = int(rng.integers(1, 80))
+        table = _table(rng.integers(0, 10, n), rng.random(n) < 0.7, rng.random(n) * 100, rng.random(n) * 100)
+        instances, orphans = group_instances(table)
+        keys = list(dict.fromkeys(table.instance.tolist()))
+        with_pos = [k for k in keys if ((table.instance == k) & (table.label == 1)).any()]
+        assert [i.key for i in instances] == with_pos
+        for inst in instances:
+            own = (table.instance == inst.key)
+            assert inst.pos_fids == table.fid[own & (table.label == 1)].tolist()
+        loose = [r for r in range(n) if table.label[r] == 0 and table.instance[r] not in with_pos]
+        for row in loose:  # each loose negative joined the object of the nearest positive click
+            d = [np.min(np.hypot(*(i.pos - [table.x[row], table.y[row]]).T)) for i in instances]
+            holder = next(i for i in instances if table.fid[row] in i.neg_fids)
+            assert np.isclose(np.min(np.hypot(*(holder.pos - [table.x[row], table.y[row]]).T)), min(d))
+        assert orphans == ([] if instances else sorted(table.fid[loose].tolist()))
