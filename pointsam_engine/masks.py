@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -11,10 +12,12 @@ MASK_THRESHOLD = 0.0  # SAM's logit threshold
 
 @dataclass
 class Prompt:
-    """Clicks for one object. ``points``: (N, 2) x, y chip pixels; ``labels``: (N,) 1 positive, 0 negative."""
+    """Clicks for one object. ``points``: (N, 2) x, y chip pixels; ``labels``: (N,) 1 positive, 0 negative;
+    ``box``: an optional box prompt ``[xmin, ymin, xmax, ymax]`` in chip pixels (edges, not centres)."""
 
     points: np.ndarray
     labels: np.ndarray
+    box: Optional[np.ndarray] = None
 
 
 @dataclass

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+import math
+from typing import Optional, Tuple
 
 import numpy as np
 import shapely
 from pyproj import CRS, Geod, Transformer
+
+from .raster import apply_affine
 
 
 class Measurer:
@@ -30,6 +33,13 @@ class Measurer:
         return np.array([self._geod.geometry_area_perimeter(shapely.orient_polygons(self._lonlat(g)))[0]
                          if g is not None else 0.0 for g in geoms])
 
+    def metres_per_unit(self, x: float, y: float, step: float) -> float:
+        """Ground metres one map unit spans near ``(x, y)``: the geometric mean of the east and north
+        scales, measured over ``step`` map units (e.g. one pixel)."""
+        lon, lat = self._to_lonlat.transform([x, x + step, x], [y, y, y + step])
+        _, _, dist = self._geod.inv([lon[0], lon[0]], [lat[0], lat[0]], [lon[1], lon[2]], [lat[1], lat[2]])
+        return math.sqrt(abs(dist[0] * dist[1])) / step
+
     def box_dimensions(self, boxes) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For rectangles: (angle_deg of the long side clockwise from north in [0, 180), length_m, width_m)."""
         angles, lengths, widths = [], [], []
@@ -42,3 +52,23 @@ class Measurer:
             lengths.append(float(dist[k]))
             widths.append(float(dist[1 - k]))
         return np.array(angles), np.array(lengths), np.array(widths)
+
+
+def grid_tolerances(ras, max_hole_area: Optional[float], simplify: Optional[float]) -> Tuple[float, float]:
+    """The cleaning options on ``ras``'s working grid: ``max_hole_area`` (m²) as a pixel count and
+    ``simplify`` (metres) in map units, at the raster's centre; None gives 25 pixels and one pixel.
+
+    Both are ground measures whatever the CRS (on EPSG:4326, metres become degrees at the raster's
+    latitude), so ``--simplify 1`` means one metre on a UTM and on a geographic raster alike.
+    """
+    metres = pixel_metres(ras) / ras.pixel_size
+    hole_px = max_hole_area / (ras.pixel_area * metres ** 2) if max_hole_area is not None else 25.0
+    tolerance = simplify / metres if simplify is not None else ras.pixel_size
+    return hole_px, tolerance
+
+
+def pixel_metres(ras) -> float:
+    """Ground metres one pixel of ``ras``'s working grid spans, at the raster's centre (any CRS)."""
+    rows, cols = ras.working_shape
+    x, y = (float(v) for v in apply_affine(ras.working_transform, cols / 2, rows / 2))
+    return Measurer(ras.crs).metres_per_unit(x, y, ras.pixel_size) * ras.pixel_size

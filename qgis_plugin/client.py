@@ -11,6 +11,7 @@ import json
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Callable, Optional
 
@@ -59,6 +60,18 @@ class EngineClient:
 
     def submit(self, kind: str, **body) -> dict:
         return self.request("POST", f"/v1/jobs/{kind}", body)
+
+    def pull(self, name: str) -> dict:
+        """Start downloading the official checkpoint ``name`` (vit_b, vit_l, vit_h): a job to :meth:`follow`."""
+        return self.submit("pull", name=name)
+
+    def verify_model(self, name: str) -> dict:
+        """``{"name", "path", "sha256", "ok"}`` of the installed checkpoint ``name`` (hashes it: seconds per GB)."""
+        return self.request("POST", "/v1/models/verify", {"name": name})
+
+    def remove_model(self, name: str) -> dict:
+        """Delete the installed checkpoint ``name``: ``{"name", "removed"}``."""
+        return self.request("DELETE", f"/v1/models/{urllib.parse.quote(name, safe='')}")
 
     def job(self, job_id: str) -> dict:
         return self.request("GET", f"/v1/jobs/{job_id}")

@@ -2,7 +2,10 @@
 
 QGIS's Python never imports torch: :class:`EngineProcess` runs the engine with the interpreter of the
 environment where pointsam is installed (setting, or ``POINTSAM_ENGINE_PYTHON``), reads the one JSON line
-it prints, checks its health, restarts it when it has died, and stops it when QGIS closes.
+it prints, checks its health, restarts it when it has died, and stops it when QGIS closes. The engine
+is started with ``--watch-parent`` and a stdin pipe only this process holds, so it also exits when QGIS
+ends in a way that runs no cleanup (a crash, kill -9). Several threads may ask for the client at once:
+the first starts the engine, the others wait for it.
 :class:`RemoteEngine` connects to an engine someone else started (a URL and token, or its connection
 file) and only health-checks it: what the plugin does not own, it never restarts. No qgis imports here.
 """
@@ -19,21 +22,19 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
 from .client import EngineClient
-from .errors import EngineMissingError, EngineRequestError, EngineUnavailableError, PluginError
+from .errors import SETUP_HINT, EngineMissingError, EngineRequestError, EngineUnavailableError, PluginError
 
 ENV_PYTHON = "POINTSAM_ENGINE_PYTHON"
-INSTALL_HINT = "python3 -m venv ~/pointsam-env && ~/pointsam-env/bin/pip install pointsam"
+INSTALL_HINT = f"{SETUP_HINT}, or choose the engine Python in Settings > Options > PointSAM"
 
 
 def engine_python(configured: Optional[str] = None) -> str:
     """The engine's interpreter: ``$POINTSAM_ENGINE_PYTHON``, else the configured one."""
     python = os.environ.get(ENV_PYTHON) or configured
     if not python:
-        raise EngineMissingError(f"no PointSAM engine is set up; install it with `{INSTALL_HINT}` and set "
-                                 "pointsam/engine_python to ~/pointsam-env/bin/python in Settings > Options > Advanced "
-                                 f"(or the environment variable {ENV_PYTHON})")
+        raise EngineMissingError(f"no PointSAM engine is set up; {INSTALL_HINT}")
     if not (os.path.isfile(python) or shutil.which(python)):
-        raise EngineMissingError(f"the engine Python {python} does not exist; install the engine with `{INSTALL_HINT}`")
+        raise EngineMissingError(f"the engine Python {python} does not exist; {INSTALL_HINT}")
     return python
 
 
@@ -47,6 +48,12 @@ class EngineProcess:
         self._client: Optional[EngineClient] = None
         self._folder = tempfile.mkdtemp(prefix="pointsam-plugin-")
         self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The engine's process id while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     @property
     def connection_file(self) -> Path:
@@ -80,14 +87,17 @@ class EngineProcess:
             return False
 
     def _start(self) -> EngineClient:
-        command = [self.python, "-m", "pointsam_engine.cli", "serve", "--port", "0",
+        command = [self.python, "-m", "pointsam_engine.cli", "serve", "--port", "0", "--watch-parent",
                    "--connection-file", str(self.connection_file), *self.args]
         self._log = open(self.log_file, "a")  # a file, not a pipe nobody reads: a full pipe would stall the engine
         try:
-            self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, text=True)
+            # stdin: a pipe whose write end only this process holds; its EOF tells the engine we are gone
+            self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                          text=True)
         except OSError as exc:
+            self._log.close()
             raise EngineMissingError(f"cannot run the engine Python {self.python} ({exc.strerror}); "
-                                     f"install the engine with `{INSTALL_HINT}`") from None
+                                     f"{INSTALL_HINT}") from None
         line = self._first_line()
         try:
             info = json.loads(line)
@@ -111,7 +121,7 @@ class EngineProcess:
         last = errors[-1] if errors else f"no answer in {self.startup_timeout:.0f} s"
         if "No module named" in last:
             raise EngineMissingError(f"{self.python} has no complete PointSAM engine ({last.split(': ')[-1]}); "
-                                     f"install it with `{INSTALL_HINT}`")
+                                     f"{INSTALL_HINT}")
         raise EngineUnavailableError(f"the engine did not start: {last}")
 
     def _stop(self) -> None:
@@ -123,7 +133,8 @@ class EngineProcess:
                 self._proc.kill()
                 self._proc.wait()
         if self._proc is not None:
-            self._proc.stdout.close()
+            for stream in (self._proc.stdin, self._proc.stdout):
+                stream.close()
             self._log.close()
         self._proc, self._client = None, None
 

@@ -1,5 +1,13 @@
 """Errors the plugin shows to the user: one line each, never a traceback (no qgis imports here)."""
 
+SETUP_HINT = "use PointSAM > Set up engine… (menu Plugins > PointSAM)"
+"""Ends every "no engine" message; the message bar offers the "Set up engine…" button for messages holding it."""
+
+
+def needs_setup(message: str) -> bool:
+    """Whether ``message`` is a "no engine" message, answered by the "Set up engine…" dialog."""
+    return SETUP_HINT in message
+
 
 class PluginError(Exception):
     """Root of the errors the plugin raises on purpose; the message bar shows the message."""
@@ -19,6 +27,10 @@ class EngineRequestError(PluginError):
     def __init__(self, message: str, code: str = "", status: int = 0):
         super().__init__(message)
         self.code, self.status = code, status
+
+
+class InstallError(PluginError):
+    """Setting up the engine's environment failed; the message says what to do."""
 
 
 class JobFailedError(PluginError):

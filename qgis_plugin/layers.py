@@ -1,11 +1,13 @@
-"""Layers the plugin writes: the GeoPackage-backed "PointSAM digitized" layer with the batch output's fields."""
+"""Layers the plugin writes: the GeoPackage-backed "PointSAM digitized" layer with the batch output's fields,
+objects added through a layer's edit buffer, and point layers written for the engine."""
 
 from __future__ import annotations
 
 import os
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransformContext, QgsFeature, QgsField, QgsFields,
-                       QgsGeometry, QgsPointXY, QgsProject, QgsVectorFileWriter, QgsVectorLayer, QgsWkbTypes)
+                       QgsFillSymbol, QgsGeometry, QgsPointXY, QgsProject, QgsVectorFileWriter, QgsVectorLayer,
+                       QgsWkbTypes)
 
 from .compat import field_type
 from .errors import PluginError
@@ -38,25 +40,47 @@ def digitized_layer(path: str, crs: QgsCoordinateReferenceSystem) -> QgsVectorLa
     layer = QgsVectorLayer(f"{path}|layername=digitized", DIGITIZED, "ogr")
     if not layer.isValid():
         raise PluginError(f"{path} has no layer 'digitized'; choose another file for digitized objects")
+    style_digitized(layer)
     QgsProject.instance().addMapLayer(layer)
     return layer
 
 
 def add_object(layer: QgsVectorLayer, answer: dict, n_pos: int, n_neg: int, source: str) -> QgsFeature:
-    """Append one /v1/predict answer (GeoJSON in the layer's CRS) to the layer and save it."""
+    """Add one /v1/predict answer (GeoJSON in the layer's CRS) to the layer's edit buffer, so Ctrl+Z undoes it.
+
+    The layer is put in edit mode when it is not; the analyst saves with QGIS's Save Layer Edits. Any polygon
+    layer works: fields it lacks are skipped, and a single-polygon layer gets a one-part object as a Polygon.
+    """
+    if not layer.isEditable() and not layer.startEditing():
+        raise PluginError(f"{layer.name()} cannot be edited (read-only file or provider); choose another target layer")
     feature = QgsFeature(layer.fields())
-    geometry = polygon_geometry(answer["object"]["geometry"])
-    geometry.convertToMultiType()
-    feature.setGeometry(geometry)
-    props = answer["object"]["properties"]
+    feature.setGeometry(_fit_geometry(polygon_geometry(answer["object"]["geometry"]), layer))
+    values = {**answer["object"]["properties"], "n_pos": n_pos, "n_neg": n_neg, "source": source}
     for name, _ in FIELDS:
-        if name in props:
-            feature[name] = props[name]
-    feature["n_pos"], feature["n_neg"], feature["source"] = n_pos, n_neg, source
-    if not layer.dataProvider().addFeatures([feature]):
-        raise PluginError(f"cannot add the object to {layer.name()}: {layer.dataProvider().lastError()}")
+        if name in values and layer.fields().indexOf(name) >= 0:
+            feature[name] = values[name]
+    if not layer.addFeature(feature):
+        raise PluginError(f"cannot add the object to {layer.name()}; check that the layer is editable")
     layer.triggerRepaint()
     return feature
+
+
+def _fit_geometry(geometry: QgsGeometry, layer: QgsVectorLayer) -> QgsGeometry:
+    if QgsWkbTypes.isMultiType(layer.wkbType()):
+        geometry.convertToMultiType()
+    elif geometry.isMultipart() and not geometry.convertToSingleType():
+        parts = geometry.constGet().numGeometries()
+        raise PluginError(f"this object has {parts} separate parts and {layer.name()} holds single polygons; "
+                          "click the parts one at a time, or choose a multipolygon layer")
+    return geometry
+
+
+def style_digitized(layer: QgsVectorLayer) -> None:
+    """A readable default look on imagery: a semi-transparent magenta fill with a clear magenta outline."""
+    symbol = QgsFillSymbol.createSimple({"color": "255,0,200,60", "outline_color": "230,0,180,255",
+                                         "outline_width": "0.7", "outline_width_unit": "MM"})
+    layer.renderer().setSymbol(symbol)
+    layer.triggerRepaint()
 
 
 def polygon_geometry(geojson: dict) -> QgsGeometry:
@@ -82,3 +106,11 @@ def write_layer(layer: QgsVectorLayer, path: str, name: str = "points", selected
     if error[0] != WRITER_OK:
         raise PluginError(f"cannot write {layer.name()} for the engine: {error[1]}")
     return path
+
+
+def skipped_reasons(gpkg: str) -> list:
+    """The ``reason`` of each click a segment run skipped (its ``skipped`` layer), for the log's summary."""
+    layer = QgsVectorLayer(f"{gpkg}|layername=skipped", "skipped", "ogr")
+    reasons = [f["reason"] for f in layer.getFeatures()] if layer.isValid() and "reason" in layer.fields().names() else []
+    del layer
+    return reasons

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 
-from qgis.core import QgsApplication, QgsProject
+from qgis.core import Qgis, QgsApplication, QgsProject
 from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import QPushButton
 
-from . import settings
+from . import background, settings
 from .compat import QAction
+from .errors import needs_setup
 from .processing.provider import PointSamProvider
 
 DIGITIZED_FILE = "pointsam_digitized.gpkg"
@@ -21,6 +23,11 @@ class PointSamPlugin:
         self.dock = None
         self.action = None
         self.tool = None
+        self.digitize_bar = None  # "into: [layer]" beside the digitize action
+        self.digitize_bar_action = None
+        self.setup_action = None
+        self.options_factory = None
+        self.setup_dialog = None
 
     def initProcessing(self) -> None:  # noqa: N802
         self.provider = PointSamProvider()
@@ -37,25 +44,75 @@ class PointSamPlugin:
         self.action.toggled.connect(self._digitize)
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToMenu("PointSAM", self.action)
+        from .gui.digitize_bar import DigitizeBar
+
+        self.digitize_bar = DigitizeBar(self._digitized_layer)
+        self.digitize_bar_action = self.iface.addToolBarWidget(self.digitize_bar)
+        self._add_setup()
+
+    def _add_setup(self) -> None:
+        from .gui.settings_page import SettingsPageFactory
+
+        self.setup_action = QAction("Set up engine…", self.iface.mainWindow())
+        self.setup_action.triggered.connect(self.show_setup)
+        self.iface.addPluginToMenu("PointSAM", self.setup_action)
+        self.options_factory = SettingsPageFactory(self.show_setup)
+        self.iface.registerOptionsWidgetFactory(self.options_factory)
+
+    def show_setup(self) -> None:
+        """Open the "Set up engine…" dialog (menu Plugins > PointSAM, the settings page, no-engine messages)."""
+        from .gui.setup_dialog import SetupDialog
+
+        if self.setup_dialog is None:
+            self.setup_dialog = SetupDialog(self.iface.mainWindow())
+        self.setup_dialog.show()
+        self.setup_dialog.raise_()
 
     def unload(self) -> None:
+        if self.setup_action is not None:
+            self.iface.removePluginMenu("PointSAM", self.setup_action)
+            self.iface.unregisterOptionsWidgetFactory(self.options_factory)
+            self.setup_action = self.options_factory = None
+        if self.setup_dialog is not None:
+            self.setup_dialog.reject()
+            self.setup_dialog.deleteLater()
+            self.setup_dialog = None
+        if self.tool is not None:
+            self.iface.mapCanvas().unsetMapTool(self.tool)
+            self.tool = None
+        if self.digitize_bar_action is not None:
+            self.iface.removeToolBarIcon(self.digitize_bar_action)
+            self.digitize_bar_action = None
+        if self.digitize_bar is not None:
+            self.digitize_bar.deleteLater()
+            self.digitize_bar = None
         if self.action is not None:
             self.iface.removeToolBarIcon(self.action)
             self.iface.removePluginMenu("PointSAM", self.action)
             self.action = None
         if self.dock is not None:
             self.iface.removeDockWidget(self.dock)
+            self.dock.drop_temporary_outputs()
             self.dock.deleteLater()
             self.dock = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        background.cancel_all()  # a click or refresh still running must not start an engine after this
         settings.stop_engine()
 
     def _warn(self, text: str) -> None:
         bar = self.iface.messageBar()
-        if bar is not None:
+        if bar is None:
+            return
+        if not needs_setup(text):
             bar.pushWarning("PointSAM", text)
+            return
+        message = bar.createMessage("PointSAM", text)
+        button = QPushButton("Set up engine…")
+        button.clicked.connect(self.show_setup)
+        message.layout().addWidget(button)
+        bar.pushWidget(message, Qgis.MessageLevel.Warning)
 
     def _client(self):
         return settings.engine().client()
@@ -67,12 +124,32 @@ class PointSamPlugin:
                 canvas.unsetMapTool(self.tool)
             return
         from .gui.map_tool import PointSamMapTool
+
+        self.tool = PointSamMapTool(canvas, self.dock.raster.currentLayer, self._client, self.digitize_bar.target,
+                                    self.dock.choice)
+        self.tool.message.connect(self._warn)
+        self.tool.note.connect(self._inform)
+        self.tool.state.connect(self._status)
+        canvas.setMapTool(self.tool)
+
+    def _digitized_layer(self):
+        """The default target: "PointSAM digitized" in pointsam_digitized.gpkg beside the project (or in ~)."""
         from .layers import digitized_layer
 
-        def target():
-            folder = QgsProject.instance().homePath() or os.path.expanduser("~")
-            return digitized_layer(os.path.join(folder, DIGITIZED_FILE), canvas.mapSettings().destinationCrs())
+        folder = QgsProject.instance().homePath() or os.path.expanduser("~")
+        crs = self.iface.mapCanvas().mapSettings().destinationCrs()
+        return digitized_layer(os.path.join(folder, DIGITIZED_FILE), crs)
 
-        self.tool = PointSamMapTool(canvas, self.dock.raster.currentLayer, self._client, target, self.dock.choice)
-        self.tool.message.connect(self._warn)
-        canvas.setMapTool(self.tool)
+    def _inform(self, text: str) -> None:
+        bar = self.iface.messageBar()
+        if bar is not None:
+            bar.pushInfo("PointSAM", text)
+
+    def _status(self, text: str) -> None:
+        status = self.iface.statusBarIface()
+        if status is None:
+            return
+        if text:
+            status.showMessage(text, 0)
+        else:
+            status.clearMessage()

@@ -6,44 +6,72 @@ Which engine, first match wins:
 2. ``pointsam/engine_url`` (+ ``pointsam/engine_token``): an engine already running there;
 3. ``pointsam/engine_connection_file``: an engine already running, found through the file
    ``pointsam serve --connection-file`` writes (read again on each use, so a restarted engine is found);
-4. ``pointsam/engine_python`` (+ ``pointsam/engine_args``): the plugin runs ``pointsam serve`` itself.
+4. ``pointsam/engine_python`` (+ ``pointsam/engine_args`` and ``pointsam/engine_output_root``, the only folder its
+   jobs may write under): the plugin runs ``pointsam serve`` itself.
+
+"Set up engine…" writes ``pointsam/engine_python``; Settings > Options > PointSAM edits every key. The functions
+here may be called from QgsTask worker threads (starting the engine never runs on the GUI thread): one lock
+guards the engine object, and the engine process has its own lock for starting.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import threading
 from typing import Optional, Tuple, Union
 
 from qgis.core import QgsSettings
 
 from .engine import ENV_PYTHON, EngineProcess, RemoteEngine, engine_python, read_connection_file
+from .errors import PluginError
 
 KEY_PYTHON = "pointsam/engine_python"
 KEY_ARGS = "pointsam/engine_args"
 KEY_URL = "pointsam/engine_url"
 KEY_TOKEN = "pointsam/engine_token"
 KEY_CONNECTION_FILE = "pointsam/engine_connection_file"
+KEY_OUTPUT_ROOT = "pointsam/engine_output_root"  # jobs of the engine the plugin runs write only below it
 
 Engine = Union[EngineProcess, RemoteEngine]
 
 _engine: Optional[Engine] = None
 _choice: Optional[Tuple[str, ...]] = None
+_lock = threading.RLock()
 
 
 def _value(key: str) -> str:
     return (QgsSettings().value(key, "", type=str) or "").strip()
 
 
+def value(key: str) -> str:
+    """The setting ``key`` (one of the ``KEY_*`` names), stripped; empty when unset."""
+    return _value(key)
+
+
+def set_value(key: str, text: str) -> None:
+    """Store ``key``; an empty value removes it, so the next engine choice falls through to the next rule."""
+    if text.strip():
+        QgsSettings().setValue(key, text.strip())
+    else:
+        QgsSettings().remove(key)
+
+
 def configured_python() -> str:
     return _value(KEY_PYTHON)
+
+
+def engine_args() -> Tuple[str, ...]:
+    """``pointsam/engine_args`` split into arguments of ``pointsam serve``, then ``--output-root`` when set."""
+    root = _value(KEY_OUTPUT_ROOT)
+    return (*_value(KEY_ARGS).split(), *(("--output-root", os.path.expanduser(root)) if root else ()))
 
 
 def engine_choice() -> Tuple[str, ...]:
     """Which engine the settings ask for: ``("process", python, *args)``, ``("url", url, token)`` or ``("file", path)``."""
     url, connection_file = _value(KEY_URL), _value(KEY_CONNECTION_FILE)
     if os.environ.get(ENV_PYTHON) or not (url or connection_file):
-        return ("process", engine_python(configured_python()), *_value(KEY_ARGS).split())
+        return ("process", engine_python(configured_python()), *engine_args())
     if url:
         return ("url", url, _value(KEY_TOKEN))
     return ("file", connection_file)
@@ -53,10 +81,29 @@ def engine() -> Engine:
     """The engine the settings name; a process the plugin started is stopped when the settings change or QGIS exits."""
     global _engine, _choice
     choice = engine_choice()
-    if _engine is None or choice != _choice:
+    with _lock:
+        if _engine is None or choice != _choice:
+            stop_engine()
+            _engine, _choice = _make(choice), choice
+        return _engine
+
+
+def adopt_engine(process: EngineProcess) -> bool:
+    """Make ``process`` (started by "Set up engine…") the plugin's engine when the settings now name it, instead of
+    starting a second one; otherwise stop it. Whether it was adopted."""
+    global _engine, _choice
+    with _lock:
+        choice = ("process", process.python, *process.args)
+        try:
+            wanted = engine_choice()
+        except PluginError:
+            wanted = None
+        if wanted != choice:
+            process.stop()
+            return False
         stop_engine()
-        _engine, _choice = _make(choice), choice
-    return _engine
+        _engine, _choice = process, choice
+        return True
 
 
 def _make(choice: Tuple[str, ...]) -> Engine:
@@ -69,11 +116,24 @@ def _make(choice: Tuple[str, ...]) -> Engine:
     return EngineProcess(rest[0], rest[1:])
 
 
+def engine_starts_on_next_call() -> bool:
+    """Whether the next engine call must first start ``pointsam serve`` (the dock then says "starting engine…")."""
+    try:
+        choice = engine_choice()
+    except PluginError:
+        return False  # the call fails at once with the setup hint
+    with _lock:
+        if choice[0] != "process":
+            return False
+        return _engine is None or choice != _choice or getattr(_engine, "_client", None) is None
+
+
 def stop_engine() -> None:
     global _engine, _choice
-    if _engine is not None:
-        _engine.stop()
-    _engine, _choice = None, None
+    with _lock:
+        if _engine is not None:
+            _engine.stop()
+        _engine, _choice = None, None
 
 
 atexit.register(stop_engine)

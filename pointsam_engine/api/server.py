@@ -2,7 +2,9 @@
 
 The socket is bound here (port 0 picks a free one) before uvicorn starts, so the announced URL is the
 real one. The announcement is one JSON line on stdout and the same JSON in a connection file only the
-user can read, which is how the QGIS plugin finds a running engine.
+user can read, which is how the QGIS plugin finds a running engine. With ``--watch-parent`` the server
+also stops when the process that started it goes away (a QGIS that crashed or was killed), so no engine
+is left orphaned.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import os
 import secrets
 import signal
 import socket
+import sys
+import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..config import SegmentConfig
 from ..errors import OptionError
@@ -54,8 +58,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 def write_connection_file(path: Path, info: dict) -> Path:
     """Write the announcement readable by the user only (mode 0600), atomically."""
+    from ..output import check_writable, disk_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise disk_error(exc, path) from None
+    check_writable(path, "--connection-file")
     with atomic_path(path) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -66,10 +76,14 @@ def write_connection_file(path: Path, info: dict) -> Path:
 
 def serve(config: SegmentConfig, *, host: str = "127.0.0.1", port: int = 0, token: Optional[str] = None,
           allow_remote: bool = False, connection_file: Optional[str] = None, adapter_dirs: Sequence[str] = (),
-          echo=print) -> None:
+          watch_parent: bool = False, max_parallel: int = 1, output_root: Optional[str] = None, echo=print) -> None:
     """Load the model, announce ``{"url", "token", "pid", ...}`` and serve until interrupted.
 
     ``adapter_dirs``: folders whose ``*.adapter.pt`` files ``/v1/models`` offers, besides the model folders.
+    ``max_parallel``: clicks (predict, prefetch) that may run at once; others wait. ``output_root``: jobs may
+    write only inside this folder.
+    ``watch_parent``: also stop, as on SIGTERM, when the parent process ends (even by kill -9) or closes
+    this process's stdin (see :func:`watch_parent_process`).
     """
     import uvicorn
 
@@ -80,26 +94,61 @@ def serve(config: SegmentConfig, *, host: str = "127.0.0.1", port: int = 0, toke
     if allow_remote and not token:
         raise OptionError("--allow-remote needs --token: choose a long secret the clients will send")
     token = token or secrets.token_urlsafe(32)
-    engine = Engine(config, adapter_dirs=adapter_dirs)
-    sock = bind(host, port)
-    bound_port = sock.getsockname()[1]
-    url_host = f"[{host}]" if ":" in host else host
-    allowed = {"127.0.0.1", "localhost", "::1", host}
-    info = {"url": f"http://{url_host}:{bound_port}", "token": token, "pid": os.getpid(), "model": engine.model.label}
-    conn = write_connection_file(Path(connection_file) if connection_file else default_connection_file(), info)
-    echo(json.dumps({**info, "connection_file": str(conn)}))
-    app = create_app(engine, token, allowed_hosts=allowed)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=30))
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: a stop, not an error
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: a stop, not an error;
+    # before uvicorn runs (while the model loads), SIGTERM stops here too, so the cleanup below always runs
     previous = signal.signal(signal.SIGTERM, _raise_stop)
+    conn, info, sock = None, {}, None
     try:
+        if watch_parent:
+            watch_parent_process(lambda: os.kill(os.getpid(), signal.SIGTERM))
+        engine = Engine(config, adapter_dirs=adapter_dirs, max_parallel=max_parallel, output_root=output_root)
+        sock = bind(host, port)
+        bound_port = sock.getsockname()[1]
+        url_host = f"[{host}]" if ":" in host else host
+        allowed = {"127.0.0.1", "localhost", "::1", host}
+        info = {"url": f"http://{url_host}:{bound_port}", "token": token, "pid": os.getpid(), "model": engine.model.label}
+        conn = write_connection_file(Path(connection_file) if connection_file else default_connection_file(), info)
+        echo(json.dumps({**info, "connection_file": str(conn)}))
+        app = create_app(engine, token, allowed_hosts=allowed)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=30))
         server.run(sockets=[sock])
     except (KeyboardInterrupt, _Stop):
         pass
     finally:  # the app's lifespan has closed the engine (cancelled its jobs)
         signal.signal(signal.SIGTERM, previous)
-        sock.close()
-        _remove_if_ours(conn, info)
+        if sock is not None:
+            sock.close()
+        if conn is not None:
+            _remove_if_ours(conn, info)
+
+
+def watch_parent_process(stop: Callable[[], None], poll_seconds: float = 0.5) -> None:
+    """Call ``stop`` once, from a daemon thread, when this process's parent goes away: its stdin reaches
+    EOF (the parent's end of a pipe closed, as when the parent dies) or the parent pid changes (the
+    parent died, however, and this process was adopted). Whatever arrives on stdin is read and ignored."""
+    parent = os.getppid()
+    fired = threading.Event()
+
+    def fire() -> None:
+        if not fired.is_set():
+            fired.set()
+            stop()
+
+    def until_stdin_closes() -> None:
+        try:
+            while os.read(sys.stdin.fileno(), 4096):
+                pass
+        except (OSError, ValueError, AttributeError):  # no usable stdin: the pid check still watches
+            return
+        fire()
+
+    def until_parent_changes() -> None:
+        while not fired.wait(poll_seconds):
+            if os.getppid() != parent:
+                fire()
+
+    threading.Thread(target=until_stdin_closes, name="pointsam-stdin-watch", daemon=True).start()
+    threading.Thread(target=until_parent_changes, name="pointsam-parent-watch", daemon=True).start()
 
 
 class _Stop(Exception):

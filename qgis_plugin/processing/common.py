@@ -1,30 +1,38 @@
 """What the PointSAM algorithms share: parameters several of them take, layers written to temporary
-GeoPackages for the engine, and the engine call (job progress and cancel; errors become
-``QgsProcessingException`` with the engine's one-line message)."""
+GeoPackages for the engine, outputs written into GeoPackages without dropping their other layers, and the
+engine call (job progress, stage and cancel; errors become ``QgsProcessingException`` with the engine's
+one-line message in the words of the algorithm's fields).
+
+The Model parameter offers the models the engine last listed (:mod:`qgis_plugin.catalog`): the algorithms
+are built on the GUI thread and in ``qgis_process``, where the engine is never called."""
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Callable, Dict, Iterable, TypeVar
 
 from qgis.core import (QgsFeatureRequest, QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSource,
-                       QgsProcessingParameterField, QgsProcessingParameterFile, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString)
+                       QgsProcessingOutputLayerDefinition, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField, QgsProcessingParameterFile,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsProperty)
 
-from .. import settings
+from .. import catalog, settings
 from ..client import EngineClient
 from ..errors import PluginError
 from ..layers import write_layer
+from ..messages import in_plugin_terms, parse_bands, stage_text
 
 RASTER, POINTS = "RASTER", "POINTS"
 INSTANCE_FIELD, LABEL_FIELD, CLASS_FIELD = "INSTANCE_FIELD", "LABEL_FIELD", "CLASS_FIELD"
-SAR_DB, BANDS, MODEL, ADAPTER = "SAR_DB", "BANDS", "MODEL", "ADAPTER"
+SAR_DB, BANDS, MODEL, MODEL_FILE, ADAPTER = "SAR_DB", "BANDS", "MODEL", "MODEL_FILE", "ADAPTER"
+ENGINE_DEFAULT = "engine default"  # Model's value for the model the engine was started with (also: empty)
 
 FIELD_LABELS = {INSTANCE_FIELD: ("instance_field", "Instance field (points with one value are one object)"),
                 LABEL_FIELD: ("label_field", "Label field (1 positive, 0 negative)"),
                 CLASS_FIELD: ("class_field", "Class field (carried to the output)")}
 
+URI = re.compile(r"^[A-Za-z]{2,}:")  # ogr:, postgres:, memory: (not a drive letter)
 T = TypeVar("T")
 
 
@@ -62,8 +70,14 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterString(BANDS, "Bands (e.g. 3,2,1 or 1)", optional=True))
 
     def add_model(self, adapter: bool = True) -> None:
-        self.addParameter(QgsProcessingParameterString(MODEL, "Model (registered name or checkpoint path; "
-                                                              "empty: the engine's)", optional=True))
+        """Model: "engine default" or one of the installed models the engine last listed; scripts and
+        ``qgis_process`` may give any name or checkpoint path. Model file: a checkpoint on disk, for the dialog."""
+        model = QgsProcessingParameterString(MODEL, "Model", ENGINE_DEFAULT, optional=True)
+        # a list to choose from in the dialog; a Refresh in the dock or a download brings it up to date
+        model.setMetadata({"widget_wrapper": {"value_hints": [ENGINE_DEFAULT, *catalog.installed_model_names()]}})
+        self.addParameter(model)
+        self.addParameter(QgsProcessingParameterFile(MODEL_FILE, "Model checkpoint file (instead of Model)",
+                                                     optional=True, fileFilter="SAM checkpoint (*.pth *.pt)"))
         if adapter:
             self.addParameter(QgsProcessingParameterFile(ADAPTER, "Adapter (trained for the model)", optional=True,
                                                          fileFilter="PointSAM adapter (*.adapter.pt)"))
@@ -78,16 +92,12 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
                 body[FIELD_LABELS[key][0]] = name
         if self.parameterDefinition(SAR_DB) is not None:
             body["sar_db"] = self.parameterAsBool(parameters, SAR_DB, context)
-        bands = (self.parameterAsString(parameters, BANDS, context) or "").strip()
+        bands = self.engine_call(lambda: parse_bands(self.parameterAsString(parameters, BANDS, context) or ""))
         if bands:
-            try:
-                body["bands"] = [int(b) for b in bands.split(",")]
-            except ValueError:
-                raise QgsProcessingException(f"bands {bands!r} are not understood; give 1-based band numbers "
-                                             "like 3,2,1 or 1") from None
-        for key, field in ((MODEL, "model"), (ADAPTER, "adapter")):
+            body["bands"] = bands
+        for key, field in ((MODEL, "model"), (MODEL_FILE, "model"), (ADAPTER, "adapter")):  # the file wins
             value = (self.parameterAsString(parameters, key, context) or "").strip()
-            if value and self.parameterDefinition(key) is not None:
+            if value and value != ENGINE_DEFAULT and self.parameterDefinition(key) is not None:
                 body[field] = value
         return body
 
@@ -106,16 +116,46 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         try:
             return call()
         except PluginError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise QgsProcessingException(in_plugin_terms(str(exc))) from None
 
     def client(self, feedback) -> EngineClient:
+        if settings.engine_starts_on_next_call():
+            feedback.setProgressText("starting engine…")
         client = self.engine_call(lambda: settings.engine().client())
         feedback.pushInfo(f"PointSAM engine at {client.url}")
         return client
 
     def run_job(self, kind: str, body: dict, feedback) -> dict:
-        """Submit an engine job and follow it: progress to ``feedback``, cancelled with it. Returns its result."""
+        """Submit an engine job and follow it: progress and stage to ``feedback``, cancelled with it. Returns its
+        result."""
         client = self.client(feedback)
-        return self.engine_call(lambda: client.follow(client.submit(kind, **body),
-                                                      lambda fraction, stage: feedback.setProgress(100 * fraction),
-                                                      feedback.isCanceled))
+        shown = {"stage": None}
+
+        def report(fraction: float, stage: str) -> None:
+            if stage != shown["stage"]:
+                shown["stage"] = stage
+                feedback.setProgressText(stage_text(stage))
+            feedback.setProgress(100 * fraction)
+
+        return self.engine_call(lambda: client.follow(client.submit(kind, **body), report, feedback.isCanceled))
+
+
+def into_geopackage(parameters: dict, key: str, layer: str) -> dict:
+    """``parameters`` where the sink ``key``, when it names a GeoPackage file, becomes that file's layer ``layer``.
+
+    Given a plain path, Processing writes the file anew and an existing GeoPackage loses its other layers
+    (and their styles); as ``ogr:dbname=... table=...`` only a layer of that name is replaced, and several
+    sinks can share one file.
+    """
+    value = parameters.get(key)
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        definition = QgsProcessingOutputLayerDefinition(value)
+    elif isinstance(value, str):
+        definition = QgsProcessingOutputLayerDefinition(value)
+    else:
+        return parameters
+    path = definition.sink.staticValue()
+    if not isinstance(path, str) or not path.lower().endswith(".gpkg") or URI.match(path) or "'" in path:
+        return parameters  # TEMPORARY_OUTPUT, an ogr:/postgres: URI, or a name the URI cannot quote
+    definition.sink = QgsProperty.fromValue(f"ogr:dbname='{path}' table=\"{layer}\" (geom)")
+    return {**parameters, key: definition}

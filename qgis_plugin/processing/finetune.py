@@ -3,6 +3,8 @@
 The points (and the optional reference polygons for validation) are written to temporary GeoPackages;
 the engine runs a train job (``/v1/jobs/train``) on the raster's file and writes the adapter where the
 user asked. Progress and cancel follow the job; a cancelled run leaves its checkpoint beside the output.
+The adapter is remembered (:mod:`qgis_plugin.catalog`), so the dock offers it wherever it was saved, and
+when validation kept step 0 (the adapter changes nothing) the log, the dock and the message bar say so.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import tempfile
 from qgis.core import (QgsProcessing, QgsProcessingParameterFeatureSource, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterNumber)
 
+from .. import catalog
 from .common import INSTANCE_FIELD, LABEL_FIELD, POINTS, RASTER, EngineAlgorithm
 
 FIELDS = (INSTANCE_FIELD, LABEL_FIELD)
 SUFFIX = ".adapter.pt"
+KEPT_STEP_0 = ("validation kept step 0: the adapter changes nothing (the base model scored best on the held-out "
+               "clicks); segment with the base model, or train longer or with more clicks")
 
 
 def adapter_path(path: str) -> str:
@@ -70,5 +75,10 @@ class FineTune(EngineAlgorithm):
             if self.parameterAsSource(parameters, self.VAL_POLYGONS, context) is not None:
                 body["val_polygons"] = [self.write_source(parameters, self.VAL_POLYGONS, context, folder, "reference")]
             result = self.run_job("train", body, feedback)
-        feedback.pushInfo(f"adapter written: {result['output']}")
+        kept = result.get("kept_step")
+        feedback.pushInfo(f"adapter written: {result['output']} (the weights of step {kept})")
+        if kept == 0:
+            feedback.pushWarning(KEPT_STEP_0)
+        if result.get("adapter"):
+            catalog.remember_adapter(result["adapter"], -1 if kept is None else int(kept))
         return {self.OUTPUT: result["output"]}

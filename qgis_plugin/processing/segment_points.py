@@ -2,7 +2,9 @@
 click) and ``pointsam:pointstoboxes`` (the boxes only: rotated boxes as pseudo-labels for oriented detectors).
 
 The points are written to a temporary GeoPackage, the engine runs a segment job on the raster's file,
-and its GeoPackage layers are copied into the algorithm's sinks. Progress and cancel follow the job.
+and its GeoPackage layers are copied into the algorithm's sinks. Progress, stage and cancel follow the job;
+the clicks the engine skipped are counted per reason in the log. A sink given as a GeoPackage file gets
+its layer added to that file: the file's other layers are kept.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ import os
 import tempfile
 
 from qgis.core import (QgsFeatureSink, QgsProcessing, QgsProcessingException, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterFeatureSink, QgsProcessingParameterNumber, QgsVectorLayer)
+                       QgsProcessingParameterEnum, QgsProcessingParameterFeatureSink, QgsProcessingParameterNumber,
+                       QgsVectorLayer)
 
-from .common import CLASS_FIELD, INSTANCE_FIELD, LABEL_FIELD, POINTS, RASTER, EngineAlgorithm
+from ..layers import skipped_reasons
+from ..messages import skipped_summary
+from .common import CLASS_FIELD, INSTANCE_FIELD, LABEL_FIELD, POINTS, RASTER, EngineAlgorithm, into_geopackage
 
 FIELDS = (INSTANCE_FIELD, LABEL_FIELD, CLASS_FIELD)
 
 
 class SegmentPoints(EngineAlgorithm):
-    CALIBRATION, MIN_AREA, SIMPLIFY = "CALIBRATION", "MIN_AREA", "SIMPLIFY"
+    CALIBRATION, MIN_AREA, SIMPLIFY, REGULARIZE = "CALIBRATION", "MIN_AREA", "SIMPLIFY", "REGULARIZE"
+    OUTLINES = ("none", "buildings", "ships")  # the engine's --regularize values, in this order
     SINKS = (("INSTANCES", "Instances", "instances"), ("BOXES", "Oriented boxes", "boxes"),
              ("BBOXES", "Axis boxes", "bboxes"))  # parameter, label, the engine's layer
 
@@ -31,11 +37,14 @@ class SegmentPoints(EngineAlgorithm):
         self.add_raster_and_points(FIELDS)
         self.addParameter(QgsProcessingParameterBoolean(self.CALIBRATION, "Negative prompt calibration", True))
         self.add_raster_options()
-        self.addParameter(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum area (map units²)",
+        self.addParameter(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum area (m²)",
                                                        QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0))
-        self.addParameter(QgsProcessingParameterNumber(self.SIMPLIFY, "Simplify tolerance (map units; empty: one pixel)",
+        self.addParameter(QgsProcessingParameterNumber(self.SIMPLIFY, "Simplify (m; empty: one pixel)",
                                                        QgsProcessingParameterNumber.Type.Double, None, optional=True,
                                                        minValue=0.0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.REGULARIZE, "Regularize (buildings: right angles; ships: smooth hulls)", list(self.OUTLINES),
+            defaultValue=0))
         self.add_model()
         for key, label, _ in self.SINKS:
             self.addParameter(QgsProcessingParameterFeatureSink(key, label, QgsProcessing.SourceType.TypeVectorPolygon))
@@ -50,7 +59,11 @@ class SegmentPoints(EngineAlgorithm):
                     **self.options(parameters, context, FIELDS)}
             if parameters.get(self.SIMPLIFY) not in (None, ""):
                 body["simplify"] = self.parameterAsDouble(parameters, self.SIMPLIFY, context)
+            body["regularize"] = self.OUTLINES[self.parameterAsEnum(parameters, self.REGULARIZE, context)]
             self.run_job("segment", body, feedback)
+            skipped = skipped_summary(skipped_reasons(output))
+            if skipped:
+                feedback.pushWarning(skipped)
             return self._copy_layers(output, parameters, context)
 
     def _copy_layers(self, gpkg: str, parameters, context) -> dict:
@@ -59,7 +72,8 @@ class SegmentPoints(EngineAlgorithm):
             layer = QgsVectorLayer(f"{gpkg}|layername={layer_name}", layer_name, "ogr")
             if not layer.isValid():
                 raise QgsProcessingException(f"the engine's output has no layer {layer_name}")
-            sink, dest = self.parameterAsSink(parameters, key, context, layer.fields(), layer.wkbType(), layer.crs())
+            sink, dest = self.parameterAsSink(into_geopackage(parameters, key, layer_name), key, context,
+                                              layer.fields(), layer.wkbType(), layer.crs())
             for feature in layer.getFeatures():
                 sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
             results[key] = dest
@@ -73,3 +87,4 @@ class PointsToBoxes(SegmentPoints):
     NAME, DISPLAY_NAME = "pointstoboxes", "Points to boxes"
     HELP = ("One oriented box (minimum rotated rectangle, with angle, length and width) and one axis-aligned box "
             "per click: point labels become box labels, e.g. pseudo-labels for an oriented object detector.")
+

@@ -7,10 +7,10 @@ import shapely
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-import pointsam_engine.output as output_module
 from pointsam_engine import segment
 from pointsam_engine.errors import Cancelled, PointsError
 from pointsam_engine.vectorize import overlapping
+from pointsam_engine.masks import MaskPatch
 from tests.conftest import SquarePredictor, grid_to_map, pixel_centres, write_points, write_raster
 
 FIELDS = {"point_fid", "score", "area_m2", "calibrated", "model"}
@@ -141,26 +141,6 @@ def test_instance_and_label_fields_make_one_object_with_negatives(tmp_path):
     assert sent.labels.tolist() == [1, 1, 0]
 
 
-def test_failure_while_writing_leaves_existing_output_untouched(tmp_path, blocks_scene, monkeypatch, stub):
-    raster, points, _, _ = blocks_scene
-    out = tmp_path / "out.gpkg"
-    out.write_bytes(b"precious")
-    real = pyogrio.write_dataframe
-    calls = []
-
-    def failing(frame, path, layer=None, **kw):
-        calls.append(layer)
-        if len(calls) == 3:
-            raise OSError("disk full (injected)")
-        return real(frame, path, layer=layer, **kw)
-
-    monkeypatch.setattr(output_module.pyogrio, "write_dataframe", failing)
-    with pytest.raises(OSError, match="injected"):
-        segment(raster, points, out, predictor=stub, overwrite=True)
-    assert out.read_bytes() == b"precious"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.gpkg", "points.gpkg", "scene.tif"])
-
-
 def test_progress_reaches_one_and_cancel_writes_nothing(tmp_path, blocks_scene, stub):
     raster, points, _, _ = blocks_scene
     seen = []
@@ -202,3 +182,71 @@ def test_objects_from_different_chips_never_overlap(tmp_path):
     clicks = [shapely.Point(*grid_to_map(transform, c + 0.5, r + 0.5)) for r, c in cells]
     for geom, click in zip(inst.sort_values("point_fid").geometry, clicks):
         assert geom.contains(click)
+
+
+KAMPALA = (32.58, 0.35)  # lon, lat of the 4326 rasters' corner
+DEGREES = 1e-5  # their pixel size
+
+
+def _kampala_raster(path, size=300):
+    transform = from_origin(*KAMPALA, DEGREES, DEGREES)
+    return write_raster(path, np.full((3, size, size), 120, np.uint8), crs="EPSG:4326", transform=transform), transform
+
+
+def _kampala_pixel_metres() -> float:
+    from pyproj import Geod
+
+    geod, (lon, lat) = Geod(ellps="WGS84"), KAMPALA
+    east = geod.inv(lon, lat, lon + DEGREES, lat)[2]
+    north = geod.inv(lon, lat, lon, lat - DEGREES)[2]
+    return float(np.sqrt(east * north))
+
+
+class DiskPredictor(SquarePredictor):
+    """A disk of radius ``half`` pixels around the first positive click: edges that simplification changes."""
+
+    def square(self, prompt):
+        x, y = prompt.points[prompt.labels == 1][0]
+        rr, cc = np.mgrid[0:self._shape[0], 0:self._shape[1]]
+        logits = self.half - np.hypot(rr + 0.5 - y, cc + 0.5 - x)
+        return MaskPatch(0, 0, logits.astype(np.float32), 0.9)
+
+
+def test_min_area_is_square_metres_on_a_4326_raster(tmp_path, stub):
+    raster, transform = _kampala_raster(tmp_path / "ll.tif")
+    points = write_points(tmp_path / "p.gpkg", pixel_centres(transform, [(80, 80), (200, 200)]), crs="EPSG:4326")
+    area = segment(raster, points, predictor=stub).layers["instances"]["area_m2"].to_numpy()
+    assert area == pytest.approx(400 * _kampala_pixel_metres() ** 2, rel=0.02)  # about 490 m², 4e-8 degrees²
+    kept = segment(raster, points, predictor=SquarePredictor(), min_area=0.9 * area.min()).layers
+    assert len(kept["instances"]) == 2 and len(kept["skipped"]) == 0
+    dropped = segment(raster, points, predictor=SquarePredictor(), min_area=1.1 * area.max()).layers
+    assert len(dropped["instances"]) == 0
+    assert dropped["skipped"]["reason"].tolist() == ["smaller than --min-area"] * 2
+
+
+def test_simplify_and_max_hole_area_are_metres_on_any_crs(tmp_path):
+    from pointsam_engine.measure import grid_tolerances
+    from pointsam_engine.raster import Raster
+
+    metres = _kampala_pixel_metres()
+    ll_raster, ll_transform = _kampala_raster(tmp_path / "ll.tif")
+    utm_transform = from_origin(500000.0, 4000000.0, metres, metres)  # the same ground pixel, projected
+    utm_raster = write_raster(tmp_path / "utm.tif", np.full((3, 300, 300), 120, np.uint8), transform=utm_transform)
+    with Raster(str(ll_raster)) as ll, Raster(str(utm_raster)) as utm:
+        ll_holes, ll_tolerance = grid_tolerances(ll, 10.0, 2.0)
+        utm_holes, utm_tolerance = grid_tolerances(utm, 10.0, 2.0)
+        assert utm_tolerance == pytest.approx(2.0, rel=1e-3)  # a metre CRS: metres are map units
+        assert ll_tolerance / DEGREES == pytest.approx(utm_tolerance / metres, rel=0.01)  # the same in pixels
+        assert ll_holes == pytest.approx(utm_holes, rel=0.01) and utm_holes == pytest.approx(10 / metres ** 2, rel=1e-3)
+        assert grid_tolerances(ll, None, None) == (25.0, ll.pixel_size)
+
+    def vertices(raster, transform, crs, simplify):
+        points = write_points(tmp_path / f"p{crs[-4:]}.gpkg", pixel_centres(transform, [(150, 150)]), crs=crs)
+        geom = segment(raster, points, predictor=DiskPredictor(half=12), simplify=simplify).layers["instances"].geometry
+        return shapely.get_num_coordinates(geom.iloc[0])
+
+    raw = vertices(utm_raster, utm_transform, "EPSG:32633", 0)
+    utm_count = vertices(utm_raster, utm_transform, "EPSG:32633", 2.0)
+    ll_count = vertices(ll_raster, ll_transform, "EPSG:4326", 2.0)
+    assert 4 < utm_count < raw  # 2 m simplified the disk's pixel steps but kept its shape
+    assert abs(ll_count - utm_count) <= 0.1 * utm_count

@@ -83,3 +83,23 @@ def test_memory_cache_is_bounded():
     cache.put("a", block)
     cache.put("b", block)
     assert cache.get("a") is None and cache.get("b") is not None
+
+
+def test_box_prompts_batch_apart_from_clicks_and_decode_as_sam_does(predictor):
+    predictor.set_chip(_image())
+    box = np.array([80.0, 60.0, 160.0, 120.0])
+    prompts = [Prompt(np.array([[100.5, 90.5]]), np.array([1])),
+               Prompt(np.zeros((0, 2)), np.zeros(0, int), box),
+               Prompt(np.array([[100.5, 90.5]]), np.array([1]), box),
+               Prompt(np.zeros((0, 2)), np.zeros(0, int), box + 10)]
+    batched = predictor.predict(prompts)
+    for prompt, got in zip(prompts, batched):
+        alone = predictor.predict([prompt])[0]
+        assert (got is None) == (alone is None)
+        if got is not None:
+            np.testing.assert_allclose(got.logits, alone.logits, atol=1e-4)
+    sam = predictor.model.sam
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=None, boxes=torch.tensor([box - 0.5]), masks=None)
+        low, iou = sam.mask_decoder.predict_masks(predictor._embedding, sam.prompt_encoder.get_dense_pe(), sparse, dense)
+    assert batched[1].score == pytest.approx(float(iou[0, 0]), abs=1e-5), "a box uses the single-mask output"

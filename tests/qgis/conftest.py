@@ -7,8 +7,10 @@ project's environment (``.ci/run`` does both). Every layer is dropped before ``e
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,52 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, "/usr/share/qgis/python/plugins")  # processing
 
 from qgis.core import QgsApplication, QgsProject  # noqa: E402
+
+
+_STARTED = []  # pids of the engines the plugin started in this session
+_STARTED_BY = {}  # pid: the test that was running when it started
+
+
+def engine_pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) ``pointsam serve``."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = (proc / "cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"pointsam_engine.cli" in command and b"serve" in command
+
+
+def wait_until_gone(pids, seconds: float = 120.0) -> list:
+    """The pids still running an engine after waiting up to ``seconds`` for them to exit."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(engine_pid_alive(pid) for pid in pids):
+        time.sleep(0.2)
+    return [pid for pid in pids if engine_pid_alive(pid)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_engine_outlives_the_suite():
+    """Records every engine the plugin starts; once the plugin's exit path has run, none of them may still run."""
+    from qgis_plugin.engine import EngineProcess
+
+    start = EngineProcess._start
+
+    def recorded(self):
+        try:
+            return start(self)
+        finally:
+            if self._proc is not None:
+                _STARTED.append(self._proc.pid)
+                _STARTED_BY[self._proc.pid] = os.environ.get("PYTEST_CURRENT_TEST", "?")
+
+    EngineProcess._start = recorded
+    yield _STARTED
+    EngineProcess._start = start
+    _plugin_exit()  # pytest may tear this down before qgis_app: run QGIS's exit path (idempotent) first
+    survivors = wait_until_gone(_STARTED)
+    assert not survivors, f"engines started by the plugin suite survive it: {[(p, _STARTED_BY[p]) for p in survivors]}"
 
 
 def engine_python() -> str:
@@ -38,10 +86,16 @@ def qgis_app():
     Processing.initialize()
     yield app
     QgsProject.instance().removeAllMapLayers()
-    from qgis_plugin import settings
-
-    settings.stop_engine()
+    _plugin_exit()
     app.exitQgis()
+
+
+def _plugin_exit() -> None:
+    """What closing QGIS runs for the plugin: background calls cancelled, then the engine stopped (its atexit hook)."""
+    from qgis_plugin import background, settings
+
+    background.cancel_all()
+    settings.stop_engine()
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +154,21 @@ class _StubIface:
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
+
+
+def grab_widget(widget, path) -> None:
+    """``widget`` shown, drawn and saved as a PNG at ``path``, then hidden again."""
+    widget.show()
+    for _ in range(20):
+        QgsApplication.processEvents()
+    widget.grab().save(str(path))
+    widget.hide()
+
+
+def keep_screenshot(path, variable: str) -> None:
+    """Copy the PNG at ``path`` to where ``$variable`` says (the docs' screenshots), rendered on X only."""
+    if os.environ.get(variable):
+        from qgis.PyQt.QtGui import QGuiApplication
+
+        assert QGuiApplication.platformName() == "xcb", "render the docs screenshot on X: run under xvfb-run -a"
+        shutil.copy(path, os.environ[variable])

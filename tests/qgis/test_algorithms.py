@@ -18,12 +18,21 @@ TEMPORARY = "TEMPORARY_OUTPUT"
 
 
 class _Feedback(QgsProcessingFeedback):
-    """Records progress; cancels once the job has reported some, when asked to."""
+    """Records progress, stages and warnings; cancels once the job has reported some, when asked to."""
 
     def __init__(self, cancel_when_started: bool = False):
         super().__init__()
         self.seen, self.cancel_when_started = [], cancel_when_started
+        self.stages, self.warnings = [], []
         self.progressChanged.connect(self._record)
+
+    def setProgressText(self, text):  # noqa: N802
+        self.stages.append(text)
+        super().setProgressText(text)
+
+    def pushWarning(self, text):  # noqa: N802
+        self.warnings.append(text)
+        super().pushWarning(text)
 
     def _record(self, value: float) -> None:
         self.seen.append(value)
@@ -58,6 +67,10 @@ def test_points_to_boxes_gives_one_oriented_and_one_axis_box_per_click_and_no_in
 def test_finetune_writes_an_adapter_that_segment_points_applies(plugin, scene, tmp_path):
     import processing
 
+    from qgis_plugin import catalog
+
+    trained = []
+    catalog.changes.adapter_trained.connect(lambda header, kept: trained.append((header["path"], kept)))
     feedback = _Feedback()
     adapter = tmp_path / "region.adapter.pt"
     result = processing.run("pointsam:finetune", {"RASTER": scene["raster"], "POINTS": scene["points"], "STEPS": 2,
@@ -65,6 +78,10 @@ def test_finetune_writes_an_adapter_that_segment_points_applies(plugin, scene, t
                             feedback=feedback)
     assert result["OUTPUT"] == str(adapter) and adapter.is_file()
     assert feedback.seen and feedback.seen[-1] == 100, "progress follows the train job to its end"
+    assert "step 2/2" in feedback.stages and not feedback.warnings
+    assert trained == [(str(adapter), 2)], "without validation the last step is kept; the dock is told"
+    assert str(adapter) in [a["path"] for a in catalog.adapters()], "the dock offers it, wherever it was saved"
+    catalog.forget()
     segmented = processing.run("pointsam:segmentpoints", {"RASTER": scene["raster"], "POINTS": scene["points"],
                                                           "ADAPTER": str(adapter), "INSTANCES": TEMPORARY,
                                                           "BOXES": TEMPORARY, "BBOXES": TEMPORARY})
@@ -159,3 +176,88 @@ def test_finetune_defaults_are_the_engines_train_job_defaults(plugin):
     for parameter, field in (("STEPS", "steps"), ("RANK", "rank"), ("LR", "lr"), ("VAL_FRACTION", "val_fraction"),
                              ("ANCHOR_WEIGHT", "anchor_weight")):
         assert float(algorithm.parameterDefinition(parameter).defaultValue()) == api[field]["default"], parameter
+
+
+def test_finetune_that_keeps_step_0_says_the_adapter_changes_nothing(plugin, scene, tmp_path):
+    import processing
+
+    from qgis_plugin import catalog
+
+    feedback = _Feedback()
+    adapter = tmp_path / "unchanged.adapter.pt"
+    # a learning rate too small to move any mask: validation finds no step better than the base model's
+    processing.run("pointsam:finetune", {"RASTER": scene["raster"], "POINTS": scene["points"], "STEPS": 1, "LR": 1e-7,
+                                         "VAL_FRACTION": 0.5, "VAL_POLYGONS": scene["truth"], "RANK": 2,
+                                         "OUTPUT": str(adapter)}, feedback=feedback)
+    assert adapter.is_file()
+    assert len(feedback.warnings) == 1 and "kept step 0" in feedback.warnings[0]
+    assert "changes nothing" in feedback.warnings[0]
+    catalog.forget()
+
+
+def test_segment_points_into_the_users_geopackage_keeps_its_other_layers_and_styles(plugin, scene, tmp_path):
+    import processing
+
+    from .test_dock import _foreign_geopackage, _rows, _styles
+
+    output = tmp_path / "mine.gpkg"
+    _foreign_geopackage(output)
+    before, styles = _rows(output), _styles(output)
+    feedback = _Feedback()
+    result = processing.run("pointsam:segmentpoints", {"RASTER": scene["raster"], "POINTS": scene["points"],
+                                                       "INSTANCES": str(output), "BOXES": str(output),
+                                                       "BBOXES": TEMPORARY}, feedback=feedback)
+    assert _rows(output) == before and _styles(output) == styles, "the user's layer and its style are untouched"
+    assert len(_rows(output, "instances")) == len(_rows(output, "boxes")) == _count(scene["points"])
+    assert result["INSTANCES"] == f"{output}|layername=instances"
+    said = ("starting engine…", "waiting for the engine", "starting the job", "reading the raster and points",
+            "encoding chip", "segmenting: chip", "tracing polygons", "writing the GeoPackage", "done")
+    assert feedback.stages[-1] == "done" and all(stage.startswith(said) for stage in feedback.stages), feedback.stages
+    assert len(feedback.stages) > 1, "the stages on the way are shown, not only the end"
+
+
+def test_model_offers_the_models_the_engine_last_listed_without_asking_it(plugin):
+    from qgis.core import QgsApplication, QgsProcessingContext
+    from qgis.gui import QgsGui, QgsProcessingGui
+
+    from qgis_plugin import catalog
+
+    catalog.remember_models({"loaded": {"label": "pointsam-tiny@9238", "sha256": "9238"}, "adapters": [],
+                             "available": [{"name": "pointsam-tiny", "path": "/p/tiny.pt", "sha256": "9238"}],
+                             "catalog": [{"name": "vit_b", "installed": True, "path": "/m/b.pth"},
+                                         {"name": "vit_h", "installed": False, "path": None}]})
+    try:
+        for name in ("segmentpoints", "pointstoboxes", "finetune"):
+            model = QgsApplication.processingRegistry().algorithmById(f"pointsam:{name}").parameterDefinition("MODEL")
+            assert model.metadata()["widget_wrapper"]["value_hints"] == ["engine default", "pointsam-tiny", "vit_b"]
+            assert model.defaultValue() == "engine default", name
+        wrapper = QgsGui.processingGuiRegistry().createParameterWidgetWrapper(model, QgsProcessingGui.WidgetType.Standard)
+        combo = wrapper.createWrappedWidget(QgsProcessingContext())
+        wrapper.setParameterValue(model.defaultValue(), QgsProcessingContext())
+        assert [combo.itemText(i) for i in range(combo.count())] == ["", "engine default", "pointsam-tiny", "vit_b"]
+        assert wrapper.parameterValue() == "engine default", "the dialog offers the list, the default chosen"
+    finally:
+        catalog.forget()
+
+
+@pytest.mark.parametrize("bands, said", [("a,b", "Bands: give band numbers separated by commas, e.g. 3,2,1"),
+                                         ("3,2", "Bands")])
+def test_bad_bands_are_said_in_the_words_of_the_dialog(plugin, scene, bands, said):
+    import processing
+
+    with pytest.raises(QgsProcessingException) as error:
+        processing.run("pointsam:segmentpoints", {"RASTER": scene["raster"], "POINTS": scene["points"], "BANDS": bands,
+                                                  "INSTANCES": TEMPORARY, "BOXES": TEMPORARY, "BBOXES": TEMPORARY})
+    message = str(error.value)
+    assert message.startswith(said) and "--bands" not in message and "invalid literal" not in message, message
+
+
+def test_segment_points_regularizes_buildings_when_asked(plugin, scene):
+    import processing
+
+    result = processing.run("pointsam:segmentpoints", {"RASTER": scene["raster"], "POINTS": scene["points"],
+                                                       "REGULARIZE": 1, "INSTANCES": TEMPORARY,
+                                                       "BOXES": TEMPORARY, "BBOXES": TEMPORARY})
+    features = list(result["INSTANCES"].getFeatures())
+    assert features and all(f["regularized"] for f in features)
+    assert all(0 < f["iou_to_mask"] <= 1 for f in features)

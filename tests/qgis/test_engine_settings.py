@@ -8,12 +8,13 @@ import json
 import os
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 from qgis.core import QgsProcessingException, QgsSettings
 
-from .conftest import engine_python
+from .conftest import ROOT, engine_pid_alive, engine_python, wait_until_gone
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +120,107 @@ def test_an_engine_that_does_not_answer_gives_one_line_naming_it_and_the_fix(ser
     assert all(part in message for part in expected), message
     assert "\n" not in message and "Traceback" not in message
     assert _engine_children() == {proc.pid}, "the plugin must not start or restart an engine it does not own"
+
+
+def test_an_engine_exits_when_the_qgis_that_started_it_is_killed(qgis_app):
+    """kill -9 runs no cleanup in QGIS: the engine notices by itself (its stdin pipe closes, its parent is gone)."""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from qgis_plugin.engine import EngineProcess; "
+            "engine = EngineProcess(sys.argv[2]); engine.client(); print(engine.pid, flush=True); time.sleep(900)")
+    parent = subprocess.Popen(["/usr/bin/python3", "-c", code, str(ROOT), engine_python()], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        assert engine_pid_alive(pid)
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+    assert wait_until_gone([pid]) == [], "the engine outlived the killed QGIS"
+
+
+def test_threads_asking_for_the_engine_at_once_start_one_engine(qgis_app, no_engine_outlives_the_suite):
+    """Worker threads (QgsTasks) may all need the engine at the same moment: the first starts it, the others wait."""
+    from qgis_plugin.engine import EngineProcess
+
+    engine = EngineProcess(engine_python())
+    started = len(no_engine_outlives_the_suite)
+    barrier = threading.Barrier(4)
+    urls = []
+
+    def ask():
+        barrier.wait()
+        urls.append(engine.client().url)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert len(urls) == 4 and len(set(urls)) == 1
+        assert len(no_engine_outlives_the_suite) == started + 1, "a second engine was started"
+    finally:
+        engine.stop()
+
+
+class _RecordingIface:
+    """An iface with a real message bar that records the menu entries and options pages the plugin adds."""
+
+    def __init__(self):
+        from qgis.gui import QgsMessageBar
+
+        self.bar, self.calls = QgsMessageBar(), []
+
+    def messageBar(self):  # noqa: N802 (QGIS's name)
+        return self.bar
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+def test_no_engine_messages_offer_set_up_engine_and_the_options_page_sets_the_engine(qgis_app, monkeypatch):
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    from qgis_plugin import settings
+    from qgis_plugin.errors import EngineMissingError
+    from qgis_plugin.gui.settings_page import SettingsPage
+    from qgis_plugin.plugin import PointSamPlugin
+
+    python = engine_python()
+    monkeypatch.delenv("POINTSAM_ENGINE_PYTHON", raising=False)
+    saved = settings.configured_python()
+    settings.set_value(settings.KEY_PYTHON, "")
+    iface = _RecordingIface()
+    plugin = PointSamPlugin(iface)
+    plugin._add_setup()
+    try:
+        assert ("addPluginToMenu", "PointSAM", plugin.setup_action) in iface.calls
+        assert plugin.setup_action.text() == "Set up engine…"
+        assert ("registerOptionsWidgetFactory", plugin.options_factory) in iface.calls
+        with pytest.raises(EngineMissingError) as error:
+            settings.engine()
+        message = str(error.value)
+        assert "Set up engine… (menu Plugins > PointSAM)" in message and "Settings > Options > PointSAM" in message
+        opened = []
+        plugin.show_setup = lambda: opened.append("setup")
+        plugin._warn(message)
+        plugin._warn("band 9 does not exist; the raster has 3 bands")  # not about the engine: no button
+        buttons = [b for b in iface.bar.findChildren(QPushButton) if b.text() == "Set up engine…"]
+        assert len(buttons) == 1
+        buttons[0].click()
+        assert opened == ["setup"]
+
+        page = SettingsPage(None, plugin.show_setup)
+        page.fields[settings.KEY_PYTHON].setText("/nowhere/bin/python")
+        assert "/nowhere/bin/python does not exist" in page.python_state.text()
+        page.fields[settings.KEY_PYTHON].setText(python)
+        page.fields[settings.KEY_ARGS].setText("--cache-mb 64")
+        page.fields[settings.KEY_OUTPUT_ROOT].setText("/data/gis")
+        assert page.python_state.text() == ""
+        page.apply()
+        assert settings.engine_choice() == ("process", python, "--cache-mb", "64", "--output-root", "/data/gis")
+    finally:
+        settings.set_value(settings.KEY_PYTHON, saved)
+        settings.set_value(settings.KEY_ARGS, "")
+        settings.set_value(settings.KEY_OUTPUT_ROOT, "")
+        plugin.unload()

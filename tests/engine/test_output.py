@@ -1,0 +1,220 @@
+"""Writing into a GeoPackage the user already has: every other layer, its styles and metadata survive."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pyogrio
+import pytest
+import shapely
+
+import pointsam_engine.output as output_module
+from pointsam_engine import segment
+from pointsam_engine.errors import Cancelled, OutputError
+from pointsam_engine.output import LAYERS, check_target, write_geopackage
+from tests.conftest import SquarePredictor
+
+QGIS_STYLE = "<qgis version='3.22'><renderer-v2 type='singleSymbol'/></qgis>"
+
+
+def user_geopackage(path) -> Path:
+    """A GeoPackage as an analyst has it: a ``roads`` layer with rows, a QGIS style for it in ``layer_styles``,
+    QGIS layer metadata and a dataset metadata item of its own."""
+    roads = gpd.GeoDataFrame({"name": ["Kampala Rd", "Jinja Rd", "Entebbe Rd"], "lanes": [4, 2, 3],
+                              "width_m": [12.5, 7.25, 9.0]},
+                             geometry=[shapely.LineString([(500000 + i, 3999990), (500040 + i, 3999900 - i)])
+                                       for i in range(3)], crs="EPSG:32633")
+    pyogrio.write_dataframe(roads, path, layer="roads", dataset_metadata={"project": "kampala survey"})
+    styles = pd.DataFrame({"f_table_catalog": [""], "f_table_schema": [""], "f_table_name": ["roads"],
+                           "f_geometry_column": ["geom"], "styleName": ["roads by lanes"], "styleQML": [QGIS_STYLE],
+                           "styleSLD": [""], "useAsDefault": [True], "description": ["the team's style"],
+                           "owner": ["analyst"], "ui": [""], "update_time": ["2026-11-30T10:00:00"]})
+    pyogrio.write_dataframe(styles, path, layer="layer_styles")
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO gpkg_metadata (md_scope, md_standard_uri, mime_type, metadata) "
+                   "VALUES ('dataset', 'http://mrcc.com/qgis.dtd', 'text/xml', '<qgis><abstract>roads</abstract></qgis>')")
+        db.execute("INSERT INTO gpkg_metadata_reference (reference_scope, table_name, md_file_id) "
+                   "VALUES ('table', 'roads', last_insert_rowid())")
+    db.close()
+    return Path(path)
+
+
+def foreign_state(path) -> dict:
+    """Everything of the user's in the file, read through SQLite: rows (geometry blobs included) of ``roads``
+    and ``layer_styles``, their registration, QGIS's metadata, and the spatial index of ``roads``."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        queries = {
+            "roads": "SELECT * FROM roads ORDER BY fid",
+            "layer_styles": "SELECT * FROM layer_styles ORDER BY rowid",
+            "contents": "SELECT * FROM gpkg_contents WHERE table_name IN ('roads', 'layer_styles') ORDER BY table_name",
+            "geometry_columns": "SELECT * FROM gpkg_geometry_columns WHERE table_name = 'roads'",
+            "qgis_metadata": "SELECT m.metadata, r.table_name FROM gpkg_metadata m JOIN gpkg_metadata_reference r "
+                             "ON r.md_file_id = m.id WHERE m.md_standard_uri = 'http://mrcc.com/qgis.dtd'",
+            "roads_index": "SELECT * FROM rtree_roads_geom ORDER BY id",
+        }
+        return {name: db.execute(sql).fetchall() for name, sql in queries.items()}
+    finally:
+        db.close()
+
+
+def roads_as_read(path) -> gpd.GeoDataFrame:
+    return pyogrio.read_dataframe(path, layer="roads")
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_a_run_into_a_users_geopackage_keeps_its_layers_styles_and_metadata(tmp_path, blocks_scene, stub):
+    raster, points, _, centres = blocks_scene
+    out = user_geopackage(tmp_path / "project.gpkg")
+    before, roads_before = foreign_state(out), roads_as_read(out)
+    assert len(before["roads"]) == 3 and len(before["layer_styles"]) == 1 and before["qgis_metadata"]
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    segment(raster, points, out, predictor=stub)
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing, "a temporary file or a sidecar was left"
+    assert foreign_state(out) == before
+    roads_after = roads_as_read(out)
+    assert roads_after.drop(columns="geometry").equals(roads_before.drop(columns="geometry"))
+    assert list(roads_after.geometry.to_wkb()) == list(roads_before.geometry.to_wkb())
+    layers = {name for name, _ in pyogrio.list_layers(out)}
+    assert layers == {"roads", "layer_styles", *LAYERS}
+    assert len(pyogrio.read_dataframe(out, layer="instances")) == len(centres)
+    meta = pyogrio.read_info(out, layer="instances")["dataset_metadata"]
+    assert meta["project"] == "kampala survey" and '"percentile"' in meta["pointsam_stretch"]
+
+
+def test_a_second_run_without_overwrite_is_refused_before_any_work_and_changes_nothing(tmp_path, blocks_scene, stub):
+    raster, points, _, _ = blocks_scene
+    out = user_geopackage(tmp_path / "project.gpkg")
+    segment(raster, points, out, predictor=stub)
+    digest = sha256(out)
+    second = SquarePredictor()
+    with pytest.raises(OutputError, match=r"already has layer\(s\) instances, boxes, bboxes, skipped; pass --overwrite"):
+        segment(raster, points, out, predictor=second)
+    assert second.chips == [], "the refused run read a chip"
+    assert sha256(out) == digest
+
+
+def test_overwrite_replaces_only_the_runs_layers(tmp_path, blocks_scene):
+    raster, points, _, _ = blocks_scene
+    out = user_geopackage(tmp_path / "project.gpkg")
+    segment(raster, points, out, predictor=SquarePredictor(half=10))
+    before = foreign_state(out)
+    first = pyogrio.read_dataframe(out, layer="instances")
+    segment(raster, points, out, predictor=SquarePredictor(half=5), overwrite=True)
+    second = pyogrio.read_dataframe(out, layer="instances")
+    assert len(second) == len(first)
+    assert (second["area_m2"] < first["area_m2"] * 0.5).all(), "the run's layer was not replaced"
+    assert foreign_state(out) == before
+    assert {name for name, _ in pyogrio.list_layers(out)} == {"roads", "layer_styles", *LAYERS}
+
+
+def test_a_failure_mid_write_leaves_the_file_byte_identical_and_no_temporary_file(tmp_path, blocks_scene, stub,
+                                                                                  monkeypatch):
+    raster, points, _, _ = blocks_scene
+    out = user_geopackage(tmp_path / "project.gpkg")
+    digest, listing = sha256(out), sorted(p.name for p in tmp_path.iterdir())
+    real, calls = pyogrio.write_dataframe, []
+
+    def failing(frame, path, layer=None, **kw):
+        calls.append(layer)
+        if len(calls) == 3:
+            raise OSError("disk full (injected)")
+        return real(frame, path, layer=layer, **kw)
+
+    monkeypatch.setattr(output_module.pyogrio, "write_dataframe", failing)
+    with pytest.raises(OSError, match="injected"):
+        segment(raster, points, out, predictor=stub)
+    assert calls == ["instances", "boxes", "bboxes"]
+    assert sha256(out) == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
+
+
+def test_a_cancelled_run_leaves_the_geopackage_as_it_was(tmp_path, blocks_scene, stub):
+    raster, points, _, _ = blocks_scene
+    out = user_geopackage(tmp_path / "project.gpkg")
+    digest = sha256(out)
+    event = threading.Event()
+
+    def cancel_midway(fraction, stage):
+        if fraction > 0.3:
+            event.set()
+
+    with pytest.raises(Cancelled):
+        segment(raster, points, out, predictor=stub, progress=cancel_midway, cancel=event)
+    assert sha256(out) == digest
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_file_that_is_not_a_geopackage_is_never_replaced(tmp_path, overwrite):
+    text = tmp_path / "notes.gpkg"
+    text.write_text("my notes, not a GeoPackage")
+    with pytest.raises(OutputError, match="is not a GeoPackage; choose another name"):
+        check_target(text, overwrite)
+    assert text.read_text() == "my notes, not a GeoPackage"
+
+
+def test_a_geopackage_holding_a_runs_layer_name_in_other_case_is_refused(tmp_path):
+    out = tmp_path / "mixed.gpkg"
+    frame = gpd.GeoDataFrame({"a": [1]}, geometry=[shapely.Point(0, 0)], crs="EPSG:32633")
+    pyogrio.write_dataframe(frame, out, layer="Skipped")
+    with pytest.raises(OutputError, match=r"has layer\(s\) skipped;"):
+        check_target(out, overwrite=False)
+
+
+def test_an_empty_file_counts_as_absent(tmp_path):
+    out = tmp_path / "reserved.gpkg"
+    out.touch()
+    frame = gpd.GeoDataFrame({"a": [1]}, geometry=[shapely.Point(0, 0)], crs="EPSG:32633")
+    write_geopackage({"skipped": frame}, out, overwrite=False)
+    assert len(pyogrio.read_dataframe(out, layer="skipped")) == 1
+
+
+HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA wal_autocheckpoint=0")  # the note stays in the write-ahead log, as QGIS's edits do
+db.execute("CREATE TABLE notes (text TEXT)")
+db.execute("INSERT INTO notes VALUES ('saved while open')")
+print("ready", flush=True)
+sys.stdin.readline()
+print(db.execute("SELECT count(*) FROM instances").fetchone()[0], flush=True)
+db.execute("INSERT INTO notes VALUES ('saved after the run')")
+db.close()
+"""
+
+
+def test_a_geopackage_open_in_another_program_keeps_its_unsaved_log_and_stays_usable(tmp_path):
+    """QGIS keeps a GeoPackage open in WAL mode; the run must neither lose what is in the log nor break
+    the other program's connection (renaming a file over an open SQLite database would do both)."""
+    out = user_geopackage(tmp_path / "project.gpkg")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        assert (tmp_path / "project.gpkg-wal").exists()
+        squares = [shapely.box(500000 + i, 3999900, 500002 + i, 3999902) for i in (0, 5)]
+        frame = gpd.GeoDataFrame({"a": [1, 2]}, geometry=squares, crs="EPSG:32633")
+        write_geopackage({"instances": frame}, out, overwrite=False)
+        seen, _ = holder.communicate("\n", timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert holder.returncode == 0 and seen.strip() == "2"
+    db = sqlite3.connect(out)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert [r[0] for r in db.execute("SELECT text FROM notes")] == ["saved while open", "saved after the run"]
+    finally:
+        db.close()
+    assert len(pyogrio.read_dataframe(out, layer="roads")) == 3
