@@ -1,78 +1,171 @@
-"""SAM's image encoder on one 1024² chip: the stock attention vs ``pointsam_engine.encoder.LeanAttention``.
+"""SAM's image encoder on one 1024² chip: stock segment-anything fp32 against the engine in each precision.
 
-Each variant runs in its own fresh process (so peak RSS is its own): load the full-size vit_b (random
-weights, official layout), encode the same chip ``--passes`` times, report seconds per pass and peak RSS,
-and check that both give the same embedding up to float rounding.
+For each model type, each variant runs in its own fresh process (so the peak RSS is its own): it loads
+the same checkpoint (random weights in the official layout, written once to ``benchmarks/out``),
+encodes the same chip ``--passes`` times after one warm-up pass (vit_l and vit_h: one timed pass, no
+warm-up, unless ``--passes`` says otherwise) and reports seconds per pass (median), peak RSS and the
+embedding's cosine similarity with stock segment-anything's.
 
-    .venv/bin/python benchmarks/bench_encoder.py [--passes 2]
+- ``stock fp32``: ``segment_anything.sam_model_registry[...]`` as is, what samgeo and Geo-SAM run;
+- ``engine fp32``: ``pointsam_engine.load_model(..., precision="fp32")`` (fused attention);
+- ``engine bf16`` / ``int8`` (CPU) or ``fp16`` / ``bf16`` (GPU): the other precisions the device runs.
+
+The fp32 floor is the encoder's FLOPs (counted by ``torch.utils.flop_counter`` on the meta device) over
+the fp32 matmul throughput measured here (a 4096² matmul, best of several) just before the runs.
+
+    .venv/bin/python benchmarks/bench_encoder.py [--models vit_b,vit_l,vit_h] [--passes 3] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import statistics
 import time
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
+ONE_PASS = ("vit_l", "vit_h")  # their default: one timed pass each
 
 
 def _peak_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) * 1024 / 1e6
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024 / 1e6
     return float("nan")
 
 
-def _run(variant: str, passes: int, queue) -> None:
-    import numpy as np
+def _checkpoint(model_type: str) -> Path:
+    """Random weights in the official layout, relative-position tables made non-zero (they start at zero)."""
     import torch
-    from segment_anything.modeling.image_encoder import Attention
 
-    from pointsam_engine.encoder import LeanAttention
-    from pointsam_engine.model import OFFICIAL_ARCHS, build_sam, load_model
+    from pointsam_engine.model import OFFICIAL_ARCHS, build_sam
 
-    ckpt = OUT / "sam_vit_b_01ec64.pth"
-    if not ckpt.exists():
+    path = OUT / f"sam_{model_type}_random.pth"
+    if not path.exists():
         OUT.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
-        torch.save(build_sam(OFFICIAL_ARCHS["vit_b"]).state_dict(), ckpt)
-    sam = load_model(str(ckpt), device="cpu").sam
-    if variant == "stock":
-        for module in sam.modules():
-            if type(module) is LeanAttention:
-                module.__class__ = Attention
-    image = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 1024, 1024)).astype(np.float32))
-    x = sam.preprocess(image[None])
+        sam = build_sam(OFFICIAL_ARCHS[model_type])
+        for name, p in sam.named_parameters():
+            if "rel_pos" in name:
+                p.data.normal_(0, 0.1)
+        torch.save(sam.state_dict(), path)
+    return path
+
+
+def _chip(device: str):
+    import numpy as np
+    import torch
+
+    image = np.random.default_rng(0).integers(0, 255, (3, 1024, 1024)).astype(np.float32)
+    return torch.from_numpy(image)[None].to(device)
+
+
+def _run(model_type: str, variant: str, device: str, passes: int, warmup: bool, queue) -> None:
+    import torch
+
+    path = _checkpoint(model_type)
+    if variant == "stock fp32":
+        from segment_anything import sam_model_registry
+
+        sam = sam_model_registry[model_type](checkpoint=str(path)).eval().to(device)
+        encode = sam.image_encoder
+    else:
+        from pointsam_engine.model import load_model
+        from pointsam_engine.precision import encoder_runner
+
+        loaded = load_model(str(path), device=device, precision=variant.split()[-1])
+        sam = loaded.sam
+        encode = encoder_runner(sam, loaded.precision, device)
     seconds = []
     with torch.inference_mode():
-        for _ in range(passes):
+        x = sam.preprocess(_chip(device))
+        for i in range(passes + int(warmup)):
             start = time.perf_counter()
-            embedding = sam.image_encoder(x)
-            seconds.append(time.perf_counter() - start)
-    queue.put({"variant": variant, "seconds": seconds, "peak_mb": _peak_mb(), "embedding": embedding.numpy()})
+            embedding = encode(x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i >= int(warmup):
+                seconds.append(time.perf_counter() - start)
+    # a numpy array travels by value (a tensor would travel as a handle the exiting child takes with it)
+    queue.put({"seconds": seconds, "peak_mb": _peak_mb(), "embedding": embedding.float().cpu().flatten().numpy()})
+
+
+def encoder_gflop(model_type: str) -> float:
+    """FLOPs of one 1024² encoder pass (a multiply-add counts 2), counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pointsam_engine.encoder import use_fused_attention
+    from pointsam_engine.model import OFFICIAL_ARCHS, build_sam
+
+    with torch.device("meta"):
+        encoder = use_fused_attention(build_sam(OFFICIAL_ARCHS[model_type])).image_encoder
+        counter = FlopCounterMode(display=False)
+        with counter, torch.inference_mode():
+            encoder(torch.empty(1, 3, 1024, 1024))
+    return counter.get_total_flops() / 1e9
+
+
+def fp32_gflops(device: str, size: int = 4096, repeats: int = 5) -> float:
+    """The best fp32 matmul throughput of a few ``size``² products (GFLOP/s)."""
+    import torch
+
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def variants(device: str) -> list:
+    """Stock and engine fp32, then every other precision the engine keeps for this device."""
+    kind = device.split(":")[0]
+    reduced = {"cpu": ["bf16", "int8"], "cuda": ["fp16", "bf16"]}.get(kind, [])
+    return ["stock fp32", "engine fp32"] + [f"engine {p}" for p in reduced]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--models", default="vit_b,vit_l,vit_h", help="comma-separated model types")
+    parser.add_argument("--passes", type=int, default=None, help="timed passes (default: vit_b 3, vit_l/vit_h 1)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    ctx = mp.get_context("spawn")
-    results = {}
-    for variant in ("stock", "lean"):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_run, args=(variant, args.passes, queue))
-        proc.start()
-        results[variant] = queue.get()
-        proc.join()
-    import numpy as np
+    import torch
 
-    diff = float(np.abs(results["stock"]["embedding"] - results["lean"]["embedding"]).max())
-    print("| vit_b encoder, one 1024² chip, CPU | stock attention | lean attention |")
-    print("|---|---|---|")
-    print(f"| seconds per pass | {np.mean(results['stock']['seconds']):.1f} | {np.mean(results['lean']['seconds']):.1f} |")
-    print(f"| peak RSS of the process (MB) | {results['stock']['peak_mb']:,.0f} | {results['lean']['peak_mb']:,.0f} |")
-    print(f"max abs difference of the embeddings: {diff:.2e}")
+    from pointsam_engine.precision import cpu_has_native_bf16
+
+    ctx = mp.get_context("spawn")
+    throughput = fp32_gflops(args.device)
+    print(f"device {args.device}, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"native bf16 {cpu_has_native_bf16()}, {torch.get_num_threads()} threads; "
+          f"fp32 matmul {throughput:.0f} GFLOP/s")
+    print("| model | variant | seconds per pass | passes | x fp32 floor | peak RSS (MB) | cosine to stock |")
+    print("|---|---|---|---|---|---|---|")
+    for model_type in args.models.split(","):
+        gflop = encoder_gflop(model_type)
+        floor = gflop / throughput
+        multi = model_type not in ONE_PASS
+        passes = args.passes or (3 if multi else 1)
+        stock = None
+        for variant in variants(args.device):
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_run, args=(model_type, variant, args.device, passes, multi, queue))
+            proc.start()
+            result = queue.get()
+            proc.join()
+            embedding = torch.from_numpy(result["embedding"]).double()
+            stock = embedding if stock is None else stock
+            cosine = float(torch.nn.functional.cosine_similarity(embedding, stock, dim=0))
+            median = statistics.median(result["seconds"])
+            print(f"| {model_type} | {variant} | {median:.1f} | {len(result['seconds'])} | {median / floor:.2f} | "
+                  f"{result['peak_mb']:,.0f} | {cosine:.5f} |", flush=True)
+        print(f"| {model_type} | fp32 floor ({gflop:,.0f} GFLOP) | {floor:.1f} | | 1.00 | | |", flush=True)
 
 
 if __name__ == "__main__":

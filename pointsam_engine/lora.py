@@ -1,6 +1,6 @@
 """LoRA adapters on the q and v projections of SAM's image-encoder attention; everything else frozen.
 
-segment-anything's ``Attention`` (and the engine's ``LeanAttention``) projects tokens with one fused
+segment-anything's ``Attention`` (and the engine's ``FusedAttention``) projects tokens with one fused
 ``qkv = Linear(dim, 3 * dim)``. :class:`LoRAQKV` replaces it and adds low-rank updates to the q and
 v slices only, as PointSAM (and WeSAM) do:
 

@@ -4,12 +4,12 @@ Official checkpoints (``sam_vit_b_01ec64.pth`` and friends) are bare state dicts
 (vit_b / vit_l / vit_h) is read from the tensor shapes. The engine's own format is a dict with
 ``format: "pointsam-sam"`` that records the architecture, the pixel normalisation it expects and
 its provenance, so nothing has to be guessed. Models are always built from segment-anything's own
-classes. This module and :mod:`pointsam_engine.predict` are the only ones that import torch.
+classes. This module, :mod:`~pointsam_engine.predict`, :mod:`~pointsam_engine.precision` and
+:mod:`~pointsam_engine.encoder` are the only ones of the inference path that import torch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -20,8 +20,10 @@ from typing import Dict, Optional, Tuple
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .encoder import use_lean_attention
+from .catalog import CATALOG, file_sha256, installed_path, model_dirs  # noqa: F401 (file_sha256, model_dirs: imported from here too)
+from .encoder import use_fused_attention
 from .errors import ModelError, OptionError
+from .precision import resolve_precision
 
 POINTSAM_FORMAT = "pointsam-sam"
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -61,12 +63,8 @@ OFFICIAL_ARCHS: Dict[str, SamArch] = {
     "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
 }
 
-# registered names -> official file names, looked up in the model folders (see :func:`model_dirs`)
-REGISTERED: Dict[str, str] = {
-    "vit_b": "sam_vit_b_01ec64.pth",
-    "vit_l": "sam_vit_l_0b3195.pth",
-    "vit_h": "sam_vit_h_4b8939.pth",
-}
+# registered names -> official file names (the catalogue's), looked up in the model folders (see :func:`model_dirs`)
+REGISTERED: Dict[str, str] = {name: entry.file for name, entry in CATALOG.items()}
 BUNDLED_DIR = Path(__file__).resolve().parent / "models"
 BUNDLED: Dict[str, str] = {"pointsam-tiny": "pointsam-tiny.pt"}  # shipped inside the package
 DEFAULT_MODEL = "pointsam-tiny"
@@ -84,11 +82,13 @@ class LoadedModel:
     device: str
     provenance: dict = field(default_factory=dict)
     adapter: Optional[str] = None  # ``name@sha256-prefix`` of an applied region adapter
+    precision: str = "fp32"  # the image encoder's arithmetic (see :mod:`pointsam_engine.precision`)
 
     @property
     def label(self) -> str:
-        """``name@sha256-prefix`` (``+adapter@sha256-prefix``): written on every output feature."""
-        base = f"{self.name}@{self.sha256[:12]}"
+        """``name@sha256-prefix`` (``/bf16`` unless fp32) (``+adapter@sha256-prefix``): written on every output
+        feature, and part of every embedding's cache key."""
+        base = f"{self.name}@{self.sha256[:12]}" + ("" if self.precision == "fp32" else f"/{self.precision}")
         return base if self.adapter is None else f"{base}+{self.adapter}"
 
     @property
@@ -151,12 +151,6 @@ def save_pointsam_checkpoint(sam: Sam, arch: SamArch, path, *, name: str, proven
     }, path)
 
 
-def model_dirs() -> list:
-    """Folders searched for registered models: ``$POINTSAM_MODELS`` (path list), then ``~/.cache/pointsam/models``."""
-    dirs = [Path(p) for p in os.environ.get("POINTSAM_MODELS", "").split(os.pathsep) if p]
-    return dirs + [Path.home() / ".cache" / "pointsam" / "models"]
-
-
 def resolve_model_path(model: Optional[str]) -> Path:
     """A checkpoint path from ``--model``: a file path, or a registered name found in :func:`model_dirs`."""
     model = str(model or DEFAULT_MODEL)
@@ -168,26 +162,17 @@ def resolve_model_path(model: Optional[str]) -> Path:
         return path
     key = model.removeprefix("sam_")
     if key in REGISTERED and not os.path.exists(model):
-        for folder in model_dirs():
-            candidate = folder / REGISTERED[key]
-            if candidate.exists():
-                return candidate
-        where = " or ".join(str(d) for d in model_dirs())
-        raise ModelError(f"model {model!r} is registered but {REGISTERED[key]} is not in {where}; "
-                         f"put the official checkpoint there or pass --model PATH")
+        path = installed_path(key)
+        if path is None:
+            where = " or ".join(str(d) for d in model_dirs())
+            raise ModelError(f"model {model!r} is not downloaded ({REGISTERED[key]} is not in {where}); "
+                             f"get it with `pointsam models pull {key}` or pass --model PATH")
+        return path
     path = Path(model)
     if not path.exists():
         names = ", ".join(sorted(REGISTERED) + sorted(BUNDLED))
         raise ModelError(f"checkpoint {model} does not exist; pass a SAM .pth file or a registered name ({names})")
     return path
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def detect_model_type(state: dict, path) -> str:
@@ -219,17 +204,21 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None, device: str = "auto") -> LoadedModel:
+def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None, device: str = "auto",
+               precision: str = "fp32") -> LoadedModel:
     """Load a SAM from a checkpoint path or a registered name, ready for inference.
 
     Args:
         model: path to an official SAM state dict or a PointSAM model file, or a registered name.
         model_type: ``vit_b``, ``vit_l`` or ``vit_h``; checked against the weights when given.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        precision: the image encoder's arithmetic at inference: ``auto``, ``fp32``, ``bf16``, ``fp16`` or
+            ``int8`` (see :mod:`pointsam_engine.precision`); weights stay float32, so training is unaffected.
     """
     if model_type is not None and model_type not in OFFICIAL_ARCHS:
         raise OptionError(f"--model-type {model_type!r} is not known; use one of {', '.join(OFFICIAL_ARCHS)}")
     device = pick_device(device)
+    precision = resolve_precision(precision, device)
     path = resolve_model_path(model)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -239,9 +228,13 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
     if not isinstance(payload, dict):
         raise ModelError(f"{path} is not a SAM checkpoint (no state dict inside); pass an official file such as sam_vit_b_01ec64.pth")
     if payload.get("format") == POINTSAM_FORMAT:
-        arch = SamArch.from_dict(payload["arch"])
-        mean, std = payload["pixel_mean"], payload["pixel_std"]
-        state, name, kind = payload["state_dict"], payload.get("name", path.stem), "pointsam"
+        try:
+            arch = SamArch.from_dict(payload["arch"])
+            mean, std = payload["pixel_mean"], payload["pixel_std"]
+            state, name, kind = payload["state_dict"], payload.get("name", path.stem), "pointsam"
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{path} is a PointSAM model file without a readable {exc.args[0] if exc.args else 'header'}"
+                             " (damaged or hand-made); pass an intact file written by pointsam") from None
         provenance = payload.get("provenance", {})
         if model_type is not None:
             raise ModelError(f"--model-type {model_type} does not apply to {path}, a PointSAM model that records its own architecture; drop --model-type")
@@ -262,6 +255,6 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
                          "pass an unmodified SAM checkpoint") from None
     sam.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), False)
     sam.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), False)
-    use_lean_attention(sam).eval().to(device)
+    use_fused_attention(sam).eval().to(device)
     return LoadedModel(sam=sam, name=name, sha256=file_sha256(path), model_type=kind, arch=arch,
-                       device=device, provenance=provenance)
+                       device=device, provenance=provenance, precision=precision)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pointsam_engine.encoder import use_lean_attention
+from pointsam_engine.encoder import use_fused_attention
 from pointsam_engine.errors import ModelError
 from pointsam_engine.model import SamArch, build_sam
 from tests.conftest import TINY_ARCH
@@ -91,11 +91,11 @@ def test_k_slice_is_never_adapted(base):
     torch.testing.assert_close(out[:, :dim], expected_q)
 
 
-def test_lean_attention_and_chosen_blocks(base, image):
-    sam = use_lean_attention(copy.deepcopy(base))
+def test_fused_attention_and_chosen_blocks(base, image):
+    sam = use_fused_attention(copy.deepcopy(base))
     assert add_lora(sam, blocks=[2]) == ["image_encoder.blocks.2.attn.qkv"]
     assert lora_config(sam) == {"rank": 4, "alpha": 4, "blocks": [2]}
-    _step(sam, image)  # LeanAttention calls self.qkv too
+    _step(sam, image)  # FusedAttention calls self.qkv too
     assert sam.image_encoder.blocks[2].attn.qkv.lora_v_b.weight.grad.abs().sum() > 0
 
 
