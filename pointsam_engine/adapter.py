@@ -57,6 +57,11 @@ def read_adapter(path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != ADAPTER_FORMAT:
         raise ModelError(f"{path} is not a PointSAM adapter; pass --model for whole models and --adapter for files "
                          "written by pointsam train")
+    base = payload.get("base")
+    if not isinstance(base, dict) or not {"name", "sha256"} <= set(base) or not isinstance(payload.get("lora"), dict) \
+            or not isinstance(payload.get("state_dict"), dict):
+        raise ModelError(f"adapter {path} does not record its base model (damaged or hand-made); pass an intact "
+                         "file written by pointsam train")
     return payload
 
 

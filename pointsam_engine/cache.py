@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -64,17 +62,15 @@ class EmbeddingCache:
     def put(self, key: str, array: np.ndarray) -> None:
         self._remember(key, array)
         if self.cache_dir is not None:
+            from .output import atomic_path
+
             target = self._path(key)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".npy.tmp")
             try:
-                with os.fdopen(fd, "wb") as fh:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(target) as tmp, open(tmp, "wb") as fh:
                     np.save(fh, array)
-                os.replace(tmp, target)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            except OSError:  # a full disk or a read-only cache folder: the run goes on, the embedding stays in memory
+                pass
 
     def _remember(self, key: str, array: np.ndarray) -> None:
         with self._lock:

@@ -4,7 +4,8 @@ PointSAM's calibration: an object whose first-pass mask overlaps another's (mask
 threshold, or containing another object's positive click) is predicted again with those
 neighbours' positive clicks added as its negative prompts. Anything still claimed twice then goes
 to the object with the higher logit. Works on :class:`~pointsam_engine.predict.MaskPatch` objects
-and numpy only; the predictor is passed in, so a stub can stand in for SAM.
+with numpy (and shapely's STRtree to find the masks that meet); the predictor is passed in, so a stub
+can stand in for SAM.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import shapely
 
 from .masks import MaskPatch, Prompt
 
@@ -57,15 +59,39 @@ def find_neighbours(patches: Sequence[Optional[MaskPatch]], positives: Sequence[
                     targets: Sequence[int], iou_threshold: float = 0.1) -> Dict[int, List[int]]:
     """For each target object, the others whose masks overlap it (IoU > threshold, or its mask holds their click).
 
-    An object whose mask is unknown (``None``) can still be a neighbour through its clicks.
+    An object whose mask is unknown (``None``) can still be a neighbour through its clicks. Only objects whose
+    mask box or clicks meet the target's mask box are compared (a spatial index), so a chip with thousands of
+    clicks costs O(n log n), not O(n²).
     """
+    targets = [i for i in targets if patches[i] is not None and patches[i].logits.size]
+    if not targets:
+        return {}
+    candidates: Dict[int, Set[int]] = {i: set() for i in targets}
+    wanted = set(targets)
+    for i, j in _candidate_pairs(patches):  # masks whose boxes meet: compared by IoU
+        for a, b in ((i, j), (j, i)):
+            if a in wanted:
+                candidates[a].add(b)
+    owners = np.concatenate([np.full(len(p), j) for j, p in enumerate(positives)]) if positives else np.zeros(0, int)
+    if len(owners):
+        clicks = np.vstack([np.asarray(p, float).reshape(-1, 2) for p in positives])
+        tree = shapely.STRtree(shapely.box(*_boxes(patches, targets).T))
+        point, which = tree.query(shapely.points(clicks), predicate="intersects")
+        for t, k in zip(which, point):
+            candidates[targets[t]].add(int(owners[k]))
     found: Dict[int, List[int]] = {}
     for i in targets:
-        js = [j for j in range(len(patches)) if j != i and (
+        js = [j for j in sorted(candidates[i]) if j != i and (
             contains_points(patches[i], positives[j]) or mask_iou(patches[i], patches[j]) > iou_threshold)]
         if js:
             found[i] = js
     return found
+
+
+def _boxes(patches: Sequence[Optional[MaskPatch]], which: Sequence[int]) -> np.ndarray:
+    """(N, 4) xmin, ymin, xmax, ymax (column, row) of the patches ``which``."""
+    return np.array([[patches[i].col0, patches[i].row0, patches[i].col0 + patches[i].shape[1],
+                      patches[i].row0 + patches[i].shape[0]] for i in which], dtype=float).reshape(-1, 4)
 
 
 def with_negatives(prompt: Prompt, negatives: np.ndarray) -> Prompt:
@@ -99,20 +125,24 @@ def calibrate(prompts: Sequence[Prompt], first: Sequence[Optional[MaskPatch]], p
 
 
 def _candidate_pairs(patches: Sequence[Optional[MaskPatch]]) -> List[Tuple[int, int]]:
+    """Pairs of masks whose boxes overlap, found with a spatial index (O(n log n) for n masks), in the order a
+    sweep along rows meets them (so settling shared pixels gives the same result as comparing every pair)."""
     live = [i for i, p in enumerate(patches) if p is not None and p.logits.size]
     if len(live) < 2:
         return []
-    box = np.array([[patches[i].row0, patches[i].col0, patches[i].row0 + patches[i].shape[0],
-                     patches[i].col0 + patches[i].shape[1]] for i in live])
-    order = np.argsort(box[:, 0], kind="stable")
-    pairs = []
-    for pos, a in enumerate(order):  # sweep along rows: only boxes starting before a's end can meet it
-        for b in order[pos + 1:]:
-            if box[b, 0] >= box[a, 2]:
-                break
-            if box[b, 1] < box[a, 3] and box[a, 1] < box[b, 3]:
-                pairs.append((live[min(a, b)], live[max(a, b)]))
-    return pairs
+    box = _boxes(patches, live)
+    tree = shapely.STRtree(shapely.box(*box.T))
+    left, right = tree.query(shapely.box(*box.T), predicate="intersects")
+    # strict overlap (touching boxes share no pixel)
+    keep = (left != right) & (box[left, 1] < box[right, 3]) & (box[right, 1] < box[left, 3]) \
+        & (box[left, 0] < box[right, 2]) & (box[right, 0] < box[left, 2])
+    rank = np.empty(len(live), int)
+    rank[np.argsort(box[:, 1], kind="stable")] = np.arange(len(live))
+    left, right = left[keep], right[keep]
+    first = rank[left] < rank[right]
+    left, right = left[first], right[first]  # each pair once, from the box the sweep meets first
+    order = np.lexsort((rank[right], rank[left]))
+    return [(live[min(a, b)], live[max(a, b)]) for a, b in zip(left[order], right[order])]
 
 
 def overlapping_pairs(patches: Sequence[Optional[MaskPatch]]) -> Set[Tuple[int, int]]:

@@ -6,68 +6,114 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 
 import click
 
 from . import __version__
 from .config import SegmentConfig, parse_bands, parse_stretch
-from .errors import OutputError, PointSamError
+from .errors import PointSamError
+from .options import CHOICES, NUMBERS
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """click's own usage errors (a folder given as a file, a missing argument) as one ``error:`` line and
+    exit code 2, like the engine's, instead of click's three-line usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # `pointsam` alone: the help
+                exc.show()
+                sys.exit(0)
+            where = exc.ctx.command_path if exc.ctx else "pointsam"
+            _fail(f"{exc.format_message().rstrip('.')}; see `{where} --help`")
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except PointSamError as exc:  # raised while click converts an option (options.Number.click_type)
+            _fail(str(exc))
+        except click.Abort:
+            _fail("interrupted; nothing was written", 130)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pointsam")
 def main() -> None:
     """PointSAM: points over remote sensing imagery become instance polygons and boxes."""
 
 
 @main.command()
-@click.argument("raster", type=click.Path(dir_okay=False))
-@click.argument("points", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="GeoPackage to write.")
-@click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
+@click.argument("raster")
+@click.argument("points")
+@click.option("-o", "--output", required=True,
+              help="GeoPackage to write; an existing one keeps its other layers and styles.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace layers instances, boxes, bboxes, skipped if the GeoPackage has them (never other layers).")
 @click.option("--model", default=None, help="SAM checkpoint path (official vit_b/l/h or PointSAM file) or a registered name.")
-@click.option("--model-type", type=click.Choice(["vit_b", "vit_l", "vit_h"]), default=None, help="Check the checkpoint is of this type.")
-@click.option("--adapter", default=None, type=click.Path(dir_okay=False), help="Region adapter from pointsam train (for this --model).")
+@click.option("--model-type", type=CHOICES["model_type"].click_type(), default=None, help="Check the checkpoint is of this type.")
+@click.option("--adapter", default=None, help="Region adapter from pointsam train (for this --model).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--precision", default=SegmentConfig.precision, show_default=True, type=CHOICES["encoder_precision"].click_type(),
+              help="Encoder arithmetic: auto (fastest accurate here: bf16 on CPUs with AVX512-BF16/AMX), fp32 (exact), bf16, fp16 (GPU), int8 (CPU).")
 @click.option("--bands", default=None, help="1-based bands for R,G,B (e.g. 4,3,2) or one band repeated (e.g. 1).")
 @click.option("--stretch", default="2,98", show_default=True, help="Percentiles low,high; or minmax; or none.")
-@click.option("--nodata", type=float, default=None, help="Nodata value (overrides the raster's tag).")
+@click.option("--nodata", type=NUMBERS["nodata"].click_type(), default=None, help="Nodata value (overrides the raster's tag).")
 @click.option("--sar-db", is_flag=True, help="Apply 10*log10 to the values before stretching (SAR).")
 @click.option("--assume-crs", default=None, help="CRS for a raster that has none, e.g. EPSG:32633.")
 @click.option("--layer", default=None, help="Layer of a multi-layer point file.")
 @click.option("--instance-field", default=None, help="Field whose equal values join points into one object.")
 @click.option("--label-field", default=None, help="Field with 1 (positive) or 0 (negative) per point.")
 @click.option("--class-field", default=None, help="Field carried to the output as 'class'.")
-@click.option("--chip-scale", type=float, default=1.0, show_default=True, help="Source pixels per chip pixel (2 = half resolution).")
+@click.option("--chip-scale", type=NUMBERS["chip_scale"].click_type(), default=1.0, show_default=True,
+              help="Source pixels per chip pixel (2 = half resolution), 0.25 to 64.")
 @click.option("--no-calibration", is_flag=True, help="Skip negative prompt calibration.")
-@click.option("--calibration-iou", type=float, default=0.1, show_default=True, help="Mask IoU above which neighbours become negatives.")
+@click.option("--calibration-iou", type=NUMBERS["calibration_iou"].click_type(), default=0.1, show_default=True, help="Mask IoU above which neighbours become negatives.")
 @click.option("--keep-overlaps", is_flag=True, help="Keep each object's own mask where masks overlap (default: a shared pixel goes to the higher logit).")
-@click.option("--min-area", type=float, default=0.0, show_default=True, help="Drop objects smaller than this (map units²).")
-@click.option("--max-hole-area", type=float, default=None, help="Fill holes smaller than this (map units²; default 25 pixels).")
-@click.option("--simplify", type=float, default=None, help="Simplification tolerance in map units (default one pixel; 0 = none).")
+@click.option("--min-area", type=NUMBERS["min_area"].click_type(), default=0.0, show_default=True, help="Drop objects smaller than this (m², any CRS).")
+@click.option("--max-hole-area", type=NUMBERS["max_hole_area"].click_type(), default=None, help="Fill holes smaller than this (m², any CRS; default 25 pixels).")
+@click.option("--simplify", type=NUMBERS["simplify"].click_type(), default=None, help="Simplification tolerance in metres, any CRS (default one pixel; 0 = none).")
+@click.option("--regularize", type=CHOICES["regularize"].click_type(), default="none", show_default=True,
+              help="buildings: right-angled footprints; ships: hulls smoothed inside their box; none: traced outlines.")
 @click.option("--out-crs", default=None, help="CRS of the output layers (default: the raster's).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Keep image embeddings on disk here.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the run report (JSON) here.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def segment(raster, points, output, overwrite, model, model_type, adapter, device, bands, stretch, nodata, sar_db, assume_crs,
+@click.option("--cache-dir", default=None, help="Keep image embeddings on disk here (a folder).")
+@click.option("--report", "report_path", default=None,
+              help="Write the run report (JSON) here; an existing file is replaced only with --overwrite.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, and the summary on stderr.")
+@click.option("--progress", "force_progress", is_flag=True, help="A progress bar even when stderr is not a terminal.")
+def segment(raster, points, output, overwrite, model, model_type, adapter, device, precision, bands, stretch, nodata, sar_db, assume_crs,
             layer, instance_field, label_field, class_field, chip_scale, no_calibration, calibration_iou, keep_overlaps,
-            min_area, max_hole_area, simplify, out_crs, cache_dir, report_path, quiet) -> None:
+            min_area, max_hole_area, simplify, regularize, out_crs, cache_dir, report_path, quiet, force_progress) -> None:
     """Segment one object per point of POINTS over RASTER into a GeoPackage."""
     def run():
         config = SegmentConfig(
             bands=parse_bands(bands), stretch=parse_stretch(stretch), nodata=nodata, sar_db=sar_db,
             assume_crs=assume_crs, layer=layer, instance_field=instance_field, label_field=label_field,
             class_field=class_field, chip_scale=chip_scale, model=model, model_type=model_type, adapter=adapter,
-            device=device,
+            device=device, precision=precision,
             cache_dir=cache_dir, calibration=not no_calibration, calibration_iou=calibration_iou, keep_overlaps=keep_overlaps,
-            min_area=min_area, max_hole_area=max_hole_area, simplify=simplify, out_crs=out_crs, overwrite=overwrite)
-        from .pipeline import segment as run_segment
+            min_area=min_area, max_hole_area=max_hole_area, simplify=simplify, regularize=regularize, out_crs=out_crs,
+            overwrite=overwrite)
+        from .pipeline import check_segment_inputs, segment as run_segment
 
-        with _ProgressBar(disable=quiet) as bar:
+        check_segment_inputs(raster, points, output, config, reports={"--report": report_path})
+        new_file = not os.path.isfile(output) or os.path.getsize(output) == 0
+        with _ProgressBar(disable=_no_bar(quiet, force_progress)) as bar:
             result = run_segment(raster, points, output, config, progress=bar.update)
         if report_path:
-            _write_json(report_path, result.report)
+            try:
+                _write_json(report_path, result.report)
+            except PointSamError:  # e.g. the disk filled up: a GeoPackage this run created goes too
+                if new_file:
+                    os.unlink(output)
+                raise
         r = result.report
         click.echo(f"{r['instances']} instances, {r['skipped']} skipped, {r['encoder_passes']} encoder passes "
                    f"for {r['objects']} objects -> {result.output}", err=quiet)
@@ -75,33 +121,47 @@ def segment(raster, points, output, overwrite, model, model_type, adapter, devic
 
 
 @main.command()
-@click.argument("pred", type=click.Path(dir_okay=False))
-@click.argument("truth", type=click.Path(dir_okay=False))
-@click.option("--points", default=None, type=click.Path(dir_okay=False), help="The clicks the predictions came from (pairs by point_fid).")
-@click.option("--raster", default=None, type=click.Path(dir_okay=False), help="Grid to compare on (default: the one recorded in PRED).")
+@click.argument("pred")
+@click.argument("truth")
+@click.option("--points", default=None, help="The clicks the predictions came from (pairs by point_fid).")
+@click.option("--raster", default=None, help="Grid to compare on (default: the one recorded in PRED).")
+@click.option("--pred-layer", default="instances", show_default=True, help="Layer of PRED.")
 @click.option("--truth-layer", default=None, help="Layer of TRUTH.")
 @click.option("--points-layer", default=None, help="Layer of --points.")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write the figures (miou, mf1, ...) here.")
-def evaluate(pred, truth, points, raster, truth_layer, points_layer, json_path) -> None:
+@click.option("--json", "json_path", default=None, help="Write the figures (miou, mf1, ...) here.")
+@click.option("--overwrite", is_flag=True, help="Replace the --json file if it exists.")
+def evaluate(pred, truth, points, raster, pred_layer, truth_layer, points_layer, json_path, overwrite) -> None:
     """Per-instance IoU and F1 of a PointSAM GeoPackage PRED against TRUTH polygons."""
     def run():
-        from .evaluate import evaluate_files, format_table
+        from .evaluate import check_inputs, evaluate_files, format_table
+        from .output import check_distinct, check_file_target
 
-        figures = evaluate_files(pred, truth, points, raster=raster, truth_layer=truth_layer, points_layer=points_layer)
-        click.echo(format_table(figures))
+        layers = dict(raster=raster, truth_layer=truth_layer, points_layer=points_layer, pred_layer=pred_layer)
+        if json_path:
+            check_distinct({"--json": json_path}, {"PRED": pred, "TRUTH": truth, "--points": points, "--raster": raster})
+            check_file_target(json_path, overwrite, "--json")
+        check_inputs(pred, truth, points, **layers)
+        figures = evaluate_files(pred, truth, points, **layers)
         if json_path:
             _write_json(json_path, figures)
+        click.echo(format_table(figures))
     guard(run)
 
 
 @main.command()
-@click.option("--out", "out_dir", default="pointsam-demo", show_default=True, type=click.Path(file_okay=False), help="Folder for the files.")
+@click.option("--out", "out_dir", default="pointsam-demo", show_default=True, help="Folder for the files.")
 @click.option("--model", default=None, help="Model to run (default: the bundled model).")
 def demo(out_dir, model) -> None:
     """Generate a buildings and a ships scene, segment them, evaluate, and write previews."""
     def run():
         from .demo import run_demo
+        from .output import check_folder
 
+        check_folder(out_dir, "--out", create=True)
+        if model is not None:
+            from .model import resolve_model_path
+
+            resolve_model_path(model)
         os.makedirs(out_dir, exist_ok=True)
         run_demo(out_dir, model=model, echo=click.echo)
     guard(run)
@@ -109,18 +169,27 @@ def demo(out_dir, model) -> None:
 
 @main.command()
 @click.option("--model", default=None, help="Base model the adapter was trained for (default: the bundled model).")
-@click.option("--adapter", required=True, type=click.Path(dir_okay=False), help="Adapter file from pointsam train.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Merged model file to write.")
+@click.option("--adapter", required=True, help="Adapter file from pointsam train.")
+@click.option("-o", "--output", required=True, help="Merged model file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 def export(model, adapter, output, overwrite) -> None:
     """Fold an adapter into its base model and write one self-describing model file."""
     def run():
         from .adapter import apply_adapter, export_merged
         from .model import load_model
+        from .output import check_distinct, check_file_target, disk_error
 
-        if os.path.exists(output) and not overwrite:
-            raise OutputError(f"{output} exists; pass --overwrite to replace it or choose another -o")
-        merged = export_merged(apply_adapter(load_model(model, device="cpu"), adapter), output)
+        check_distinct({"-o": output}, {"--adapter": adapter, "--model": model if model and os.path.exists(model) else None})
+        check_file_target(output, overwrite, "-o")
+        loaded = apply_adapter(load_model(model, device="cpu", precision="fp32"), adapter)  # merges float weights
+        try:
+            merged = export_merged(loaded, output)
+        except PointSamError:
+            raise
+        except OSError as exc:
+            raise disk_error(exc, output) from None
+        except RuntimeError as exc:  # torch.save reports a failed write (disk full) as a RuntimeError
+            raise disk_error(OSError(0, str(exc).splitlines()[0] if str(exc) else "write failed"), output) from None
         click.echo(f"wrote {merged}")
     guard(run)
 
@@ -129,27 +198,119 @@ def export(model, adapter, output, overwrite) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback unless --allow-remote).")
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one.")
 @click.option("--model", default=None, help="Model to keep loaded (default: the bundled model), as in pointsam segment.")
-@click.option("--adapter", default=None, type=click.Path(dir_okay=False), help="Region adapter for --model.")
+@click.option("--adapter", default=None, help="Region adapter for --model.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
-@click.option("--cache-mb", default=512, show_default=True, type=click.IntRange(1), help="In-memory embedding cache (LRU).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Also keep embeddings on disk here.")
+@click.option("--precision", default=SegmentConfig.precision, show_default=True, type=CHOICES["encoder_precision"].click_type(),
+              help="Encoder arithmetic: auto (fastest accurate here: bf16 on CPUs with AVX512-BF16/AMX), fp32 (exact), bf16, fp16 (GPU), int8 (CPU).")
+@click.option("--cache-mb", default=512, show_default=True, type=NUMBERS["cache_mb"].click_type(), help="In-memory embedding cache (LRU).")
+@click.option("--cache-dir", default=None, help="Also keep embeddings on disk here (a folder).")
 @click.option("--token", default=None, help="Secret clients must send (default: a fresh random one, printed).")
 @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (needs --token).")
-@click.option("--connection-file", default=None, type=click.Path(dir_okay=False),
+@click.option("--connection-file", default=None,
               help="Where to write {url, token, pid} (default: $XDG_RUNTIME_DIR/pointsam/serve.json).")
-@click.option("--adapters-dir", "adapter_dirs", multiple=True, type=click.Path(file_okay=False),
+@click.option("--adapters-dir", "adapter_dirs", multiple=True,
               help="Folder of *.adapter.pt files to offer in /v1/models, besides the model folders (repeatable).")
-def serve(host, port, model, adapter, device, cache_mb, cache_dir, token, allow_remote, connection_file,
-          adapter_dirs) -> None:
+@click.option("--max-parallel", default=1, show_default=True, type=NUMBERS["max_parallel"].click_type(),
+              help="Clicks (predict, prefetch) that may run the encoder at once; more wait their turn.")
+@click.option("--output-root", default=None,
+              help="Jobs may write only inside this folder (default: anywhere the user may write).")
+@click.option("--watch-parent", is_flag=True,
+              help="Stop (cancelling jobs) when the process that started this one ends, even by kill -9, "
+                   "or closes this one's stdin (start it with stdin as a pipe).")
+def serve(host, port, model, adapter, device, precision, cache_mb, cache_dir, token, allow_remote, connection_file,
+          adapter_dirs, max_parallel, output_root, watch_parent) -> None:
     """Serve the engine's HTTP API (for the QGIS plugin and scripts); prints one JSON line with url and token."""
     def run():
         from .api.server import serve as run_server
+        from .output import check_folder, check_writable
 
-        config = SegmentConfig(model=model, adapter=adapter, device=device, cache_mb=cache_mb, cache_dir=cache_dir)
+        config = SegmentConfig(model=model, adapter=adapter, device=device, precision=precision, cache_mb=cache_mb,
+                               cache_dir=cache_dir)
+        if cache_dir:
+            check_folder(cache_dir, "--cache-dir", create=True)
+        for folder in adapter_dirs:
+            check_folder(folder, "--adapters-dir")
+        if output_root:
+            check_folder(output_root, "--output-root")
+        if connection_file:
+            check_writable(connection_file, "--connection-file")
         run_server(config, host=host, port=port, token=token, allow_remote=allow_remote,
-                   connection_file=connection_file, adapter_dirs=adapter_dirs,
+                   connection_file=connection_file, adapter_dirs=adapter_dirs, watch_parent=watch_parent,
+                   max_parallel=max_parallel, output_root=output_root,
                    echo=lambda line: click.echo(line) or sys.stdout.flush())
     guard(run, interrupted="stopped")
+
+
+@main.group()
+def models() -> None:
+    """List, download (sha256-verified), verify and remove the official SAM checkpoints vit_b, vit_l, vit_h."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Each official checkpoint: size, sha256 state, where it is installed; and where downloads go."""
+    def run():
+        from .catalog import CATALOG, download_dir, installed_path
+        from .download import state
+
+        click.echo(f"model folder (downloads go here): {download_dir()}")
+        rows = [("name", "size", "sha256", "installed")]
+        for entry in CATALOG.values():
+            path = installed_path(entry.name)
+            rows.append((entry.name, f"{entry.size / 1e6:,.0f} MB", state(entry, path), str(path) if path else "-"))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        for row in rows:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    guard(run)
+
+
+@models.command("pull")
+@click.argument("name")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def models_pull(name, quiet) -> None:
+    """Download the official checkpoint NAME (vit_b, vit_l or vit_h) into the model folder, checking its sha256."""
+    def run():
+        from tqdm import tqdm
+
+        from .catalog import checkpoint
+        from .download import pull
+
+        size = checkpoint(name).size
+        with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+                  disable=quiet or not sys.stderr.isatty()) as bar:
+            result = pull(name, progress=lambda fraction, _stage: bar.update(int(fraction * size) - bar.n))
+        done = "downloaded and verified" if result["downloaded"] else "already installed and verified"
+        click.echo(f"{result['name']}: {done}: {result['path']}")
+    guard(run, interrupted="interrupted; the same pull resumes the download")
+
+
+@models.command("verify")
+@click.argument("name")
+def models_verify(name) -> None:
+    """Check the installed file of NAME against the official sha256 (exit code 1 when it differs)."""
+    def run():
+        from .catalog import checkpoint
+        from .download import verify
+
+        result, expected = verify(name), checkpoint(name).sha256
+        if not result["ok"]:
+            click.echo(f"error: {result['path']} is not the official {result['name']} (sha256 {result['sha256'][:12]}…, "
+                       f"expected {expected[:12]}…); run `pointsam models remove {result['name']}` and pull it again",
+                       err=True)
+            sys.exit(1)
+        click.echo(f"{result['name']}: sha256 ok ({result['sha256']}): {result['path']}")
+    guard(run)
+
+
+@models.command("remove")
+@click.argument("name")
+def models_remove(name) -> None:
+    """Delete the installed file of NAME (and any partial download of it)."""
+    def run():
+        from .download import remove
+
+        click.echo(f"removed {remove(name)['removed']}")
+    guard(run)
 
 
 def _add_plugin_commands() -> None:
@@ -164,15 +325,44 @@ def _add_plugin_commands() -> None:
 
 
 def guard(run, interrupted: str = "interrupted; nothing was written") -> None:
-    """Run a command body: engine errors become one line on stderr and exit code 2; Ctrl-C exits 130."""
+    """Run a command body: engine errors, and the OS's (disk full, a file gone mid-run), become one line on
+    stderr and exit code 2; Ctrl-C, and SIGTERM, exit 130 after the cleanup (no temporary file stays)."""
+    previous = _sigterm_as_interrupt()
     try:
         run()
     except PointSamError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc))
     except KeyboardInterrupt:
-        click.echo(f"error: {interrupted}", err=True)
-        sys.exit(130)
+        _fail(interrupted, 130)
+    except MemoryError:
+        _fail("out of memory; close other programs, use a smaller model or a larger --chip-scale")
+    except OSError as exc:  # met mid-run, past the checks made up front
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        _fail(f"{exc.strerror or exc}{where}; check the files and the free disk space and run again "
+              "(nothing was written)")
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so atomic writes remove their temporary files."""
+    import signal
+    import threading
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _no_bar(quiet: bool, force: bool) -> bool:
+    """Progress bars only on a terminal (or with --progress); never with -q."""
+    return quiet or not (force or sys.stderr.isatty())
 
 
 class _ProgressBar:
@@ -195,11 +385,13 @@ class _ProgressBar:
 
 
 def _write_json(path, data) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    from .output import atomic_path, disk_error
+
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w") as fh:
+            json.dump(data, fh, indent=2, default=str)
+    except OSError as exc:
+        raise disk_error(exc, path) from None
 
 
 _add_plugin_commands()

@@ -38,6 +38,9 @@ class SegmentConfig:
     model_type: Optional[str] = None
     adapter: Optional[str] = None  # region adapter (LoRA) trained for ``model`` by ``pointsam train``
     device: str = "auto"
+    # the image encoder's arithmetic: auto, fp32, bf16, fp16 or int8 (pointsam_engine.precision); fp32 until a quiet
+    # benchmark shows bf16 faster here (benchmarks/bench_encoder.py), so the default stays exact
+    precision: str = "fp32"
     cache_dir: Optional[str] = None
     cache_mb: int = 128  # in-memory embeddings (about 4 MB each for 1024² chips)
     # prediction and calibration
@@ -46,12 +49,35 @@ class SegmentConfig:
     keep_overlaps: bool = False  # True: each object keeps its own mask where masks overlap (no pixel goes to the higher logit)
     decoder_batch: int = 8  # larger batches are no faster on a CPU and cost ~25 MB per prompt at 1024²
     # vectorize
-    min_area: float = 0.0  # map units²
-    max_hole_area: Optional[float] = None  # map units²; None: 25 pixels
-    simplify: Optional[float] = None  # map units; None: one pixel
+    # ground measures whatever the CRS (geodesic on geographic CRSs; see measure.grid_tolerances)
+    min_area: float = 0.0  # m²: objects whose area_m2 is smaller are skipped
+    max_hole_area: Optional[float] = None  # m²; None: 25 pixels
+    simplify: Optional[float] = None  # metres; None: one pixel
+    regularize: str = "none"  # buildings: right angles; ships: smoothed hulls (pointsam_engine.regularize)
     # output
     out_crs: Optional[str] = None
-    overwrite: bool = False
+    overwrite: bool = False  # replace layers of the run's names in an existing GeoPackage (never other layers)
+
+    def __post_init__(self) -> None:
+        """Refuse what the CLI and the API refuse (:mod:`pointsam_engine.options`), before any work."""
+        from .options import CHOICES, SEGMENT_NUMBERS, check_crs, check_device, check_numbers
+
+        check_numbers(dataclasses.asdict(self), SEGMENT_NUMBERS)
+        check_device(self.device)
+        CHOICES["encoder_precision"].check(self.precision, "--precision")
+        CHOICES["regularize"].check(self.regularize)
+        if self.model_type is not None:
+            CHOICES["model_type"].check(self.model_type)
+        if isinstance(self.stretch, str):
+            if self.stretch not in ("minmax", "none"):
+                raise OptionError(f"--stretch {self.stretch!r} is not understood; use two percentiles like 2,98, "
+                                  "or minmax, or none")
+        else:
+            parse_stretch(",".join(str(v) for v in self.stretch))
+        if self.bands is not None:
+            parse_bands(",".join(str(b) for b in self.bands))
+        check_crs(self.out_crs, "--out-crs")
+        check_crs(self.assume_crs, "--assume-crs")
 
     def replace(self, **changes) -> "SegmentConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -84,6 +110,8 @@ def parse_bands(text: Union[str, Sequence[int], None]) -> Optional[Tuple[int, ..
         bands = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise OptionError(f"--bands {text!r} is not understood; give 1-based band numbers like 3,2,1 or 1") from None
+    if any(b < 1 or b > 100_000 for b in bands):
+        raise OptionError(f"--bands {text!r} must be 1-based band numbers like 3,2,1 (the first band is 1)")
     if len(bands) not in (1, 3):
         raise OptionError(f"--bands {text!r} names {len(bands)} bands; give one band (repeated to grey) or three")
     return bands

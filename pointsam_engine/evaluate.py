@@ -24,6 +24,9 @@ from rasterio.windows import Window, from_bounds
 from rasterio.windows import transform as window_transform
 
 from .errors import PointsError, RasterError
+from .output import no_pam_sidecars
+
+no_pam_sidecars()
 
 MERGE_COVER = 0.5  # share of another truth object a prediction must cover to count as a merge
 
@@ -47,7 +50,14 @@ class Grid:
     def from_raster(cls, path) -> "Grid":
         import rasterio
 
-        with rasterio.open(path) as src:
+        if not os.path.isfile(path):
+            raise RasterError(f"raster {path} does not exist; give the image the predictions were made from")
+        try:
+            src = rasterio.open(path)
+        except rasterio.errors.RasterioIOError:
+            raise RasterError(f"raster {path}: GDAL cannot read it; give the image the predictions were made "
+                              "from") from None
+        with src:
             if src.crs is None:
                 raise RasterError(f"raster {path} has no CRS; evaluation needs a georeferenced grid")
             return cls(src.transform, (src.height, src.width), src.crs)
@@ -175,19 +185,22 @@ def check_inputs(pred_path, truth_path, points_path=None, *, raster=None, truth_
         layers.append(("points", points_path, points_layer))
     for what, path, layer in layers:
         info = _layer_info(what, path, layer)
+        kind = str(info.get("geometry_type") or "").lower()
+        wanted = "point" if what == "points" else "polygon"
+        if wanted not in kind:
+            raise PointsError(f"the {what} {path} hold {kind or 'no geometries'}, not {wanted}s; give "
+                              + ("the click layer" if what == "points" else
+                                 "the instances layer pointsam segment wrote" if what == "predictions" else
+                                 "the reference polygons"))
         if info.get("crs") is None:
             raise PointsError(f"the {what} {path} have no CRS; assign one (e.g. in QGIS, Layer CRS) and save again")
         if what == "predictions" and points_path is not None and "point_fid" not in list(info["fields"]):
             raise PointsError(f"the predictions {path} (layer {pred_layer}) have no point_fid field; give the "
                               "instances layer pointsam segment wrote, which pairs each object with its click")
     if raster is not None:
-        import rasterio
-
-        try:
-            rasterio.open(raster).close()
-        except rasterio.errors.RasterioIOError:
-            raise RasterError(f"raster {raster} does not exist or GDAL cannot read it; give the image the "
-                              "predictions were made from") from None
+        Grid.from_raster(raster)
+    else:
+        read_grid(pred_path, None, pred_layer)
 
 
 def _layer_info(what: str, path, layer: Optional[str]) -> dict:

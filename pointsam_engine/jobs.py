@@ -25,6 +25,36 @@ FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 Work = Callable[[Callable[[float, str], None], threading.Event], dict]
 
 
+class CancelToken(threading.Event):
+    """A job's cancel flag, honoured until the job commits its output (the final rename).
+
+    The work calls :meth:`commit` just before it changes the output: a cancel asked before then stops the
+    job there (nothing written); one asked after is refused (:meth:`request` returns False)."""
+
+    def __init__(self):
+        super().__init__()
+        self._lock = threading.Lock()
+        self.committed = False
+
+    def request(self) -> bool:
+        """Ask to cancel; False when the job has already begun to write its output."""
+        with self._lock:
+            if self.committed:
+                return False
+            self.set()
+            return True
+
+    def commit(self) -> None:
+        with self._lock:
+            if self.is_set():
+                raise Cancelled("the run was cancelled; nothing was written")
+            self.committed = True
+
+
+class TooLateToCancel(PointSamError):
+    """The job is already writing its output; it finishes."""
+
+
 @dataclass
 class Job:
     id: str
@@ -38,7 +68,7 @@ class Job:
     error: Optional[dict] = None
     created: float = field(default_factory=time.time)
     finished: Optional[float] = None
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: CancelToken = field(default_factory=CancelToken)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "state": self.state, "progress": round(self.progress, 4),
@@ -72,11 +102,16 @@ class JobRunner:
             return sorted(self._jobs.values(), key=lambda j: j.created)
 
     def cancel(self, job_id: str) -> Optional[Job]:
-        """Ask a job to stop; a queued job is cancelled at once, a running one at its next check."""
+        """Ask a job to stop; a queued job is cancelled at once, a running one at its next check. Raises
+        :class:`TooLateToCancel` when the job is already writing its output (it will succeed)."""
         job = self.get(job_id)
         if job is None:
             return None
-        job.cancel.set()
+        if job.state in FINISHED:
+            return job
+        if not job.cancel.request():
+            raise TooLateToCancel(f"job {job_id} is already writing its output and cannot be cancelled; "
+                                  "it finishes in a moment (delete the output afterwards if it is unwanted)")
         with self._lock:
             if job.state == QUEUED:
                 self._finish(job, CANCELLED, stage="cancelled", message="cancelled before it started")
@@ -85,7 +120,10 @@ class JobRunner:
     def shutdown(self, timeout: float = 30.0) -> None:
         """Cancel every job and wait for the running one to stop."""
         for job in self.list():
-            self.cancel(job.id)
+            job.cancel.request()
+            with self._lock:
+                if job.state == QUEUED:
+                    self._finish(job, CANCELLED, stage="cancelled", message="cancelled before it started")
         self._queue.put(None)
         self._thread.join(timeout)
 

@@ -3,7 +3,7 @@
 Data path: raster (stretch once) -> points (reproject, locate, group) -> chips (greedy cover) ->
 per chip: encode once, decode every object, calibrate, settle pixels shared inside the chip ->
 as soon as no later chip can meet a chip: settle pixels shared with its neighbours and trace its
-objects -> simplify as one coverage -> measure -> GeoPackage (atomic).
+objects -> simplify as one coverage -> measure -> GeoPackage (atomic; an existing one keeps its other layers).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import rasterio
 
 from . import __version__
 from .cache import EmbeddingCache, embedding_key
@@ -24,13 +25,14 @@ from .calibration import calibrate, overlapping_pairs, resolve_overlaps
 from .chips import Chip, ChipPlan, finalization_schedule, neighbours, plan_chips
 from .config import SegmentConfig
 from .errors import Cancelled, PointsError
-from .output import check_target, write_geopackage
+from .output import check_distinct, check_file_target, check_folder, check_target, write_geopackage
 from .points import Instance, PointTable, group_instances, locate_on_raster, read_points
 from .masks import MaskPatch, Prompt
 from .raster import Raster, compute_normalization
 from .vectorize import (axis_boxes, clean_mask, oriented_boxes, overlapping, remove_overlaps, simplify_coverage,
-                        simplify_each, to_map, trace)
-from .measure import Measurer
+                        simplify_each, to_map, trace, trace_many)
+from .measure import Measurer, grid_tolerances, pixel_metres
+from .regularize import regularize
 from .memory import release_freed_memory
 
 ProgressCallback = Callable[[float, str], None]
@@ -65,11 +67,40 @@ def _check_cancel(cancel) -> None:
         raise Cancelled("the run was cancelled; nothing was written")
 
 
+def check_segment_inputs(raster, points, output, cfg: SegmentConfig, reports: Optional[Dict[str, object]] = None) -> None:
+    """Refuse, before any work, what would fail later or lose a file: every output (``output`` and the JSON
+    ``reports``, by option) writable, none a folder or the same path as another output or an input, an
+    existing one refused without ``overwrite``; ``cache_dir`` a writable folder; the raster readable; the
+    point layer present. The CLI, the API's jobs and :func:`segment` itself call it."""
+    reports = {option: path for option, path in (reports or {}).items() if path}
+    inputs = {"RASTER": raster, "POINTS": points, "--adapter": cfg.adapter, "--model": cfg.model}
+    check_distinct({"-o": output, **reports}, {k: v for k, v in inputs.items() if v and Path(str(v)).exists()})
+    if output is not None:
+        check_target(output, cfg.overwrite)
+    for option, path in reports.items():
+        check_file_target(path, cfg.overwrite, option)
+    if cfg.cache_dir:
+        check_folder(cfg.cache_dir, "--cache-dir", create=True)
+    Raster(raster, bands=cfg.bands, nodata=cfg.nodata, assume_crs=cfg.assume_crs, chip_scale=cfg.chip_scale).close()
+    if points is not None and not Path(str(points)).is_file():
+        what = "is a folder" if Path(str(points)).is_dir() else "does not exist"
+        raise PointsError(f"point layer {points} {what}; give the path of a point file (GeoPackage, Shapefile, GeoJSON)")
+
+
+def _commit(cancel) -> None:
+    """Called just before the output changes: a cancel honoured until then (see jobs.CancelToken)."""
+    commit = getattr(cancel, "commit", None)
+    if commit is not None:
+        commit()
+    else:
+        _check_cancel(cancel)
+
+
 def load_configured_model(cfg: SegmentConfig):
     """The model a config asks for (``model``, ``model_type``, ``device``), with its ``adapter`` applied."""
     from .model import load_model
 
-    model = load_model(cfg.model, model_type=cfg.model_type, device=cfg.device)
+    model = load_model(cfg.model, model_type=cfg.model_type, device=cfg.device, precision=cfg.precision)
     if cfg.adapter:
         from .adapter import apply_adapter
 
@@ -91,7 +122,8 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
     Args:
         raster: path of a GDAL raster (GeoTIFF, VRT, ...).
         points: path of an OGR point layer (GeoPackage, Shapefile, GeoJSON, ...).
-        output: GeoPackage to write (atomically); None returns the layers only.
+        output: GeoPackage to write (atomically); an existing one is written into, keeping its other layers,
+            and refused when it has the run's layers unless ``overwrite=True``. None returns the layers only.
         config: a :class:`SegmentConfig`; ``**options`` override its fields (e.g. ``calibration=False``).
         progress: called as ``progress(fraction, stage)`` with fraction in 0..1.
         cancel: a ``threading.Event`` or a callable returning True to stop; raises :class:`Cancelled`.
@@ -103,8 +135,7 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
     cfg = (config or SegmentConfig()).replace(**options) if options else (config or SegmentConfig())
     stages = _Stages()
     notify = progress or (lambda fraction, stage: None)
-    if output is not None:
-        check_target(output, cfg.overwrite)
+    check_segment_inputs(raster, points, output, cfg)
     notify(0.0, "reading")
     with Raster(raster, bands=cfg.bands, nodata=cfg.nodata, assume_crs=cfg.assume_crs, chip_scale=cfg.chip_scale) as ras:
         grid = {"transform": list(ras.transform)[:6], "shape": [ras.height, ras.width], "crs": ras.crs.to_wkt()}
@@ -122,15 +153,18 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
         with stages("model"):
             predictor = predictor or make_predictor(cfg)
         size = predictor.chip_size
-        pos_w = [ras.to_working(inst.pos) for inst in instances]
-        neg_w = [ras.to_working(inst.neg) for inst in instances]
+        pos_w = _to_working_each(ras, [inst.pos for inst in instances])
+        neg_w = _to_working_each(ras, [inst.neg for inst in instances])
         anchors = np.array([p.mean(axis=0) for p in pos_w])
         with stages("plan"):
             plan = plan_chips(anchors[:, 1], anchors[:, 0], ras.working_shape, size, cfg.chip_margin * size)
-        run = _segment_chips(ras, norm, predictor, plan, pos_w, neg_w, cfg, stages, notify, cancel)
+        max_hole_px, tolerance = grid_tolerances(ras, cfg.max_hole_area, cfg.simplify)
+        with rasterio.Env():  # one GDAL environment for every mask traced, not one per object
+            run = _segment_chips(ras, norm, predictor, plan, pos_w, neg_w, cfg, max_hole_px, stages, notify, cancel)
         notify(0.92, "vectorizing")
         with stages("vectorize"):
-            layers, counts = _build_layers(ras, instances, run, table, reasons, unattached, cfg, predictor.label, raster)
+            layers, counts = _build_layers(ras, instances, run, table, reasons, unattached, cfg, tolerance,
+                                           predictor.label, raster, max_hole_px)
         report = {
             "raster": str(raster), "points_path": str(points), "crs": ras.crs.to_string(),
             "points": len(table), "objects": len(instances), "instances": len(layers["instances"]),
@@ -139,6 +173,7 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
             "calibrated": int(run.calibrated.sum()), "calibration": cfg.calibration,
             "overlaps_before_calibration": len(run.pairs_before), "overlaps_after_calibration": len(run.pairs_after),
             "overlaps_after": counts["overlaps_after"], "model": predictor.label, "stretch": norm.to_dict(),
+            "precision": getattr(predictor, "precision", "fp32"),  # the encoder's arithmetic (stand-ins: fp32)
             "chip_size": size, "chip_scale": cfg.chip_scale, "version": __version__,
             "seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
         }
@@ -150,11 +185,19 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
         metadata = {"pointsam_version": __version__, "pointsam_model": predictor.label,
                     "pointsam_stretch": norm.to_dict(), "pointsam_grid": grid,
                     "pointsam_report": {k: v for k, v in report.items() if k != "seconds"}}
-        written = write_geopackage(layers, output, overwrite=cfg.overwrite, metadata=metadata)
+        written = write_geopackage(layers, output, overwrite=cfg.overwrite, metadata=metadata,
+                                   commit=lambda: _commit(cancel))
         report["seconds"]["write"] = round(time.perf_counter() - start, 3)
         report["output"] = str(written)
     notify(1.0, "done")
     return SegmentResult(layers, report, written)
+
+
+def _to_working_each(ras: Raster, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """Each object's clicks on the working grid, transformed in one call (not one per object)."""
+    arrays = [np.asarray(a, dtype=float).reshape(-1, 2) for a in arrays]
+    flat = ras.to_working(np.vstack(arrays)) if arrays else np.zeros((0, 2))
+    return np.split(flat, np.cumsum([len(a) for a in arrays])[:-1])
 
 
 @dataclass
@@ -170,25 +213,31 @@ class _ChipRun:
     encoder_passes: int = 0
 
 
-def _local(points: np.ndarray, chip: Chip, shape) -> np.ndarray:
-    local = points - (chip.col0, chip.row0)
+def _local_each(arrays: Sequence[np.ndarray], chip: Chip, shape) -> List[np.ndarray]:
+    """Each array of working-grid points moved to the chip's pixels, keeping those on the chip (one pass for all)."""
+    if not arrays:
+        return []
+    local = np.vstack(arrays) - (chip.col0, chip.row0)
+    owner = np.repeat(np.arange(len(arrays)), [len(a) for a in arrays])
     ok = (local[:, 0] >= 0) & (local[:, 0] < shape[1]) & (local[:, 1] >= 0) & (local[:, 1] < shape[0])
-    return local[ok]
+    counts = np.bincount(owner[ok], minlength=len(arrays))
+    return np.split(local[ok], np.cumsum(counts)[:-1])
 
 
 def _chip_prompts(members_in: np.ndarray, pos_w, neg_w, chip: Chip, shape):
+    ids = members_in.astype(int)
     members, prompts, positives = [], [], []
-    for i in members_in.astype(int):
-        pos = _local(pos_w[i], chip, shape)
+    on_chip = zip(ids, _local_each([pos_w[i] for i in ids], chip, shape), _local_each([neg_w[i] for i in ids], chip, shape))
+    for i, pos, neg in on_chip:
         if len(pos):
-            neg = _local(neg_w[i], chip, shape)
-            members.append(i)
+            members.append(int(i))
             positives.append(pos)
             prompts.append(Prompt(np.vstack([pos, neg]), np.r_[np.ones(len(pos), int), np.zeros(len(neg), int)]))
     return members, prompts, positives
 
 
-def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, stages, notify, cancel) -> _ChipRun:
+def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, max_hole_px: float, stages, notify,
+                   cancel) -> _ChipRun:
     """Encode each chip once, decode and calibrate its objects, and settle shared pixels chip by chip.
 
     Masks are held as rasters only until no later chip can meet them (:func:`finalization_schedule`),
@@ -200,9 +249,9 @@ def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, stag
     held: Dict[int, List[int]] = {}
     schedule, near = finalization_schedule(plan.chips), neighbours(plan.chips)
     fingerprint = ras.fingerprint()
-    max_hole_px = (cfg.max_hole_area / ras.pixel_area) if cfg.max_hole_area is not None else 25.0
     for k, chip in enumerate(plan.chips):
         _check_cancel(cancel)
+        notify(0.05 + 0.85 * k / len(plan.chips), f"encoding chip {k + 1}/{len(plan.chips)}")
         with stages("read"):
             image, valid = ras.read_chip(chip.row0, chip.col0, chip.size, norm)
         key = embedding_key(raster=fingerprint, stretch=norm.to_dict(), window=(chip.row0, chip.col0, chip.size),
@@ -249,11 +298,15 @@ def _settle(j: int, held, near, patches: Dict[int, MaskPatch], pos_w, run: _Chip
     if resolve:
         nearby = [i for i in own if i in patches] + [i for m in near[j] if m in held for i in held[m] if i in patches]
         run.pairs_after |= {_pair(nearby[a], nearby[b]) for a, b in resolve_overlaps([patches[i] for i in nearby])}
+    kept = {}
     for i in own:
         patch = patches.pop(i, None)
-        if patch is not None:
-            keep = clean_mask(patch, pos_w[i], 0)  # settling shared pixels may have cut a part off
-            run.polygons[i] = trace(keep, patch.row0, patch.col0)
+        if patch is not None:  # settling shared pixels may have cut a part off
+            kept[i] = (patch.row0, patch.col0, clean_mask(patch, pos_w[i], 0))
+    # once shared pixels are settled no two masks share one, so the chip's objects are traced in one pass
+    traced = trace_many(kept) if resolve else {i: trace(keep, r, c) for i, (r, c, keep) in kept.items()}
+    for i, polygon in traced.items():
+        run.polygons[i] = polygon
 
 
 def _predict_half(predictor, prompts: List[Prompt], batch: int) -> List[Optional[MaskPatch]]:
@@ -288,28 +341,38 @@ def _clean(patch: MaskPatch, clicks: np.ndarray, max_hole_px: float) -> Optional
 
 
 def _build_layers(ras, instances: Sequence[Instance], run: _ChipRun, table: PointTable, reasons,
-                  unattached, cfg: SegmentConfig, model_label: str, raster) -> tuple:
+                  unattached, cfg: SegmentConfig, tolerance: float, model_label: str, raster,
+                  hole_px: float = 25.0) -> tuple:
     skip_reason: Dict[int, str] = {i: "empty mask" for i, g in enumerate(run.polygons) if g is None}
     live = [i for i in range(len(instances)) if run.polygons[i] is not None]
-    geoms = to_map([run.polygons[i] for i in live], ras.working_transform)
-    tolerance = cfg.simplify if cfg.simplify is not None else ras.pixel_size
+    masks = to_map([run.polygons[i] for i in live], ras.working_transform)
     if cfg.keep_overlaps:
-        geoms = simplify_each(geoms, tolerance)
+        geoms = simplify_each(masks, tolerance)
     else:
-        geoms = remove_overlaps(simplify_coverage(geoms, tolerance), run.scores[live])
-    small = [g is None or g.area < cfg.min_area for g in geoms]
+        geoms = remove_overlaps(simplify_coverage(masks, tolerance), run.scores[live])
+    unregularized = geoms
+    pixel_m = pixel_metres(ras)
+    geoms, iou_to_mask = regularize(geoms, masks, run.scores[live], cfg.regularize, ras.crs, pixel_m,
+                                    min_hole_m2=hole_px * pixel_m ** 2, settle=not cfg.keep_overlaps)
+    live_areas = Measurer(ras.crs).areas(geoms)  # m², geodesic: min_area is m² whatever the CRS
+    small = [g is None or a < cfg.min_area for g, a in zip(geoms, live_areas)]
     for i, is_small in zip(live, small):
         if is_small:
             skip_reason[i] = "smaller than --min-area"
-    kept = [(i, g) for i, g, s in zip(live, geoms, small) if not s]
-    ids = [i for i, _ in kept]
-    polys = np.array([g for _, g in kept], dtype=object)
-    areas = Measurer(ras.crs).areas(polys)
+    kept = [k for k, s in enumerate(small) if not s]
+    ids = [live[k] for k in kept]
+    polys = np.array([geoms[k] for k in kept], dtype=object)
+    areas = live_areas[kept]
     out_crs = cfg.out_crs or ras.crs
     series = gpd.GeoSeries(polys, crs=ras.crs).to_crs(out_crs)
     attrs = _attributes(instances, ids, run, areas, cfg, model_label, raster)
+    attrs["regularized"] = np.full(len(ids), cfg.regularize != "none", dtype=bool)
+    attrs["iou_to_mask"] = np.asarray(iou_to_mask, dtype=np.float64)[kept]
     inst = gpd.GeoDataFrame(attrs, geometry=series.values, crs=series.crs)
-    rects = gpd.GeoSeries(oriented_boxes(series.values), crs=series.crs)
+    # a ship's box is its mask's: smoothing the hull must not shrink the length and width it reports
+    box_source = gpd.GeoSeries(np.asarray(unregularized, dtype=object)[kept], crs=ras.crs).to_crs(out_crs).values \
+        if cfg.regularize == "ships" else series.values
+    rects = gpd.GeoSeries(oriented_boxes(box_source), crs=series.crs)
     angle, length, width = Measurer(series.crs).box_dimensions(rects.values)
     boxes = gpd.GeoDataFrame({**attrs, "angle_deg": angle, "length_m": length, "width_m": width},
                              geometry=rects.values, crs=series.crs)

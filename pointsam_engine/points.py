@@ -20,6 +20,9 @@ from pyproj import Transformer
 from scipy.spatial import cKDTree
 
 from .errors import PointsError
+from .output import no_pam_sidecars
+
+no_pam_sidecars()
 
 
 @dataclass
@@ -67,6 +70,9 @@ def read_points(path: str, raster_crs, *, layer=None, instance_field=None, label
     except Exception as exc:  # pyogrio raises several DataSource/Field errors
         raise PointsError(f"cannot read point layer {path} ({str(exc).splitlines()[0]}); give a GeoPackage, Shapefile or GeoJSON") from None
     name = f"{path}" + (f" (layer {layer})" if layer else "")
+    if getattr(frame, "_geometry_column_name", None) not in frame.columns:
+        raise PointsError(f"{name} has no geometries (a table, e.g. a CSV); give a point layer, or make one in QGIS "
+                          "(Create Points Layer from Table) and save it as a GeoPackage")
     if len(frame) == 0:
         raise PointsError(f"point layer {name} has no features; digitize at least one point per object")
     for option, fname in (("--instance-field", instance_field), ("--label-field", label_field), ("--class-field", class_field)):

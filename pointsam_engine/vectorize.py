@@ -8,7 +8,7 @@ edges shared, so simplification cannot make neighbours overlap.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import shapely
@@ -52,6 +52,30 @@ def trace(mask: np.ndarray, row0: int, col0: int):
     polys = [shapely.geometry.shape(geom) for geom, _ in
              shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=Affine.translation(col0, row0))]
     return shapely.union_all(polys)
+
+
+def trace_many(masks: Dict[int, Tuple[int, int, np.ndarray]]) -> Dict[int, Optional[object]]:
+    """:func:`trace` of several masks that share no pixel (``{id: (row0, col0, mask)}``), in one pass: painted
+    into one label raster and traced by one ``shapes`` call, so thousands of objects cost one GDAL call,
+    not one each. The polygons are those :func:`trace` gives each mask alone."""
+    out: Dict[int, Optional[object]] = {i: None for i in masks}
+    if not masks:
+        return out
+    r0 = min(r for r, _, _ in masks.values())
+    c0 = min(c for _, c, _ in masks.values())
+    r1 = max(r + m.shape[0] for r, _, m in masks.values())
+    c1 = max(c + m.shape[1] for _, c, m in masks.values())
+    labels = np.zeros((r1 - r0, c1 - c0), dtype=np.int32)
+    ids = list(masks)
+    for n, i in enumerate(ids, 1):
+        r, c, m = masks[i]
+        labels[r - r0:r - r0 + m.shape[0], c - c0:c - c0 + m.shape[1]][m] = n
+    parts: Dict[int, list] = {}
+    for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=Affine.translation(c0, r0)):
+        parts.setdefault(int(value), []).append(shapely.geometry.shape(geom))
+    for n, polys in parts.items():
+        out[ids[n - 1]] = shapely.union_all(polys)
+    return out
 
 
 def to_map(geoms: Sequence, transform: Affine) -> np.ndarray:

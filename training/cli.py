@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from pointsam_engine.errors import OptionError
+from pointsam_engine.options import CHOICES, NUMBERS
 
 from .pretrain import PretrainConfig
 from .selftrain import SelfTrainOptions
@@ -67,40 +68,45 @@ def _blocks(text):
 
 
 @click.command()
-@click.option("--raster", "rasters", multiple=True, required=True, type=click.Path(dir_okay=False), help="Raster of the region (repeat, paired with --points).")
-@click.option("--points", "points", multiple=True, required=True, type=click.Path(dir_okay=False), help="Point layer over the raster before it (repeat).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Adapter file to write (NAME.adapter.pt).")
+@click.option("--raster", "rasters", multiple=True, required=True, help="Raster of the region (repeat, paired with --points).")
+@click.option("--points", "points", multiple=True, required=True, help="Point layer over the raster before it (repeat).")
+@click.option("-o", "--output", required=True, help="Adapter file to write (NAME.adapter.pt).")
 @click.option("--model", default=None, help="Base model (default: the bundled model), as in pointsam segment.")
-@click.option("--steps", default=TrainConfig.steps, show_default=True, type=int)
-@click.option("--lr", default=TrainConfig.lr, show_default=True, type=float, help="Adam learning rate (WeSAM's; PointSAM's 5e-4 drifts here, see docs/accuracy.md).")
-@click.option("--seed", default=TrainConfig.seed, show_default=True, type=int)
-@click.option("--rank", default=TrainConfig.rank, show_default=True, type=int, help="LoRA rank.")
+@click.option("--steps", default=TrainConfig.steps, show_default=True, type=NUMBERS["steps"].click_type())
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=NUMBERS["lr"].click_type(), help="Adam learning rate (WeSAM's; PointSAM's 5e-4 drifts here, see docs/accuracy.md).")
+@click.option("--seed", default=TrainConfig.seed, show_default=True, type=NUMBERS["seed"].click_type())
+@click.option("--rank", default=TrainConfig.rank, show_default=True, type=NUMBERS["rank"].click_type(), help="LoRA rank.")
 @click.option("--blocks", default=None, help="Encoder blocks to adapt, e.g. 1-11 or 6,7,8 (default: all but the first).")
 @click.option("--train-decoder", is_flag=True, help="Fine-tune the mask decoder too.")
-@click.option("--val-fraction", default=TrainConfig.val_fraction, show_default=True, type=float, help="Share of clicks held out, in spatial blocks.")
-@click.option("--val-polygons", multiple=True, type=click.Path(dir_okay=False), help="Reference polygons per raster, for mIoU on the held-out blocks.")
-@click.option("--val-every", default=TrainConfig.val_every, show_default=True, type=int)
-@click.option("--checkpoint-every", default=TrainConfig.checkpoint_every, show_default=True, type=int)
-@click.option("--background", default=SelfTrainOptions.background, show_default=True, type=int, help="Random background negatives per object.")
+@click.option("--val-fraction", default=TrainConfig.val_fraction, show_default=True, type=NUMBERS["val_fraction"].click_type(), help="Share of clicks held out, in spatial blocks.")
+@click.option("--val-polygons", multiple=True, help="Reference polygons per raster, for mIoU on the held-out blocks.")
+@click.option("--val-every", default=TrainConfig.val_every, show_default=True, type=NUMBERS["val_every"].click_type())
+@click.option("--checkpoint-every", default=TrainConfig.checkpoint_every, show_default=True,
+              type=NUMBERS["checkpoint_every"].click_type())
+@click.option("--background", default=SelfTrainOptions.background, show_default=True, type=NUMBERS["background"].click_type(), help="Random background negatives per object.")
 @click.option("--no-calibration", is_flag=True, help="Plain self-training: no negative prompt calibration of the teacher.")
 @click.option("--no-prototypes", is_flag=True, help="No prototype-based regularization.")
-@click.option("--prototype-weight", default=SelfTrainOptions.prototype_weight, show_default=True, type=float)
-@click.option("--anchor-weight", default=SelfTrainOptions.anchor_weight, show_default=True, type=float,
+@click.option("--prototype-weight", default=SelfTrainOptions.prototype_weight, show_default=True,
+              type=NUMBERS["prototype_weight"].click_type())
+@click.option("--anchor-weight", default=SelfTrainOptions.anchor_weight, show_default=True,
+              type=NUMBERS["anchor_weight"].click_type(),
               help="Weight of the anchor: the student also fits the base model's masks, which stops self-training's "
                    "drift (0: PointSAM as published; see docs/accuracy.md).")
 @click.option("--bands", default=None, help="As in pointsam segment.")
 @click.option("--stretch", default="2,98", show_default=True)
-@click.option("--nodata", type=float, default=None)
+@click.option("--nodata", type=NUMBERS["nodata"].click_type(), default=None)
 @click.option("--sar-db", is_flag=True)
 @click.option("--assume-crs", default=None)
 @click.option("--layer", default=None)
 @click.option("--instance-field", default=None)
 @click.option("--label-field", default=None)
-@click.option("--chip-scale", type=float, default=1.0, show_default=True)
-@click.option("--accelerator", default="auto", show_default=True, help="Lightning Fabric: cpu, gpu, mps or auto.")
-@click.option("--devices", default=1, show_default=True, type=int)
+@click.option("--chip-scale", type=NUMBERS["chip_scale"].click_type(), default=1.0, show_default=True)
+@click.option("--accelerator", default="auto", show_default=True, type=CHOICES["accelerator"].click_type(),
+              help="Lightning Fabric: cpu, gpu, mps or auto.")
+@click.option("--devices", default=1, show_default=True, type=NUMBERS["devices"].click_type())
 @click.option("--strategy", default="auto", show_default=True, help="Lightning Fabric strategy, e.g. ddp.")
-@click.option("--precision", default="32-true", show_default=True, help="Lightning Fabric precision, e.g. bf16-mixed.")
+@click.option("--precision", default="32-true", show_default=True, type=CHOICES["precision"].click_type(),
+              help="Lightning Fabric precision, e.g. bf16-mixed.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside the output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing adapter.")
 def train(rasters, points, output, model, steps, lr, seed, rank, blocks, train_decoder, val_fraction, val_polygons,
@@ -147,7 +153,12 @@ def train_job(options: dict):
     check_inputs(cfg)
 
     def work(progress, cancel):
+        from pointsam_engine.api.models import adapter_header
+
         summary = run_train(cfg, echo=lambda line: None, progress=progress, cancel=cancel)
-        return {"output": str(cfg.output), "summary": summary}
+        best = summary.get("best")
+        # kept_step 0: validation found no step better than the base model, so the adapter changes nothing
+        return {"output": str(cfg.output), "summary": summary, "kept_step": best["step"] if best else summary.get("steps"),
+                "adapter": adapter_header(summary.get("adapter", cfg.output))}
 
     return work

@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import csv
 import math
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -104,9 +105,15 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, progress: Optio
     from lightning_fabric import Fabric
     from tqdm import tqdm
 
-    paths = cfg.paths()
     check_inputs(cfg)
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, precision=cfg.precision)
+    paths = cfg.paths()
+    try:
+        fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, precision=cfg.precision)
+    except Exception as exc:  # Lightning's MisconfigurationException, ValueError, RuntimeError: no such device here
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise OptionError(f"--accelerator {cfg.accelerator} --devices {cfg.devices} --strategy {cfg.strategy} "
+                          f"--precision {cfg.precision} cannot run here ({first}); use --accelerator cpu --devices 1, "
+                          "or the devices this machine has") from None
     fabric.launch()
     lead = fabric.is_global_zero  # with several devices, one process validates and writes every file
     if not lead:
@@ -151,7 +158,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, progress: Optio
 
     if state["step"] == 0 and cfg.val_fraction > 0:
         validate()
-    start, bar = time.time(), tqdm(total=cfg.steps, initial=state["step"], desc="train", disable=fabric.global_rank > 0)
+    start, bar = time.time(), tqdm(total=cfg.steps, initial=state["step"], desc="train",
+                             disable=fabric.global_rank > 0 or not sys.stderr.isatty())
     try:
         while state["step"] < cfg.steps:
             if cancel is not None and cancel.is_set():
@@ -184,13 +192,25 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, progress: Optio
         bar.close()
         raise
     bar.close()
+    if lead and hasattr(cancel, "commit"):  # an API job: a cancel is honoured until the adapter is written
+        cancel.commit()
     summary = _finish(base, cfg, state, paths, regions, time.time() - start, echo) if lead else {}
     fabric.barrier()
     return summary
 
 
 def check_inputs(cfg: TrainConfig) -> None:
-    """Refuse a run that would fail later: unpaired inputs, bad numbers, an existing adapter, a missing checkpoint."""
+    """Refuse a run that would fail later: unpaired inputs, bad numbers, unreadable rasters or point layers, an
+    output that cannot be written (or is an input), an existing adapter, a missing checkpoint."""
+    from pointsam_engine.options import CHOICES, TRAIN_NUMBERS, check_numbers
+    from pointsam_engine.output import check_distinct
+
+    values = {**asdict(cfg.selftrain), **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)},
+              "chip_scale": cfg.segment.chip_scale, "nodata": cfg.segment.nodata}
+    check_numbers(values, TRAIN_NUMBERS)
+    CHOICES["accelerator"].check(cfg.accelerator)
+    CHOICES["precision"].check(str(cfg.precision))
+    check_target(cfg.output, cfg.overwrite or cfg.resume, suffix=".pt", kind="an adapter file")
     paths = cfg.paths()
     if len(cfg.rasters) != len(cfg.points) or not cfg.rasters:
         raise OptionError("give --raster and --points in pairs, at least one pair")
@@ -206,9 +226,33 @@ def check_inputs(cfg: TrainConfig) -> None:
         for path in paths_of:
             if path and not Path(path).is_file():
                 raise error(f"{path} does not exist; check the path")
-    check_target(paths["adapter"], cfg.overwrite or cfg.resume, suffix=".pt", kind="an adapter file")
+    inputs = {f"{option} {p}": p for option, ps in (("--raster", cfg.rasters), ("--points", cfg.points),
+                                                    ("--val-polygons", cfg.val_polygons)) for p in ps if p}
+    check_distinct({"-o": paths["adapter"], "its log": paths["csv"], "its checkpoint": paths["checkpoint"],
+                    "its plot": paths["plot"]}, inputs)
+    _check_readable(cfg)
     if cfg.resume and not paths["checkpoint"].is_file():
         raise OptionError(f"--resume: no checkpoint {paths['checkpoint']}; run without --resume to start")
+
+
+def _check_readable(cfg: TrainConfig) -> None:
+    """Each raster opens with the run's band and CRS options, and each point or polygon file is a vector layer."""
+    import pyogrio
+
+    from pointsam_engine.raster import Raster
+
+    seg = cfg.segment
+    for raster in cfg.rasters:
+        Raster(raster, bands=seg.bands, nodata=seg.nodata, assume_crs=seg.assume_crs, chip_scale=seg.chip_scale).close()
+    for what, path, layer in [*(("point layer", p, seg.layer) for p in cfg.points),
+                              *(("--val-polygons", p, None) for p in cfg.val_polygons if p)]:
+        try:
+            info = pyogrio.read_info(str(path), layer=layer)
+        except Exception as exc:  # pyogrio's DataSource/DataLayer errors: not a vector file, no such layer
+            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise PointsError(f"{what} {path} cannot be read ({first}); give a GeoPackage, Shapefile or GeoJSON") from None
+        if not info.get("geometry_type"):
+            raise PointsError(f"{what} {path} has no geometries (a table, e.g. a CSV); give a point layer")
 
 
 def _load_regions(cfg: TrainConfig, chip_size: int, rng, echo) -> List[Region]:

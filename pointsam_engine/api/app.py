@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import sys
 import tempfile
 import time
 from contextlib import asynccontextmanager
@@ -15,30 +16,38 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import shapely
+import torch
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import SegmentConfig
 from ..errors import OptionError, OutputError, PointSamError, PointsError
-from ..jobs import JobRunner
-from . import schemas
+from ..output import OutsideOutputRoot
+from ..jobs import JobRunner, TooLateToCancel
+from . import model_routes, schemas
 
 MAX_BODY_BYTES = 8 * 2**20
-_STATUS = {OutputError: 409}  # other engine errors are bad input: 422
+_STATUS = {OutsideOutputRoot: 403, OutputError: 409, TooLateToCancel: 409}  # other engine errors are bad input: 422
 
 
 class Engine:
     """What the server keeps between requests: the loaded models, their embedding cache, the click path and
     the jobs. ``adapter_dirs`` are folders, besides the model folders, whose adapters ``/v1/models`` lists."""
 
-    def __init__(self, config: SegmentConfig, model=None, adapter_dirs: Sequence[str] = ()):
+    def __init__(self, config: SegmentConfig, model=None, adapter_dirs: Sequence[str] = (), max_parallel: int = 1,
+                 output_root: Optional[str] = None):
+        import threading
+
         from ..cache import EmbeddingCache
         from ..interactive import ClickSegmenter
         from .models import ModelPool
 
-        self.config, self.adapter_dirs = config, tuple(adapter_dirs)
+        self.config, self.adapter_dirs, self.output_root = config, tuple(adapter_dirs), output_root
+        # clicks that may run the encoder at once; the rest wait their turn (each pass holds hundreds of MB)
+        self.click_slots = threading.BoundedSemaphore(max_parallel)
         self.models = ModelPool(config, model)
         self.cache = EmbeddingCache(config.cache_mb, config.cache_dir)  # keys name the model: shared safely
         self.clicks = ClickSegmenter(self.predictor(), config)
@@ -55,6 +64,13 @@ class Engine:
         from ..predict import ChipPredictor
 
         return ChipPredictor(model or self.model, self.cache, self.config.decoder_batch)
+
+    def check_output(self, path, option: str = "output") -> None:
+        """Refuse a job's output outside ``--output-root`` (when the server was given one)."""
+        if self.output_root is not None:
+            from ..output import check_inside
+
+            check_inside(path, self.output_root, option)
 
     def close(self) -> None:
         self.jobs.shutdown()
@@ -80,6 +96,7 @@ def create_app(engine: Optional[Engine], token: str, allowed_hosts: Iterable[str
                   description="Local API of the PointSAM engine: click-by-click segmentation and background jobs.")
     _add_error_handlers(app)
     _add_routes(app, engine)
+    app.include_router(model_routes.router(engine))
     app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts, max_body=max_body)
     return app
 
@@ -94,6 +111,20 @@ def _add_error_handlers(app: FastAPI) -> None:
         status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 422)
         return _error(status, type(exc).__name__, str(exc))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, exc: StarletteHTTPException):
+        if isinstance(exc.__cause__, _BodyTooLarge):  # a chunked body over the cap, found while reading it
+            return _error(413, "BodyTooLarge", "request body over the size limit; send paths, not data")
+        names = {400: ("BadRequest", "the request body cannot be read as JSON (not UTF-8, nested too deeply or cut "
+                                     "short); send one JSON object"),
+                 404: ("NotFound", "no such route; see /v1/openapi.json for the routes"),
+                 405: ("MethodNotAllowed", "this route does not take that method; see /v1/openapi.json")}
+        code, message = names.get(exc.status_code, (f"HTTP{exc.status_code}", str(exc.detail)))
+        if exc.status_code not in names and isinstance(exc.detail, str):
+            message = exc.detail
+        return JSONResponse({"error": code, "message": message}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
@@ -101,6 +132,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(422, "InvalidRequest", f"{where}: {first.get('msg', 'invalid')}; see /v1/openapi.json")
 
 
+_OUTSIDE_ROOT = {403: {"model": schemas.ErrorBody, "description": "The output is outside --output-root."}}
 _ERRORS = {422: {"model": schemas.ErrorBody, "description": "Bad input; the message says what to change."},
            401: {"model": schemas.ErrorBody, "description": "Missing or wrong token."}}
 
@@ -108,7 +140,10 @@ _ERRORS = {422: {"model": schemas.ErrorBody, "description": "Bad input; the mess
 def _add_routes(app: FastAPI, engine: Engine) -> None:
     @app.get("/v1/health", response_model=schemas.Health, responses=_ERRORS)
     def health():
-        return schemas.Health(version=__version__, device=engine.model.device, model=engine.model.label)
+        return schemas.Health(version=__version__, device=engine.model.device, model=engine.model.label,
+                              precision=engine.model.precision,
+                              torch=torch.__version__, python=sys.executable,
+                              gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
     @app.get("/v1/models", response_model=schemas.Models, responses=_ERRORS)
     def models():
@@ -118,8 +153,9 @@ def _add_routes(app: FastAPI, engine: Engine) -> None:
     def predict(body: schemas.PredictRequest):
         start = time.perf_counter()
         model = engine.models.get(body.model, body.adapter)
-        r = engine.clicks.predict(body.raster, body.positive, body.negative, crs=body.crs, out_crs=body.out_crs,
-                                  predictor=engine.predictor(model), **body.engine_options())
+        with engine.click_slots:
+            r = engine.clicks.predict(body.raster, body.positive, body.negative, crs=body.crs, out_crs=body.out_crs,
+                                      predictor=engine.predictor(model), box=body.box, **body.engine_options())
         props = {"score": r.score, "area_m2": r.area_m2, "length_m": r.length_m, "width_m": r.width_m,
                  "angle_deg": r.angle_deg, "model": model.label}
         return schemas.PredictResponse(
@@ -131,18 +167,22 @@ def _add_routes(app: FastAPI, engine: Engine) -> None:
     def prefetch(body: schemas.PrefetchRequest):
         start = time.perf_counter()
         predictor = engine.predictor(engine.models.get(body.model, body.adapter))
-        encoded = engine.clicks.prefetch(body.raster, body.point, crs=body.crs, predictor=predictor,
-                                         **body.engine_options())
+        with engine.click_slots:
+            encoded = engine.clicks.prefetch(body.raster, body.point, crs=body.crs, predictor=predictor,
+                                             **body.engine_options())
         return schemas.PrefetchResponse(encoded=encoded, seconds=round(time.perf_counter() - start, 4))
 
     @app.post("/v1/jobs/segment", response_model=schemas.JobView, status_code=202,
-              responses={**_ERRORS, 409: {"model": schemas.ErrorBody, "description": "The output exists."}})
+              responses={**_ERRORS, **_OUTSIDE_ROOT,
+                         409: {"model": schemas.ErrorBody, "description": "The output GeoPackage already "
+                                          "has the run's layers (and overwrite is false), or is not a GeoPackage."}})
     def segment_job(body: schemas.SegmentJobRequest):
         job = engine.jobs.submit("segment", _segment_work(engine, body))
         return job.to_dict()
 
     @app.post("/v1/jobs/train", response_model=schemas.JobView, status_code=202,
-              responses={**_ERRORS, 409: {"model": schemas.ErrorBody, "description": "The adapter exists."}})
+              responses={**_ERRORS, **_OUTSIDE_ROOT,
+                         409: {"model": schemas.ErrorBody, "description": "The adapter exists."}})
     def train_job(body: schemas.TrainJobRequest):
         job = engine.jobs.submit("train", _train_work(engine, body))
         return job.to_dict()
@@ -167,34 +207,35 @@ def _add_routes(app: FastAPI, engine: Engine) -> None:
         return job.to_dict() if job else _error(404, "NoSuchJob", f"no job {job_id}; list jobs with GET /v1/jobs")
 
     @app.delete("/v1/jobs/{job_id}", response_model=schemas.JobView,
-                responses={**_ERRORS, 404: {"model": schemas.ErrorBody, "description": "No such job."}})
+                responses={**_ERRORS, 404: {"model": schemas.ErrorBody, "description": "No such job."},
+                           409: {"model": schemas.ErrorBody, "description": "Too late: the job is writing its "
+                                                                             "output and finishes."}})
     def cancel_job(job_id: str):
-        job = engine.jobs.cancel(job_id)
+        job = engine.jobs.cancel(job_id)  # 409 (TooLateToCancel) once the job is writing its output
         return job.to_dict() if job else _error(404, "NoSuchJob", f"no job {job_id}; list jobs with GET /v1/jobs")
 
 
 def _models(engine: Engine) -> schemas.Models:
+    from ..catalog import download_dir
     from .models import adapter_folders, available_adapters, available_models
 
     m = engine.model
     loaded = schemas.ModelInfo(name=m.name, loaded=True, label=m.label, sha256=m.sha256, model_type=m.model_type,
                                image_size=m.image_size, adapter=m.adapter)
     return schemas.Models(loaded=loaded, available=available_models(engine.models),
-                          adapters=available_adapters(adapter_folders(engine.adapter_dirs)))
+                          adapters=available_adapters(adapter_folders(engine.adapter_dirs)),
+                          catalog=model_routes.catalog_entries(), model_dir=str(download_dir()))
 
 
 def _segment_work(engine: Engine, body: schemas.SegmentJobRequest):
     """Check the request now (so bad input answers 4xx at once), and return the job's work."""
-    from ..output import check_target
-    from ..raster import Raster
+    from ..pipeline import check_segment_inputs
 
     cfg = body.config(engine.config)
-    check_target(body.output, cfg.overwrite)
-    Raster(body.raster, bands=cfg.bands, nodata=cfg.nodata, assume_crs=cfg.assume_crs, chip_scale=cfg.chip_scale).close()
+    engine.check_output(body.output)
     if (body.points is None) == (body.points_geojson is None):
         raise PointsError("give the points either as 'points' (a file path) or as 'points_geojson', not both or neither")
-    if body.points is not None and not Path(body.points).exists():
-        raise PointsError(f"point layer {body.points} does not exist; check the path")
+    check_segment_inputs(body.raster, body.points, body.output, cfg)
     predictor = engine.predictor(engine.models.get(body.model, body.adapter))  # loads a new model: after cheap checks
     inline = _inline_points(body.points_geojson, body.points_crs) if body.points_geojson is not None else None
 
@@ -226,6 +267,7 @@ def _train_work(engine: Engine, body: schemas.TrainJobRequest):
         raise OptionError(f"training is not installed here ({exc.name} missing); install pointsam[train]") from None
     if make_work is None:
         raise OptionError("training is not installed here; install pointsam[train] in the engine's environment")
+    engine.check_output(body.output)
     options = body.model_dump()
     options["model"] = body.model if body.model is not None else engine.config.model
     if options["model"] is not None:

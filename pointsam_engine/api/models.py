@@ -91,7 +91,7 @@ class ModelPool:
         from ..adapter import apply_adapter
         from ..model import load_model
 
-        loaded = load_model(model, device=self.config.device)
+        loaded = load_model(model, device=self.config.device, precision=self.config.precision)
         return apply_adapter(loaded, adapter) if adapter else loaded
 
 
@@ -99,22 +99,25 @@ _SHA256: Dict[FileKey, str] = {}
 
 
 def model_sha256(path) -> str:
-    """A checkpoint's sha256, computed once per file version (official checkpoints are GBs)."""
+    """A checkpoint's sha256, computed once per file version (official checkpoints are GBs), or as
+    ``pointsam models pull`` / ``verify`` recorded it for this version."""
+    from ..download import recorded_sha256
     from ..model import file_sha256
 
     key = _file_key(path)
     if key not in _SHA256:
-        _SHA256[key] = file_sha256(path)
+        _SHA256[key] = recorded_sha256(path) or file_sha256(path)
     return _SHA256[key]
 
 
 def available_models(pool: ModelPool) -> List[dict]:
     """Bundled models, registered ones found in the model folders, and any loaded model given by path."""
-    from ..model import BUNDLED, BUNDLED_DIR, REGISTERED, model_dirs
+    from ..catalog import installed_path
+    from ..model import BUNDLED, BUNDLED_DIR, REGISTERED
 
     found = [(name, BUNDLED_DIR / file) for name, file in BUNDLED.items()]
-    for name, file in REGISTERED.items():
-        path = next((d / file for d in model_dirs() if (d / file).is_file()), None)
+    for name in REGISTERED:
+        path = installed_path(name)
         if path is not None:
             found.append((name, path))
     loaded = {m.sha256: m for _, m in pool.loaded()}

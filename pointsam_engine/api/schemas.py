@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config import SegmentConfig, parse_bands, parse_stretch
+from ..options import CHOICES, NUMBERS as N
 
 Coordinate = Tuple[float, float]
 
@@ -31,10 +32,10 @@ class RasterOptions(Strict):
     raster: str = Field(min_length=1, max_length=4096, description="Path of a GDAL raster on the engine's machine.")
     bands: Optional[List[int]] = Field(None, min_length=1, max_length=3, description="1-based bands for R,G,B or one band.")
     stretch: str = Field("2,98", max_length=40, description="Percentiles low,high; or minmax; or none.")
-    nodata: Optional[float] = Field(None, allow_inf_nan=False)
+    nodata: Optional[float] = N["nodata"].field(None)
     sar_db: bool = False
     assume_crs: Optional[str] = Field(None, max_length=2000)
-    chip_scale: float = Field(1.0, ge=0.25, le=64, description="Source pixels per chip pixel.")
+    chip_scale: float = N["chip_scale"].field(1.0, description="Source pixels per chip pixel.")
 
     _paths = field_validator("raster", "assume_crs")(_no_nul)
 
@@ -56,10 +57,13 @@ class ModelChoice(Strict):
 
 
 class PredictRequest(RasterOptions, ModelChoice):
-    positive: List[Coordinate] = Field(min_length=1, max_length=64, description="Clicks on the object, [x, y].")
+    positive: List[Coordinate] = Field(default_factory=list, max_length=64,
+                                       description="Clicks on the object, [x, y] (at least one, or a box).")
     negative: List[Coordinate] = Field(default_factory=list, max_length=256, description="Clicks on what is not the object.")
     crs: Optional[str] = Field(None, max_length=2000, description="CRS of the clicks (default: the raster's).")
     out_crs: Optional[str] = Field(None, max_length=2000, description="CRS of the answer (default: the clicks' CRS).")
+    box: Optional[Tuple[float, float, float, float]] = Field(
+        None, description="Box prompt [xmin, ymin, xmax, ymax] in crs, with or without clicks.")
 
     _crs = field_validator("crs", "out_crs")(_no_nul)
 
@@ -77,18 +81,27 @@ class SegmentJobRequest(RasterOptions, ModelChoice):
     points: Optional[str] = Field(None, min_length=1, max_length=4096, description="Path of a point layer.")
     points_geojson: Optional[Dict[str, Any]] = Field(None, description="Inline GeoJSON FeatureCollection of points.")
     points_crs: Optional[str] = Field(None, max_length=2000, description="CRS of inline points (default EPSG:4326, as GeoJSON).")
-    output: str = Field(min_length=1, max_length=4096, description="GeoPackage to write (.gpkg).")
-    overwrite: bool = False
+    output: str = Field(min_length=1, max_length=4096,
+                        description="GeoPackage to write (.gpkg); an existing one keeps its other layers and styles.")
+    overwrite: bool = Field(False, description="Replace the layers instances, boxes, bboxes, skipped if the output "
+                                               "has them (never other layers); false: such an output is refused (409).")
     layer: Optional[str] = Field(None, max_length=500)
     instance_field: Optional[str] = Field(None, max_length=500)
     label_field: Optional[str] = Field(None, max_length=500)
     class_field: Optional[str] = Field(None, max_length=500)
     calibration: bool = True
-    calibration_iou: float = Field(0.1, ge=0, le=1)
+    calibration_iou: float = N["calibration_iou"].field(0.1)
     keep_overlaps: bool = Field(False, description="Keep each object's own mask where masks overlap.")
-    min_area: float = Field(0.0, ge=0, allow_inf_nan=False)
-    max_hole_area: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
-    simplify: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
+    min_area: float = N["min_area"].field(0.0, description="Drop objects smaller than this, in m² "
+                                                                         "(geodesic, whatever the CRS).")
+    max_hole_area: Optional[float] = N["max_hole_area"].field(None,
+                                           description="Fill holes smaller than this, in m²; default 25 pixels.")
+    simplify: Optional[float] = N["simplify"].field(None,
+                                      description="Simplification tolerance in metres, whatever the CRS; "
+                                                  "default one pixel, 0: none.")
+    regularize: Literal[CHOICES["regularize"].values] = Field(  # type: ignore[valid-type]
+        "none", description="buildings: right-angled footprints; ships: hulls smoothed inside their box; "
+                            "none: traced outlines. Features record regularized and iou_to_mask.")
     out_crs: Optional[str] = Field(None, max_length=2000)
 
     _strings = field_validator("points", "points_crs", "output", "layer", "instance_field", "label_field",
@@ -99,8 +112,8 @@ class SegmentJobRequest(RasterOptions, ModelChoice):
                             label_field=self.label_field, class_field=self.class_field, calibration=self.calibration,
                             calibration_iou=self.calibration_iou, keep_overlaps=self.keep_overlaps,
                             min_area=self.min_area,
-                            max_hole_area=self.max_hole_area, simplify=self.simplify, out_crs=self.out_crs,
-                            overwrite=self.overwrite)
+                            max_hole_area=self.max_hole_area, simplify=self.simplify, regularize=self.regularize,
+                            out_crs=self.out_crs, overwrite=self.overwrite)
 
 
 class TrainJobRequest(Strict):
@@ -111,34 +124,34 @@ class TrainJobRequest(Strict):
     rasters: List[str] = Field(min_length=1, max_length=64)
     points: List[str] = Field(min_length=1, max_length=64)
     output: str = Field(min_length=1, max_length=4096, description="Adapter file to write (NAME.adapter.pt).")
-    steps: int = Field(400, ge=1, le=1_000_000)
-    lr: float = Field(1e-4, gt=0, le=1)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    rank: int = Field(4, ge=1, le=256)
+    steps: int = N["steps"].field(400)
+    lr: float = N["lr"].field(1e-4)
+    seed: int = N["seed"].field(0)
+    rank: int = N["rank"].field(4)
     # block numbers of up to 3 digits (vit_h has 32 blocks): a range like 0-99999999999 would be expanded whole
     blocks: Optional[str] = Field(None, max_length=200, pattern=r"^\d{1,3}(-\d{1,3})?(,\d{1,3}(-\d{1,3})?)*$",
                                   description="Encoder blocks to adapt, e.g. 1-11 (default: all but the first).")
     train_decoder: bool = False
-    val_fraction: float = Field(0.2, ge=0, lt=1)
+    val_fraction: float = N["val_fraction"].field(0.2)
     val_polygons: List[str] = Field(default_factory=list, max_length=64)
-    val_every: int = Field(50, ge=1)
-    checkpoint_every: int = Field(50, ge=1)
-    background: int = Field(1, ge=0, le=64)
+    val_every: int = N["val_every"].field(50)
+    checkpoint_every: int = N["checkpoint_every"].field(50)
+    background: int = N["background"].field(1)
     no_calibration: bool = False
     no_prototypes: bool = False
-    prototype_weight: float = Field(0.1, ge=0, le=100)
-    anchor_weight: float = Field(1.0, ge=0, le=100, description="Weight of the base model's masks as an anchor "
+    prototype_weight: float = N["prototype_weight"].field(0.1)
+    anchor_weight: float = N["anchor_weight"].field(1.0, description="Weight of the base model's masks as an anchor "
                                  "against self-training's drift (0: PointSAM as published).")
     bands: Optional[List[int]] = Field(None, min_length=1, max_length=3)
     stretch: str = Field("2,98", max_length=40)
-    nodata: Optional[float] = Field(None, allow_inf_nan=False)
+    nodata: Optional[float] = N["nodata"].field(None)
     sar_db: bool = False
     assume_crs: Optional[str] = Field(None, max_length=2000)
     layer: Optional[str] = Field(None, max_length=500)
     instance_field: Optional[str] = Field(None, max_length=500)
     label_field: Optional[str] = Field(None, max_length=500)
-    chip_scale: float = Field(1.0, ge=0.25, le=64)
-    accelerator: Literal["auto", "cpu", "gpu", "mps"] = "auto"
+    chip_scale: float = N["chip_scale"].field(1.0)
+    accelerator: Literal[CHOICES["accelerator"].values] = "auto"  # type: ignore[valid-type]
     resume: bool = False
     overwrite: bool = False
 
@@ -173,6 +186,11 @@ class Health(BaseModel):
     version: str
     device: str
     model: str
+    precision: str = Field("fp32", description="the image encoder's arithmetic: fp32, bf16, fp16 or int8 "
+                                                "(pointsam serve --precision)")
+    torch: str = Field("", description="torch version, with its build (e.g. 2.14.1+cpu)")
+    gpu: Optional[str] = Field(None, description="the first CUDA GPU torch sees, or null")
+    python: str = Field("", description="the engine's interpreter")
 
 
 class ModelInfo(BaseModel):
@@ -198,10 +216,42 @@ class AdapterInfo(BaseModel):
     base: AdapterBase = Field(description="The model the adapter was trained for; it is refused on any other.")
 
 
+class CatalogEntry(BaseModel):
+    """An official SAM checkpoint: what ``POST /v1/jobs/pull`` downloads and whether it is here."""
+
+    name: str
+    file: str
+    url: str = Field(description="Where a pull downloads it from (the official URL unless POINTSAM_MODEL_BASE_URL is set).")
+    size: int = Field(description="Bytes.")
+    sha256: str = Field(description="The official file's sha256; a download is installed only when it matches.")
+    installed: bool
+    path: Optional[str] = None
+    sha256_state: Literal["verified", "not verified", "sha256 mismatch", "wrong size", "not installed"] = Field(
+        description="What is known without hashing again: verified by a pull or verify of this very file, ...")
+
+
 class Models(BaseModel):
     loaded: ModelInfo = Field(description="The server's own model, used when a request names none.")
     available: List[ModelInfo]
     adapters: List[AdapterInfo] = Field(description="*.adapter.pt files in the model folders and --adapters-dir.")
+    catalog: List[CatalogEntry] = Field(description="The official SAM checkpoints, installed or downloadable.")
+    model_dir: str = Field(description="The model folder downloads go to (a manually downloaded file can go there too).")
+
+
+class ModelName(Strict):
+    name: str = Field(min_length=1, max_length=100, description="An official checkpoint: vit_b, vit_l or vit_h.")
+
+
+class VerifyResult(BaseModel):
+    name: str
+    path: str
+    sha256: str = Field(description="The installed file's sha256.")
+    ok: bool = Field(description="Whether it is the official one.")
+
+
+class RemoveResult(BaseModel):
+    name: str
+    removed: str = Field(description="The file deleted.")
 
 
 class Evaluation(BaseModel):

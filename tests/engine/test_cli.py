@@ -3,6 +3,7 @@ import os
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import pytest
 import shapely
 import torch
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 
 from pointsam_engine.cli import main
 from tests.conftest import write_points, write_raster
+from tests.engine.test_output import foreign_state, sha256, user_geopackage
 
 
 def run(*args):
@@ -35,6 +37,25 @@ def test_segment_with_a_model_writes_layers_and_report_and_reuses_the_disk_cache
     again = json.loads(report.read_text())
     assert again["encoder_passes"] == 0 and again["chips"] == data["chips"]
     assert again["instances"] == data["instances"]
+
+
+def test_segment_into_a_users_geopackage_keeps_its_layers_and_overwrite_replaces_only_the_runs(
+        tmp_path, blocks_scene, tiny_model):
+    raster, points, _, _ = blocks_scene
+    out = user_geopackage(tmp_path / "project.gpkg")
+    before = foreign_state(out)
+    args = [raster, points, "-o", out, "--model", tiny_model, "-q"]
+    assert run(*args).exit_code == 0
+    assert foreign_state(out) == before
+    digest = sha256(out)
+    refused = run(*args)
+    assert refused.exit_code == 2 and "already has layer(s) instances, boxes, bboxes, skipped" in refused.stderr
+    assert sha256(out) == digest
+    again = run(*args, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert foreign_state(out) == before
+    layers = {name for name, _ in pyogrio.list_layers(out)}
+    assert layers == {"roads", "layer_styles", "instances", "boxes", "bboxes", "skipped"}
 
 
 @pytest.fixture
@@ -80,13 +101,17 @@ def _bad_inputs(raster, points, tmp, tiny_model):
         "bad stretch": ([raster, points, *m, "--stretch", "98,2"], "--stretch"),
         "unwritable output": ([raster, points, *m], "not writable", locked / "out.gpkg"),
         "output folder missing": ([raster, points, *m], "folder .* does not exist", tmp / "no" / "out.gpkg"),
-        "output exists": ([raster, points, *m], "--overwrite", raster.with_name("exists.gpkg")),
+        "output not a GeoPackage": ([raster, points, *m, "--overwrite"], "not a GeoPackage; choose another name",
+                                    raster.with_name("exists.gpkg")),
+        "output has the run's layers": ([raster, points, *m], r"already has layer\(s\) instances, skipped; "
+                                        "pass --overwrite", raster.with_name("earlier.gpkg")),
     }
 
 
 CASES = ["missing raster", "unreadable raster", "raster without CRS", "empty layer", "non-point geometries",
          "points without CRS", "no point inside", "missing checkpoint", "not a checkpoint", "model type mismatch",
-         "unknown band", "bad stretch", "unwritable output", "output folder missing", "output exists"]
+         "unknown band", "bad stretch", "unwritable output", "output folder missing", "output not a GeoPackage",
+         "output has the run's layers"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -97,8 +122,13 @@ def test_bad_input_is_one_line_exit_2_and_no_output(scene, tiny_model, case):
     spec = _bad_inputs(raster, points, tmp, tiny_model)[case]
     args, message = spec[0], spec[1]
     out = spec[2] if len(spec) > 2 else tmp / "out.gpkg"
-    if case == "output exists":
+    if case == "output not a GeoPackage":
         out.write_bytes(b"keep me")
+    if case == "output has the run's layers":
+        user_geopackage(out)
+        for layer in ("instances", "skipped"):
+            gpd.GeoDataFrame({"a": [1]}, geometry=[shapely.Point(0, 0)], crs="EPSG:32633").to_file(out, layer=layer)
+    digest = sha256(out) if out.exists() else None
     before = sorted(p.name for p in tmp.iterdir())
     result = run(*args, "-o", out, "-q")
     assert result.exit_code == 2, result.output
@@ -106,5 +136,5 @@ def test_bad_input_is_one_line_exit_2_and_no_output(scene, tiny_model, case):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert __import__("re").search(message, lines[0]), lines[0]
     assert sorted(p.name for p in tmp.iterdir()) == before
-    if case == "output exists":
-        assert out.read_bytes() == b"keep me"
+    if digest:
+        assert sha256(out) == digest
