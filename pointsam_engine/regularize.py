@@ -21,8 +21,10 @@ is geographic), where a right angle on the ground is a right angle in coordinate
 
 from __future__ import annotations
 
+import threading
 import warnings
-from typing import Tuple
+from contextlib import contextmanager
+from typing import Iterator, Tuple
 
 import geopandas as gpd
 import numpy as np
@@ -34,6 +36,7 @@ from .measure import Measurer
 from .vectorize import oriented_boxes, overlapping, polygonal
 
 MODES = ("none", "buildings", "ships")
+_ALIGNMENT_LOCK = threading.Lock()
 NOTCH_PX = 1.0  # notches and spikes up to two pixels wide are removed (a morphological closing and opening)
 JOG_PX = 3.0  # walls closer than three pixels are put on one line
 WALL_PX = 2.0  # neighbours that shared a wall in their masks and lie closer than this share it again
@@ -86,8 +89,8 @@ def regularize_buildings(geoms: np.ndarray, pixel: float, min_hole_area: float =
     if len(live) == 0:
         return out
     frame = gpd.GeoDataFrame({"object": live}, geometry=list(cleaned[live]))
-    with warnings.catch_warnings():  # it warns, and keeps the input, when an outline cannot be regularized
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(), _neighbour_alignment_in_process():
+        warnings.simplefilter("ignore")  # it warns, and keeps the input, when an outline cannot be regularized
         done = regularize_geodataframe(
             frame, parallel_threshold=2 * pixel, simplify=True, simplify_tolerance=2 * pixel,
             allow_45_degree=False, allow_circles=False, num_cores=1,  # no process pool inside a server
@@ -298,3 +301,34 @@ def _metric_frame(crs, geoms: np.ndarray):
                                            lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
 
     return move(crs, local), move(local, crs), 1.0
+
+
+class _InProcessPool:
+    """Stands in for ``multiprocessing.Pool`` in buildingregulariser's neighbour alignment: maps in this process."""
+
+    def __init__(self, processes=None):
+        pass
+
+    def __enter__(self) -> "_InProcessPool":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def map(self, function, items, chunksize=None) -> list:
+        return list(map(function, items))
+
+
+@contextmanager
+def _neighbour_alignment_in_process() -> Iterator[None]:
+    """buildingregulariser's neighbour alignment forks a process pool even when asked for one core (its
+    coordinator does not); a fork inside the engine's threaded server can deadlock (a segment job hung in
+    ``Pool.terminate``), so while the engine regularizes, that step maps in this process."""
+    from buildingregulariser import neighbor_alignment
+
+    with _ALIGNMENT_LOCK:
+        pool, neighbor_alignment.Pool = neighbor_alignment.Pool, _InProcessPool
+        try:
+            yield
+        finally:
+            neighbor_alignment.Pool = pool

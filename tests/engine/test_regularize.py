@@ -75,6 +75,25 @@ def test_two_touching_regularized_squares_do_not_overlap():
     assert outs[0].distance(outs[1]) < 1e-6 and outs[0].buffer(PIXEL).intersection(outs[1]).area > 10 * PIXEL ** 2
 
 
+def test_regularizing_starts_no_process_even_in_a_threaded_server(monkeypatch):
+    """buildingregulariser's neighbour alignment forks a pool even for one core; a fork in the engine's threaded
+    server can hang a job, so the engine's call must run in this process and leave the library as it was."""
+    import multiprocessing.process
+
+    from buildingregulariser import neighbor_alignment
+
+    def start(process):
+        raise AssertionError("regularizing started a process")
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start)
+    pool = neighbor_alignment.Pool
+    left = affinity.rotate(shapely.box(20, 30, 60.5, 80), 12, origin=(60, 55))
+    right = affinity.rotate(shapely.box(59.5, 30, 100, 80), 12, origin=(60, 55))
+    outs, _ = run(staircase(left, right), "buildings", scores=[0.9, 0.8])
+    assert len(outs) == 2
+    assert neighbor_alignment.Pool is pool
+
+
 def test_the_overlap_goes_to_the_object_whose_mask_held_it():
     # the lower-scored object holds the disputed strip in its mask, so it keeps it
     a = shapely.box(20, 20, 60, 60)
