@@ -122,6 +122,9 @@ def serve(config: SegmentConfig, *, host: str = "127.0.0.1", port: int = 0, toke
             _remove_if_ours(conn, info)
 
 
+ORPHAN_GRACE_SECONDS = 60.0  # after the parent went away: time to cancel jobs and clean up before a hard exit
+
+
 def watch_parent_process(stop: Callable[[], None], poll_seconds: float = 0.5) -> None:
     """Call ``stop`` once, from a daemon thread, when this process's parent goes away: its stdin reaches
     EOF (the parent's end of a pipe closed, as when the parent dies) or the parent pid changes (the
@@ -133,6 +136,8 @@ def watch_parent_process(stop: Callable[[], None], poll_seconds: float = 0.5) ->
         if not fired.is_set():
             fired.set()
             stop()
+            # a job stuck in a library call would keep the process alive: after the grace period it ends anyway
+            threading.Timer(ORPHAN_GRACE_SECONDS, os._exit, args=(3,)).start()
 
     def until_stdin_closes() -> None:
         try:

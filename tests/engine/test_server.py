@@ -113,3 +113,14 @@ def test_the_engine_stops_when_its_stdin_closes_cancelling_its_job(tmp_path):
     assert not connection.exists()
     assert sha256(output) == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.gpkg", "noise.tif", "project.gpkg"]
+
+
+def test_an_engine_whose_job_hangs_still_exits_after_its_parent_went_away():
+    """A job stuck in a library call (a deadlocked fork) keeps the process alive after the clean stop: the watch
+    ends it anyway after the grace period, so no orphan is left."""
+    code = ("import threading, time; from pointsam_engine.api import server; server.ORPHAN_GRACE_SECONDS = 0.5; "
+            "server.watch_parent_process(lambda: None); "
+            "threading.Thread(target=time.sleep, args=(3600,)).start()")  # a non-daemon thread that never ends
+    proc = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 3
