@@ -409,6 +409,15 @@ def _dock_on_scene(scene, output, answer):
     return dock, asked
 
 
+def _assert_run_keeps_the_users_layers(dock, output, before, styles, scene) -> None:
+    """A run into ``output`` succeeds, leaves its other layers' rows and styles as they were, and writes one
+    instance per click."""
+    task = _run(dock)
+    assert task.value is not None, dock.log.toPlainText()
+    assert _rows(output) == before and _styles(output) == styles
+    assert len(_rows(output, "instances")) == _count(scene["points"])
+
+
 def test_a_run_into_the_users_geopackage_keeps_its_other_layers_and_styles(plugin, scene, tmp_path):
     output = tmp_path / "mine.gpkg"
     _foreign_geopackage(output)
@@ -416,11 +425,8 @@ def test_a_run_into_the_users_geopackage_keeps_its_other_layers_and_styles(plugi
     assert before and styles
     dock, asked = _dock_on_scene(scene, output, answer=False)
     try:
-        task = _run(dock)
+        _assert_run_keeps_the_users_layers(dock, output, before, styles, scene)
         assert not asked, "nothing of the user's is replaced: no question"
-        assert task.value is not None, dock.log.toPlainText()
-        assert _rows(output) == before and _styles(output) == styles
-        assert len(_rows(output, "instances")) == _count(scene["points"])
     finally:
         QgsProject.instance().removeAllMapLayers()
 
@@ -437,10 +443,7 @@ def test_layers_of_an_earlier_run_are_replaced_only_when_the_user_says_yes(plugi
         assert _rows(output, "instances") == earlier and _rows(output) == before, "no: the file is as it was"
         assert "not run" in dock.log.toPlainText()
         dock.confirm = lambda question: True
-        task = _run(dock)
-        assert task.value is not None, dock.log.toPlainText()
-        assert _rows(output) == before and _styles(output) == styles
-        assert len(_rows(output, "instances")) == _count(scene["points"]), "yes: the earlier instances are replaced"
+        _assert_run_keeps_the_users_layers(dock, output, before, styles, scene)  # yes: earlier instances replaced
         second = _run(dock)
         assert second.value is not None
         groups = [g.name() for g in QgsProject.instance().layerTreeRoot().findGroups(True) if g.findLayers()]
