@@ -80,18 +80,47 @@ def find_neighbours(patches: Sequence[Optional[MaskPatch]], positives: Sequence[
         for t, k in zip(which, point):
             candidates[targets[t]].add(int(owners[k]))
     found: Dict[int, List[int]] = {}
+    areas: Dict[int, int] = {}
     for i in targets:
-        js = [j for j in sorted(candidates[i]) if j != i and (
-            contains_points(patches[i], positives[j]) or mask_iou(patches[i], patches[j]) > iou_threshold)]
+        others = sorted(candidates[i] - {i})
+        held = _holds_each(patches[i], [positives[j] for j in others])
+        js = [j for j, holds in zip(others, held) if holds or _iou(patches, i, j, areas) > iou_threshold]
         if js:
             found[i] = js
     return found
 
 
+def _holds_each(patch: MaskPatch, clicks: Sequence[np.ndarray]) -> np.ndarray:
+    """For each group of clicks ((N, 2) x, y on the patch's grid), whether the mask covers any of them."""
+    if not clicks:
+        return np.zeros(0, dtype=bool)
+    points = np.vstack([np.asarray(c, float).reshape(-1, 2) for c in clicks])
+    group = np.repeat(np.arange(len(clicks)), [len(c) for c in clicks])
+    rows = np.floor(points[:, 1]).astype(int) - patch.row0
+    cols = np.floor(points[:, 0]).astype(int) - patch.col0
+    inside = (rows >= 0) & (rows < patch.shape[0]) & (cols >= 0) & (cols < patch.shape[1])
+    hit = np.zeros(len(points), dtype=bool)
+    hit[inside] = patch.logits[rows[inside], cols[inside]] > 0
+    return np.bincount(group[hit], minlength=len(clicks)) > 0
+
+
+def _iou(patches: Sequence[Optional[MaskPatch]], i: int, j: int, areas: Dict[int, int]) -> float:
+    """:func:`mask_iou` of patches i and j, with each mask's pixel count computed once (``areas``)."""
+    inter = shared_pixels(patches[i], patches[j])
+    if inter == 0:
+        return 0.0
+    for k in (i, j):
+        if k not in areas:
+            areas[k] = int((patches[k].logits > 0).sum())
+    return inter / (areas[i] + areas[j] - inter)
+
+
 def _boxes(patches: Sequence[Optional[MaskPatch]], which: Sequence[int]) -> np.ndarray:
     """(N, 4) xmin, ymin, xmax, ymax (column, row) of the patches ``which``."""
-    return np.array([[patches[i].col0, patches[i].row0, patches[i].col0 + patches[i].shape[1],
-                      patches[i].row0 + patches[i].shape[0]] for i in which], dtype=float).reshape(-1, 4)
+    corners = np.fromiter(((patches[i].col0, patches[i].row0) + patches[i].shape for i in which),
+                          dtype=np.dtype((float, 4)), count=len(which))
+    corners[:, 2:] = corners[:, 2:][:, ::-1] + corners[:, :2]  # (rows, cols) sizes to xmax, ymax
+    return corners
 
 
 def with_negatives(prompt: Prompt, negatives: np.ndarray) -> Prompt:
@@ -124,25 +153,28 @@ def calibrate(prompts: Sequence[Prompt], first: Sequence[Optional[MaskPatch]], p
     return dict(zip(order, predict(new_prompts))), neighbours
 
 
-def _candidate_pairs(patches: Sequence[Optional[MaskPatch]]) -> List[Tuple[int, int]]:
+def _candidate_pairs(patches: Sequence[Optional[MaskPatch]], among: Optional[int] = None) -> List[Tuple[int, int]]:
     """Pairs of masks whose boxes overlap, found with a spatial index (O(n log n) for n masks), in the order a
-    sweep along rows meets them (so settling shared pixels gives the same result as comparing every pair)."""
+    sweep along rows meets them (so settling shared pixels gives the same result as comparing every pair).
+    ``among``: only pairs with at least one of the first ``among`` masks."""
     live = [i for i, p in enumerate(patches) if p is not None and p.logits.size]
     if len(live) < 2:
         return []
     box = _boxes(patches, live)
-    tree = shapely.STRtree(shapely.box(*box.T))
-    left, right = tree.query(shapely.box(*box.T), predicate="intersects")
+    boxes = shapely.box(*box.T)
+    query = len(live) if among is None else int(np.searchsorted(live, among))
+    left, right = shapely.STRtree(boxes).query(boxes[:query], predicate="intersects")
     # strict overlap (touching boxes share no pixel)
     keep = (left != right) & (box[left, 1] < box[right, 3]) & (box[right, 1] < box[left, 3]) \
         & (box[left, 0] < box[right, 2]) & (box[right, 0] < box[left, 2])
     rank = np.empty(len(live), int)
     rank[np.argsort(box[:, 1], kind="stable")] = np.arange(len(live))
     left, right = left[keep], right[keep]
-    first = rank[left] < rank[right]
-    left, right = left[first], right[first]  # each pair once, from the box the sweep meets first
-    order = np.lexsort((rank[right], rank[left]))
-    return [(live[min(a, b)], live[max(a, b)]) for a, b in zip(left[order], right[order])]
+    swap = rank[left] > rank[right]  # each pair from the box the sweep meets first, once
+    first, second = np.where(swap, right, left), np.where(swap, left, right)
+    code = np.unique(rank[first] * len(live) + rank[second])  # sorted: by the first box, then the second
+    by_rank = np.argsort(rank)
+    return [(live[min(a, b)], live[max(a, b)]) for a, b in zip(by_rank[code // len(live)], by_rank[code % len(live)])]
 
 
 def overlapping_pairs(patches: Sequence[Optional[MaskPatch]]) -> Set[Tuple[int, int]]:
@@ -150,14 +182,15 @@ def overlapping_pairs(patches: Sequence[Optional[MaskPatch]]) -> Set[Tuple[int, 
     return {(i, j) for i, j in _candidate_pairs(patches) if shared_pixels(patches[i], patches[j])}
 
 
-def resolve_overlaps(patches: List[Optional[MaskPatch]]) -> Set[Tuple[int, int]]:
+def resolve_overlaps(patches: List[Optional[MaskPatch]], among: Optional[int] = None) -> Set[Tuple[int, int]]:
     """Give every pixel claimed by two masks to the one with the higher logit, in place.
 
     Returns the pairs that overlapped. Afterwards no two masks share a pixel: a pixel is only ever
-    taken away, and each pair that shares it is settled once.
+    taken away, and each pair that shares it is settled once. ``among``: settle only pairs with at least
+    one of the first ``among`` masks (the others are settled when their own turn comes).
     """
     resolved = set()
-    for i, j in _candidate_pairs(patches):
+    for i, j in _candidate_pairs(patches, among):
         a, b = patches[i], patches[j]
         win = _window(a, b)
         va, vb = _view(a, win), _view(b, win)

@@ -42,8 +42,9 @@ class MaskPatch:
 
     def cropped(self) -> "MaskPatch":
         """The same patch cut to the bounding box of its mask (empty: a 0x0 patch)."""
-        rows = np.flatnonzero(self.mask.any(axis=1))
-        cols = np.flatnonzero(self.mask.any(axis=0))
+        mask = self.mask
+        rows = np.flatnonzero(mask.any(axis=1))
+        cols = np.flatnonzero(mask.any(axis=0))
         if len(rows) == 0:
             return MaskPatch(self.row0, self.col0, np.zeros((0, 0), np.float32), self.score)
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1

@@ -211,28 +211,33 @@ class _ChipRun:
     pairs_before: set = field(default_factory=set)
     pairs_after: set = field(default_factory=set)
     encoder_passes: int = 0
-
-
-def _local_each(arrays: Sequence[np.ndarray], chip: Chip, shape) -> List[np.ndarray]:
-    """Each array of working-grid points moved to the chip's pixels, keeping those on the chip (one pass for all)."""
-    if not arrays:
-        return []
-    local = np.vstack(arrays) - (chip.col0, chip.row0)
-    owner = np.repeat(np.arange(len(arrays)), [len(a) for a in arrays])
-    ok = (local[:, 0] >= 0) & (local[:, 0] < shape[1]) & (local[:, 1] >= 0) & (local[:, 1] < shape[0])
-    counts = np.bincount(owner[ok], minlength=len(arrays))
-    return np.split(local[ok], np.cumsum(counts)[:-1])
+    cut: set = field(default_factory=set)  # objects that gave pixels away since they were cleaned
 
 
 def _chip_prompts(members_in: np.ndarray, pos_w, neg_w, chip: Chip, shape):
+    """The prompts of the objects with a positive click on ``chip`` (chip pixels; clicks off the chip dropped):
+    ``(object ids, prompts, positive clicks)``. All clicks are moved and sorted in one pass, so each
+    object costs slices of one array, not array building of its own."""
     ids = members_in.astype(int)
+    if not len(ids):
+        return [], [], []
+    groups = [pos_w[i] for i in ids] + [neg_w[i] for i in ids]
+    sizes = [len(g) for g in groups]
+    points = np.vstack(groups) - (chip.col0, chip.row0)
+    owner = np.repeat(np.tile(np.arange(len(ids)), 2), sizes)
+    label = np.repeat(np.repeat([1, 0], len(ids)), sizes)
+    on_chip = (points[:, 0] >= 0) & (points[:, 0] < shape[1]) & (points[:, 1] >= 0) & (points[:, 1] < shape[0])
+    order = np.lexsort((-label[on_chip], owner[on_chip]))  # by object, positives first, clicks in their order
+    points, owner, label = points[on_chip][order], owner[on_chip][order], label[on_chip][order]
+    counts = np.bincount(owner, minlength=len(ids))
+    n_pos = np.bincount(owner, weights=label, minlength=len(ids)).astype(int)
+    starts = np.cumsum(counts) - counts
     members, prompts, positives = [], [], []
-    on_chip = zip(ids, _local_each([pos_w[i] for i in ids], chip, shape), _local_each([neg_w[i] for i in ids], chip, shape))
-    for i, pos, neg in on_chip:
-        if len(pos):
-            members.append(int(i))
-            positives.append(pos)
-            prompts.append(Prompt(np.vstack([pos, neg]), np.r_[np.ones(len(pos), int), np.zeros(len(neg), int)]))
+    for k in np.flatnonzero(n_pos):
+        start, end = starts[k], starts[k] + counts[k]
+        members.append(int(ids[k]))
+        positives.append(points[start:start + n_pos[k]])
+        prompts.append(Prompt(points[start:end], label[start:end]))
     return members, prompts, positives
 
 
@@ -278,6 +283,7 @@ def _segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, max_
             results = [None if p is None else _clean(p, positives[a], max_hole_px) for a, p in enumerate(results)]
             shared = overlapping_pairs(results) if cfg.keep_overlaps else resolve_overlaps(results)
             run.pairs_after |= {_pair(members[a], members[b]) for a, b in shared}
+            run.cut.update(members[a] for pair in ([] if cfg.keep_overlaps else shared) for a in pair)
         held[k] = members[:n_own]
         for a, patch in enumerate(results):
             if patch is not None:
@@ -296,13 +302,18 @@ def _settle(j: int, held, near, patches: Dict[int, MaskPatch], pos_w, run: _Chip
     then trace chip j's objects."""
     own = held.pop(j)
     if resolve:
-        nearby = [i for i in own if i in patches] + [i for m in near[j] if m in held for i in held[m] if i in patches]
-        run.pairs_after |= {_pair(nearby[a], nearby[b]) for a, b in resolve_overlaps([patches[i] for i in nearby])}
+        mine = [i for i in own if i in patches]
+        nearby = mine + [i for m in near[j] if m in held for i in held[m] if i in patches]
+        pairs = {_pair(nearby[a], nearby[b]) for a, b in resolve_overlaps([patches[i] for i in nearby], len(mine))}
+        run.pairs_after |= pairs
+        run.cut.update(i for pair in pairs for i in pair)
     kept = {}
     for i in own:
         patch = patches.pop(i, None)
-        if patch is not None:  # settling shared pixels may have cut a part off
-            kept[i] = (patch.row0, patch.col0, clean_mask(patch, pos_w[i], 0))
+        if patch is not None:  # a mask that gave pixels away may have lost the link to a part: drop that part
+            mask = clean_mask(patch, pos_w[i], 0) if i in run.cut else patch.mask
+            kept[i] = (patch.row0, patch.col0, mask)
+        run.cut.discard(i)
     # once shared pixels are settled no two masks share one, so the chip's objects are traced in one pass
     traced = trace_many(kept) if resolve else {i: trace(keep, r, c) for i, (r, c, keep) in kept.items()}
     for i, polygon in traced.items():

@@ -213,10 +213,10 @@ def iou(geoms: np.ndarray, masks: np.ndarray) -> np.ndarray:
     geoms, masks = np.asarray(geoms, dtype=object), np.asarray(masks, dtype=object)
     if len(geoms) == 0:
         return np.zeros(0)
-    inter = shapely.area(shapely.intersection(geoms, masks))
-    union = shapely.area(shapely.union(geoms, masks))
+    inter = np.nan_to_num(shapely.area(shapely.intersection(geoms, masks)))
+    union = np.nan_to_num(shapely.area(geoms)) + np.nan_to_num(shapely.area(masks)) - inter
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, np.nan_to_num(inter) / np.where(union > 0, union, 1), 0.0)
+        return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def right_angle_share(geoms, tolerance_deg: float = 10.0) -> float:

@@ -19,6 +19,8 @@ from scipy import ndimage
 from .masks import MaskPatch
 from .raster import apply_affine
 
+_FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+
 
 def clean_mask(patch: MaskPatch, keep_points: np.ndarray, max_hole_px: float) -> np.ndarray:
     """The patch's mask with holes below ``max_hole_px`` filled and only the parts holding a click.
@@ -28,21 +30,33 @@ def clean_mask(patch: MaskPatch, keep_points: np.ndarray, max_hole_px: float) ->
     """
     mask = patch.mask
     if max_hole_px > 0:
-        holes = ndimage.binary_fill_holes(mask) & ~mask
-        labels, n = ndimage.label(holes)
-        if n:
-            sizes = ndimage.sum_labels(holes, labels, index=np.arange(1, n + 1))
-            mask = mask | np.isin(labels, 1 + np.flatnonzero(sizes < max_hole_px))
-    labels, n = ndimage.label(mask)  # 4-connectivity, as shapes() traces
+        mask = _fill_small_holes(mask, max_hole_px)
+    labels, n = ndimage.label(mask, _FOUR_CONNECTED)  # as shapes() traces
     if n <= 1:
         return mask
     rows = np.floor(keep_points[:, 1]).astype(int) - patch.row0
     cols = np.floor(keep_points[:, 0]).astype(int) - patch.col0
     inside = (rows >= 0) & (rows < mask.shape[0]) & (cols >= 0) & (cols < mask.shape[1])
-    hit = set(labels[rows[inside], cols[inside]].tolist()) - {0}
-    if not hit:
-        hit = {1 + int(np.argmax(ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))))}
-    return np.isin(labels, sorted(hit))
+    hit = np.zeros(n + 1, dtype=bool)
+    hit[labels[rows[inside], cols[inside]]] = True
+    hit[0] = False
+    if not hit.any():
+        hit[1 + int(np.argmax(np.bincount(labels.ravel(), minlength=n + 1)[1:]))] = True
+    return hit[labels]
+
+
+def _fill_small_holes(mask: np.ndarray, max_hole_px: float) -> np.ndarray:
+    """``mask`` with its holes (background 4-connected, as ``binary_fill_holes`` sees them) under
+    ``max_hole_px`` pixels filled: one labelling of the background, padded so the outside is one part."""
+    padded = np.ones((mask.shape[0] + 2, mask.shape[1] + 2), dtype=bool)  # np.pad costs 5x more per small mask
+    padded[1:-1, 1:-1] = ~mask
+    background, n = ndimage.label(padded, _FOUR_CONNECTED)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(background.ravel(), minlength=n + 1)
+    fill = sizes < max_hole_px
+    fill[[0, background[0, 0]]] = False  # the mask itself, and the outside
+    return mask | fill[background[1:-1, 1:-1]]
 
 
 def trace(mask: np.ndarray, row0: int, col0: int):
@@ -89,13 +103,21 @@ def simplify_coverage(geoms: np.ndarray, tolerance: float) -> np.ndarray:
     if len(geoms) == 0:
         return geoms
     out = shapely.coverage_simplify(geoms, tolerance) if tolerance > 0 else geoms
-    return np.array([polygonal(g) for g in out], dtype=object)
+    return polygonal_each(out)
 
 
 def simplify_each(geoms: np.ndarray, tolerance: float) -> np.ndarray:
     """Simplify polygons one by one (for objects allowed to overlap); always valid polygons."""
     out = shapely.simplify(np.asarray(geoms, dtype=object), tolerance) if tolerance > 0 else geoms
-    return np.array([polygonal(g) for g in out], dtype=object)
+    return polygonal_each(out)
+
+
+def polygonal_each(geoms) -> np.ndarray:
+    """:func:`polygonal` of each geometry; the valid polygons, nearly all of them, pass through untouched."""
+    out = np.array(geoms, dtype=object).reshape(-1)
+    fix = ~(shapely.is_valid(out) & np.isin(shapely.get_type_id(out), (3, 6)))
+    out[fix] = [polygonal(g) for g in out[fix]] if fix.any() else []
+    return out
 
 
 def polygonal(geom):
@@ -116,8 +138,12 @@ def overlapping(geoms: np.ndarray) -> list:
     if len(geoms) < 2:
         return []
     left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects")
-    return [(int(i), int(j)) for i, j in zip(left, right)
-            if i < j and geoms[i].intersection(geoms[j]).area > 1e-9 * max(geoms[i].area, geoms[j].area)]
+    left, right = left[left < right], right[left < right]
+    inner = shapely.relate_pattern(geoms[left], geoms[right], "T********")  # interiors meet: cheaper than overlay
+    left, right = left[inner], right[inner]
+    shared = shapely.area(shapely.intersection(geoms[left], geoms[right]))
+    meets = shared > 1e-9 * np.maximum(shapely.area(geoms[left]), shapely.area(geoms[right]))
+    return [(int(i), int(j)) for i, j in zip(left[meets], right[meets])]
 
 
 def remove_overlaps(geoms: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -132,7 +158,10 @@ def remove_overlaps(geoms: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def oriented_boxes(geoms: np.ndarray) -> np.ndarray:
     """Minimum-area rotated rectangles."""
-    return np.array([polygonal(shapely.oriented_envelope(g)) or g.envelope for g in geoms], dtype=object)
+    boxes = shapely.oriented_envelope(np.asarray(geoms, dtype=object))
+    flat = shapely.get_type_id(boxes) != 3  # a line or a point for a degenerate object: its envelope instead
+    boxes[flat] = [polygonal(b) or g.envelope for b, g in zip(boxes[flat], np.asarray(geoms, dtype=object)[flat])]
+    return boxes
 
 
 def axis_boxes(geoms: np.ndarray) -> np.ndarray:

@@ -81,3 +81,20 @@ def test_a_neighbour_known_only_by_its_click_still_becomes_a_negative():
     first = [stub.predict(prompts[:1])[0], None]
     redo, neighbours = calibrate(prompts, first, clicks, [0], stub.predict, 0.1)
     assert neighbours == {0: [1]} and not contains_points(redo[0], clicks[1])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_settling_in_turns_gives_what_settling_all_at_once_gives(seed):
+    """The pipeline settles a chip's objects against their neighbours (``among``) and the neighbours' own
+    pairs later, in their turn; the pixels end with the same owners as when every pair is settled at once."""
+    rng = np.random.default_rng(seed)
+    patches = [MaskPatch(int(rng.integers(0, 40)), int(rng.integers(0, 40)),
+                         rng.normal(0.5, 1.0, tuple(rng.integers(5, 30, 2))).astype(np.float32), 0.5) for _ in range(12)]
+    at_once = [MaskPatch(p.row0, p.col0, p.logits.copy(), p.score) for p in patches]
+    resolve_overlaps(at_once)
+    first_turn = resolve_overlaps(patches, among=5)
+    assert first_turn and all(min(pair) < 5 for pair in first_turn)
+    assert any(max(pair) >= 5 for pair in overlapping_pairs(patches))  # the others' pairs wait for their turn
+    resolve_overlaps(patches)
+    for turns, once in zip(patches, at_once):
+        np.testing.assert_array_equal(turns.mask, once.mask)

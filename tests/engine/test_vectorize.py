@@ -65,3 +65,16 @@ def test_area_subtracts_holes_whatever_the_ring_winding():
     parts = shapely.MultiPolygon([shapely.Polygon(shell), shapely.Polygon([(x + 20, y) for x, y in shell[::-1]])])
     areas = Measurer("EPSG:32633").areas([with_hole, parts])
     assert areas == pytest.approx([96, 200], rel=0.002)
+
+
+@pytest.mark.parametrize("crs, x0, y0, step", [("EPSG:32633", 500000, 4000000, 40.0), ("EPSG:4326", 32.58, 0.31, 4e-4),
+                                                ("EPSG:4326", 10.0, 70.0, 1e-3), ("EPSG:3857", 3.6e6, 3.5e5, 40.0)])
+def test_areas_of_many_objects_equal_their_geodesic_areas(crs, x0, y0, step):
+    """All areas are computed at once on an equal-area projection; each equals pyproj's geodesic area."""
+    rng = np.random.default_rng(0)
+    centres = np.column_stack([x0 + rng.uniform(-100, 100, 300) * step, y0 + rng.uniform(-100, 100, 300) * step])
+    geoms = shapely.buffer(shapely.points(centres), step * rng.uniform(0.1, 2, 300), quad_segs=3)
+    measurer = Measurer(crs)
+    geodesic = [measurer._geod.geometry_area_perimeter(shapely.orient_polygons(measurer._lonlat(g)))[0] for g in geoms]
+    areas = measurer.areas(list(geoms) + [None])
+    assert areas[:-1] == pytest.approx(geodesic, rel=1e-5) and areas[-1] == 0
