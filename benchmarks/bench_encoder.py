@@ -40,7 +40,7 @@ def _checkpoint(model_type: str) -> Path:
     """Random weights in the official layout, relative-position tables made non-zero (they start at zero)."""
     import torch
 
-    from pointsam_engine.model import OFFICIAL_ARCHS, build_sam
+    from pointsam_engine.sam.model import OFFICIAL_ARCHS, build_sam
 
     path = OUT / f"sam_{model_type}_random.pth"
     if not path.exists():
@@ -72,8 +72,8 @@ def _run(model_type: str, variant: str, device: str, passes: int, warmup: bool, 
         sam = sam_model_registry[model_type](checkpoint=str(path)).eval().to(device)
         encode = sam.image_encoder
     else:
-        from pointsam_engine.model import load_model
-        from pointsam_engine.precision import encoder_runner
+        from pointsam_engine.sam.model import load_model
+        from pointsam_engine.sam.precision import encoder_runner
 
         loaded = load_model(str(path), device=device, precision=variant.split()[-1])
         sam = loaded.sam
@@ -97,8 +97,8 @@ def encoder_gflop(model_type: str) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pointsam_engine.encoder import use_fused_attention
-    from pointsam_engine.model import OFFICIAL_ARCHS, build_sam
+    from pointsam_engine.sam.encoder import use_fused_attention
+    from pointsam_engine.sam.model import OFFICIAL_ARCHS, build_sam
 
     with torch.device("meta"):
         encoder = use_fused_attention(build_sam(OFFICIAL_ARCHS[model_type])).image_encoder
@@ -138,7 +138,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from pointsam_engine.precision import cpu_has_native_bf16
+    from pointsam_engine.sam.precision import cpu_has_native_bf16
 
     ctx = mp.get_context("spawn")
     throughput = fp32_gflops(args.device)

@@ -197,7 +197,8 @@ TINY_ARCH = dict(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, enc
 def build_checkpoint(arch_name: str, path: str) -> None:
     """Child-process entry: build the SAM with seed 0 and save it (torch stays out of the parent)."""
     import torch
-    from pointsam_engine.model import OFFICIAL_ARCHS, SamArch, build_sam, save_pointsam_checkpoint
+
+    from pointsam_engine.sam.model import OFFICIAL_ARCHS, SamArch, build_sam, save_pointsam_checkpoint
 
     torch.manual_seed(0)
     if arch_name == "vit_b":

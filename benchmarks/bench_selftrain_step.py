@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_segment import ensure_model
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -26,8 +25,8 @@ OUT = Path(__file__).resolve().parent / "out"
 
 def seconds_per_step(model: str, anchor_weight: float, steps: int, scene: dict, chip_size: int) -> float:
     from pointsam_engine.config import SegmentConfig
-    from pointsam_engine.lora import add_lora
-    from pointsam_engine.model import load_model
+    from pointsam_engine.sam.lora import add_lora
+    from pointsam_engine.sam.model import load_model
     from training.regions import load_region
     from training.selftrain import SelfTrainOptions, selftrain_step
 
@@ -45,7 +44,7 @@ def seconds_per_step(model: str, anchor_weight: float, steps: int, scene: dict, 
 
 
 def main() -> None:
-    from pointsam_engine.model import DEFAULT_MODEL
+    from pointsam_engine.sam.model import DEFAULT_MODEL
     from pointsam_engine.scenes import render, write_scene
     from training.selftrain import SelfTrainOptions
 

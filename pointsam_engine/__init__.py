@@ -17,7 +17,7 @@ def __getattr__(name):
         from .config import SegmentConfig
         return SegmentConfig
     if name == "load_model":
-        from .model import load_model
+        from .sam.model import load_model
         return load_model
     if name == "PointSamError":
         from .errors import PointSamError

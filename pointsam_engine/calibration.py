@@ -3,7 +3,7 @@
 PointSAM's calibration: an object whose first-pass mask overlaps another's (mask IoU above a
 threshold, or containing another object's positive click) is predicted again with those
 neighbours' positive clicks added as its negative prompts. Anything still claimed twice then goes
-to the object with the higher logit. Works on :class:`~pointsam_engine.predict.MaskPatch` objects
+to the object with the higher logit. Works on :class:`~pointsam_engine.sam.predict.MaskPatch` objects
 with numpy (and shapely's STRtree to find the masks that meet); the predictor is passed in, so a stub
 can stand in for SAM.
 """

@@ -101,7 +101,8 @@ def segment(raster, points, output, overwrite, model, model_type, adapter, devic
             cache_dir=cache_dir, calibration=not no_calibration, calibration_iou=calibration_iou, keep_overlaps=keep_overlaps,
             min_area=min_area, max_hole_area=max_hole_area, simplify=simplify, regularize=regularize, out_crs=out_crs,
             overwrite=overwrite)
-        from .pipeline import check_segment_inputs, segment as run_segment
+        from .pipeline import check_segment_inputs
+        from .pipeline import segment as run_segment
 
         check_segment_inputs(raster, points, output, config, reports={"--report": report_path})
         new_file = not os.path.isfile(output) or os.path.getsize(output) == 0
@@ -159,7 +160,7 @@ def demo(out_dir, model) -> None:
 
         check_folder(out_dir, "--out", create=True)
         if model is not None:
-            from .model import resolve_model_path
+            from .sam.model import resolve_model_path
 
             resolve_model_path(model)
         os.makedirs(out_dir, exist_ok=True)
@@ -175,9 +176,9 @@ def demo(out_dir, model) -> None:
 def export(model, adapter, output, overwrite) -> None:
     """Fold an adapter into its base model and write one self-describing model file."""
     def run():
-        from .adapter import apply_adapter, export_merged
-        from .model import load_model
         from .output import check_distinct, check_file_target, disk_error
+        from .sam.adapter import apply_adapter, export_merged
+        from .sam.model import load_model
 
         check_distinct({"-o": output}, {"--adapter": adapter, "--model": model if model and os.path.exists(model) else None})
         check_file_target(output, overwrite, "-o")

@@ -38,7 +38,7 @@ class SegmentConfig:
     model_type: Optional[str] = None
     adapter: Optional[str] = None  # region adapter (LoRA) trained for ``model`` by ``pointsam train``
     device: str = "auto"
-    # the image encoder's arithmetic: auto, fp32, bf16, fp16 or int8 (pointsam_engine.precision); fp32 until a quiet
+    # the image encoder's arithmetic: auto, fp32, bf16, fp16 or int8 (pointsam_engine.sam.precision); fp32 until a quiet
     # benchmark shows bf16 faster here (benchmarks/bench_encoder.py), so the default stays exact
     precision: str = "fp32"
     cache_dir: Optional[str] = None

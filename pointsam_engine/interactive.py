@@ -27,12 +27,12 @@ import shapely
 from pyproj import CRS, Transformer
 from scipy import ndimage
 
-from .cache import embedding_key
 from .config import SegmentConfig
 from .errors import OptionError, PointsError
 from .masks import MaskPatch, Prompt
 from .measure import Measurer, grid_tolerances
 from .raster import Normalization, Raster, compute_normalization
+from .sam.cache import embedding_key
 from .vectorize import axis_boxes, clean_mask, oriented_boxes, polygonal, to_map, trace
 
 _NORMALIZATIONS_KEPT = 16

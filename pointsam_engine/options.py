@@ -135,7 +135,7 @@ CHOICES: Dict[str, Choice] = {c.name: c for c in (
     Choice("precision", ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
                          "64-true", "64")),
     Choice("model_type", ("vit_b", "vit_l", "vit_h")),
-    # segment and serve: the image encoder's arithmetic (pointsam_engine.precision); flag --precision
+    # segment and serve: the image encoder's arithmetic (pointsam_engine.sam.precision); flag --precision
     Choice("encoder_precision", ("auto", "fp32", "bf16", "fp16", "int8")),
     # segment: how outlines are drawn (pointsam_engine.regularize)
     Choice("regularize", ("none", "buildings", "ships")),

@@ -20,20 +20,30 @@ import pandas as pd
 import rasterio
 
 from . import __version__
-from .cache import EmbeddingCache, embedding_key
 from .calibration import calibrate, overlapping_pairs, resolve_overlaps
 from .chips import Chip, ChipPlan, finalization_schedule, neighbours, plan_chips
 from .config import SegmentConfig
 from .errors import Cancelled, PointsError
+from .masks import MaskPatch, Prompt
+from .measure import Measurer, grid_tolerances, pixel_metres
+from .memory import release_freed_memory
 from .output import check_distinct, check_file_target, check_folder, check_target, write_geopackage
 from .points import Instance, PointTable, group_instances, locate_on_raster, read_points
-from .masks import MaskPatch, Prompt
 from .raster import Raster, compute_normalization
-from .vectorize import (axis_boxes, clean_mask, oriented_boxes, overlapping, remove_overlaps, simplify_coverage,
-                        simplify_each, to_map, trace, trace_many)
-from .measure import Measurer, grid_tolerances, pixel_metres
 from .regularize import regularize
-from .memory import release_freed_memory
+from .sam.cache import EmbeddingCache, embedding_key
+from .vectorize import (
+    axis_boxes,
+    clean_mask,
+    oriented_boxes,
+    overlapping,
+    remove_overlaps,
+    simplify_coverage,
+    simplify_each,
+    to_map,
+    trace,
+    trace_many,
+)
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -98,11 +108,11 @@ def _commit(cancel) -> None:
 
 def load_configured_model(cfg: SegmentConfig):
     """The model a config asks for (``model``, ``model_type``, ``device``), with its ``adapter`` applied."""
-    from .model import load_model
+    from .sam.model import load_model
 
     model = load_model(cfg.model, model_type=cfg.model_type, device=cfg.device, precision=cfg.precision)
     if cfg.adapter:
-        from .adapter import apply_adapter
+        from .sam.adapter import apply_adapter
 
         model = apply_adapter(model, cfg.adapter)
     return model
@@ -110,7 +120,7 @@ def load_configured_model(cfg: SegmentConfig):
 
 def make_predictor(cfg: SegmentConfig):
     """The SAM predictor a config asks for (model, device, embedding cache)."""
-    from .predict import ChipPredictor
+    from .sam.predict import ChipPredictor
 
     return ChipPredictor(load_configured_model(cfg), EmbeddingCache(cfg.cache_mb, cfg.cache_dir), cfg.decoder_batch)
 
@@ -127,7 +137,7 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
         config: a :class:`SegmentConfig`; ``**options`` override its fields (e.g. ``calibration=False``).
         progress: called as ``progress(fraction, stage)`` with fraction in 0..1.
         cancel: a ``threading.Event`` or a callable returning True to stop; raises :class:`Cancelled`.
-        predictor: a ready :class:`~pointsam_engine.predict.ChipPredictor` (or a stand-in) to reuse.
+        predictor: a ready :class:`~pointsam_engine.sam.predict.ChipPredictor` (or a stand-in) to reuse.
 
     Returns:
         :class:`SegmentResult` with layers ``instances``, ``boxes``, ``bboxes``, ``skipped`` and the report.

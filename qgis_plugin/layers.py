@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import os
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransformContext, QgsFeature, QgsField, QgsFields,
-                       QgsFillSymbol, QgsGeometry, QgsPointXY, QgsProject, QgsVectorFileWriter, QgsVectorLayer,
-                       QgsWkbTypes)
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransformContext,
+    QgsFeature,
+    QgsField,
+    QgsFields,
+    QgsFillSymbol,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
 
 from .compat import field_type
 from .errors import PluginError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-
 from pathlib import Path
 from typing import List
 
@@ -122,7 +121,7 @@ def tiny_model(tmp_path_factory) -> Path:
     """A tiny SAM (random weights, seed 0) saved in the engine's own checkpoint format."""
     import torch
 
-    from pointsam_engine.model import SamArch, build_sam, save_pointsam_checkpoint
+    from pointsam_engine.sam.model import SamArch, build_sam, save_pointsam_checkpoint
 
     torch.manual_seed(0)
     arch = SamArch(**TINY_ARCH)

@@ -147,7 +147,8 @@ def train_config(rasters, points, output, model, steps, lr, seed, rank, blocks, 
 
 def train_job(options: dict):
     """The HTTP API's train job (entry point ``pointsam.jobs: train``): checks inputs now, returns the work."""
-    from .train import check_inputs, train as run_train
+    from .train import check_inputs
+    from .train import train as run_train
 
     cfg = train_config(**options)
     check_inputs(cfg)

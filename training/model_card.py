@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pointsam_engine.demo import run_scene
-from pointsam_engine.model import build_sam, file_sha256, save_pointsam_checkpoint
+from pointsam_engine.sam.model import build_sam, file_sha256, save_pointsam_checkpoint
 
 from .data import DENSE
 
@@ -41,7 +41,7 @@ def measure(model_path, calibration: bool = True, sets=EVAL_SETS, size: int = EV
 
 def untrained_copy(model_path, folder) -> Path:
     """The same architecture with random weights (seed 0), to show what the training did."""
-    from pointsam_engine.model import load_model
+    from pointsam_engine.sam.model import load_model
 
     arch = load_model(str(model_path), device="cpu").arch
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
     """``python -m training.model_card [MODEL]``: measure a model again and rewrite its card (weights untouched)."""
     import argparse
 
-    from pointsam_engine.model import load_model, resolve_model_path
+    from pointsam_engine.sam.model import load_model, resolve_model_path
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("model", nargs="?", default=None, help="Model file or name (default: the bundled model).")

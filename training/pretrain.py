@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pointsam_engine.model import SamArch, build_sam, file_sha256, pick_device, save_pointsam_checkpoint
 from pointsam_engine.output import atomic_path
+from pointsam_engine.sam.model import SamArch, build_sam, file_sha256, pick_device, save_pointsam_checkpoint
 
 from .data import Sample, ScenePool
 from .objective import mask_terms

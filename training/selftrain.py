@@ -19,7 +19,7 @@
    object so much that masks grow under self-training (measured on 0.6 m hazy buildings: median mask
    area 1.65 times the truth after 150 steps, mIoU 0.606 zero-shot -> 0.500).
 5. Anchor (``anchor_weight`` above 0; beyond the paper, after WeSAM's frozen anchor network): the student
-   also fits the base model's masks (the adapters switched off, :func:`pointsam_engine.lora.base_model`)
+   also fits the base model's masks (the adapters switched off, :func:`pointsam_engine.sam.lora.base_model`)
    for the same weak view and prompts, ``anchor_weight`` times 20 focal + Dice. Where teacher and base
    model agree it changes nothing. Where the teacher's masks have grown past the base model's, the
    student is pulled back towards the base model, so the loop of grown pseudo-labels teaching more
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from pointsam_engine.calibration import find_neighbours, with_negatives
-from pointsam_engine.lora import base_model
 from pointsam_engine.masks import MaskPatch, Prompt
+from pointsam_engine.sam.lora import base_model
 
 from .augment import SPREAD_VIEWS, random_dihedral, strong_view
 from .objective import decode, decode_groups, mask_terms

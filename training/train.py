@@ -17,8 +17,8 @@ masks have grown against the base model's, the form self-training's drift takes 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import csv
+import dataclasses
 import math
 import sys
 import threading
@@ -31,14 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pointsam_engine.adapter import save_adapter
 from pointsam_engine.config import SegmentConfig
 from pointsam_engine.errors import Cancelled, OptionError, PointsError, RasterError
-from pointsam_engine.lora import add_lora, load_lora_state_dict, lora_state_dict
-from pointsam_engine.model import LoadedModel, load_model
-from pointsam_engine.output import atomic_path, check_target
-
 from pointsam_engine.masks import Prompt
+from pointsam_engine.output import atomic_path, check_target
+from pointsam_engine.sam.adapter import save_adapter
+from pointsam_engine.sam.lora import add_lora, load_lora_state_dict, lora_state_dict
+from pointsam_engine.sam.model import LoadedModel, load_model
 
 from .prototypes import PrototypeRegularizer, instance_features, target_prototypes
 from .regions import Region, load_region

@@ -19,12 +19,12 @@ import numpy as np
 import pyogrio
 import shapely
 
-from pointsam_engine.cache import EmbeddingCache
 from pointsam_engine.config import SegmentConfig
 from pointsam_engine.evaluate import Grid, score_image, summarize
-from pointsam_engine.model import LoadedModel
 from pointsam_engine.pipeline import segment
-from pointsam_engine.predict import ChipPredictor
+from pointsam_engine.sam.cache import EmbeddingCache
+from pointsam_engine.sam.model import LoadedModel
+from pointsam_engine.sam.predict import ChipPredictor
 
 from .regions import Region
 

@@ -25,8 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..config import SegmentConfig
 from ..errors import OptionError, OutputError, PointSamError, PointsError
-from ..output import OutsideOutputRoot
 from ..jobs import JobRunner, TooLateToCancel
+from ..output import OutsideOutputRoot
 from . import model_routes, schemas
 
 MAX_BODY_BYTES = 8 * 2**20
@@ -41,8 +41,8 @@ class Engine:
                  output_root: Optional[str] = None):
         import threading
 
-        from ..cache import EmbeddingCache
         from ..interactive import ClickSegmenter
+        from ..sam.cache import EmbeddingCache
         from .models import ModelPool
 
         self.config, self.adapter_dirs, self.output_root = config, tuple(adapter_dirs), output_root
@@ -61,7 +61,7 @@ class Engine:
     def predictor(self, model=None):
         """A predictor of its own (one chip at a time) that shares ``model``'s weights (default: the server's)
         and the embedding cache."""
-        from ..predict import ChipPredictor
+        from ..sam.predict import ChipPredictor
 
         return ChipPredictor(model or self.model, self.cache, self.config.decoder_batch)
 
@@ -257,7 +257,7 @@ def _train_work(engine: Engine, body: schemas.TrainJobRequest):
     """The train job from the ``pointsam.jobs`` entry point (``training``), on ``body.model`` or the server's base."""
     from importlib.metadata import entry_points
 
-    from ..model import resolve_model_path
+    from ..sam.model import resolve_model_path
     from .models import check_path
 
     found = [e for e in entry_points(group="pointsam.jobs") if e.name == "train"]

@@ -59,7 +59,7 @@ class ModelPool:
         self._lock = threading.Lock()
 
     def get(self, model: Optional[str] = None, adapter: Optional[str] = None):
-        """The :class:`~pointsam_engine.model.LoadedModel` for ``model`` (default: the server's base) and
+        """The :class:`~pointsam_engine.sam.model.LoadedModel` for ``model`` (default: the server's base) and
         ``adapter``; neither given: the server's own model (with its adapter, if it was started with one)."""
         if model is None and adapter is None:
             return self.default
@@ -80,7 +80,7 @@ class ModelPool:
             return [(self._default_key[0][0], self.default), *((key[0][0], m) for key, m in self._others.items())]
 
     def _key(self, model: Optional[str], adapter: Optional[str]) -> tuple:
-        from ..model import resolve_model_path
+        from ..sam.model import resolve_model_path
 
         for what, value in (("model", model), ("adapter", adapter)):
             if value is not None:
@@ -88,8 +88,8 @@ class ModelPool:
         return _file_key(resolve_model_path(model)), _file_key(adapter) if adapter else None
 
     def _load(self, model: Optional[str], adapter: Optional[str]):
-        from ..adapter import apply_adapter
-        from ..model import load_model
+        from ..sam.adapter import apply_adapter
+        from ..sam.model import load_model
 
         loaded = load_model(model, device=self.config.device, precision=self.config.precision)
         return apply_adapter(loaded, adapter) if adapter else loaded
@@ -102,7 +102,7 @@ def model_sha256(path) -> str:
     """A checkpoint's sha256, computed once per file version (official checkpoints are GBs), or as
     ``pointsam models pull`` / ``verify`` recorded it for this version."""
     from ..download import recorded_sha256
-    from ..model import file_sha256
+    from ..sam.model import file_sha256
 
     key = _file_key(path)
     if key not in _SHA256:
@@ -113,7 +113,7 @@ def model_sha256(path) -> str:
 def available_models(pool: ModelPool) -> List[dict]:
     """Bundled models, registered ones found in the model folders, and any loaded model given by path."""
     from ..catalog import installed_path
-    from ..model import BUNDLED, BUNDLED_DIR, REGISTERED
+    from ..sam.model import BUNDLED, BUNDLED_DIR, REGISTERED
 
     found = [(name, BUNDLED_DIR / file) for name, file in BUNDLED.items()]
     for name in REGISTERED:
@@ -141,7 +141,7 @@ def adapter_header(path) -> Optional[dict]:
     """
     import torch
 
-    from ..adapter import ADAPTER_FORMAT
+    from ..sam.adapter import ADAPTER_FORMAT
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -168,7 +168,7 @@ def available_adapters(folders: Iterable[Path]) -> List[dict]:
 
 
 def adapter_folders(extra: Sequence[str]) -> List[Path]:
-    """The model folders (:func:`~pointsam_engine.model.model_dirs`) and the server's ``--adapters-dir``."""
-    from ..model import model_dirs
+    """The model folders (:func:`~pointsam_engine.sam.model.model_dirs`) and the server's ``--adapters-dir``."""
+    from ..sam.model import model_dirs
 
     return [*model_dirs(), *(Path(folder) for folder in extra)]

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config import SegmentConfig, parse_bands, parse_stretch
-from ..options import CHOICES, NUMBERS as N
+from ..options import CHOICES
+from ..options import NUMBERS as N
 
 Coordinate = Tuple[float, float]
 

@@ -17,8 +17,15 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional, Tuple
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsGeometry, QgsPointXY, QgsRasterLayer, QgsRectangle,
-                       QgsVectorLayer, QgsWkbTypes)
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsGeometry,
+    QgsPointXY,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
 from qgis.gui import QgsMapCanvas, QgsMapTool, QgsRubberBand
 from qgis.PyQt.QtCore import Qt, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QColor

@@ -12,10 +12,20 @@ import os
 import re
 from typing import Callable, Dict, Iterable, TypeVar
 
-from qgis.core import (QgsFeatureRequest, QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
-                       QgsProcessingOutputLayerDefinition, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField, QgsProcessingParameterFile,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsProperty)
+from qgis.core import (
+    QgsFeatureRequest,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingOutputLayerDefinition,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProperty,
+)
 
 from .. import catalog, settings
 from ..client import EngineClient

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import tempfile
 
-from qgis.core import (QgsProcessing, QgsProcessingParameterFeatureSource, QgsProcessingParameterFileDestination,
-                       QgsProcessingParameterNumber)
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+)
 
 from .. import catalog
 from .common import INSTANCE_FIELD, LABEL_FIELD, POINTS, RASTER, EngineAlgorithm

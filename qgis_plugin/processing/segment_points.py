@@ -12,9 +12,16 @@ from __future__ import annotations
 import os
 import tempfile
 
-from qgis.core import (QgsFeatureSink, QgsProcessing, QgsProcessingException, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterEnum, QgsProcessingParameterFeatureSink, QgsProcessingParameterNumber,
-                       QgsVectorLayer)
+from qgis.core import (
+    QgsFeatureSink,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterNumber,
+    QgsVectorLayer,
+)
 
 from ..layers import skipped_reasons
 from ..messages import skipped_summary

@@ -5,12 +5,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pointsam_engine.adapter import apply_adapter, save_adapter
 from pointsam_engine.cli import main
 from pointsam_engine.errors import ModelError
-from pointsam_engine.lora import add_lora
-from pointsam_engine.model import load_model
-
+from pointsam_engine.sam.adapter import apply_adapter, save_adapter
+from pointsam_engine.sam.lora import add_lora
+from pointsam_engine.sam.model import load_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,7 +44,7 @@ def test_applied_adapter_gives_the_trained_model_and_names_itself(tiny_model, ad
 
 
 def test_adapter_for_another_base_is_refused(adapter, tmp_path):
-    from pointsam_engine.model import SamArch, build_sam, save_pointsam_checkpoint
+    from pointsam_engine.sam.model import SamArch, build_sam, save_pointsam_checkpoint
     from tests.conftest import TINY_ARCH
 
     torch.manual_seed(1)

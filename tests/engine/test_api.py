@@ -346,7 +346,7 @@ def test_train_job_writes_an_adapter_the_server_can_report(server, scene, tmp_pa
     seen = _wait(server.client, job.json()["id"], lambda v: v["state"] in ("succeeded", "failed", "cancelled"), 300)
     assert seen[-1]["state"] == "succeeded", seen[-1]
     assert seen[-1]["result"]["output"] == str(adapter) and adapter.is_file()
-    from pointsam_engine.adapter import read_adapter
+    from pointsam_engine.sam.adapter import read_adapter
 
     base = read_adapter(adapter)["base"]
     assert server.info["model"].startswith(f"{base['name']}@{base['sha256'][:12]}"), "trained on the server's base model"
@@ -355,11 +355,10 @@ def test_train_job_writes_an_adapter_the_server_can_report(server, scene, tmp_pa
 @pytest.fixture(scope="module")
 def tiny_adapter(tiny_model, tmp_path_factory):
     """An adapter trained (in form) for the tiny test model, not for the server's bundled one."""
-    import torch
 
-    from pointsam_engine.adapter import save_adapter
-    from pointsam_engine.lora import add_lora
-    from pointsam_engine.model import load_model
+    from pointsam_engine.sam.adapter import save_adapter
+    from pointsam_engine.sam.lora import add_lora
+    from pointsam_engine.sam.model import load_model
 
     base = load_model(str(tiny_model), device="cpu")
     add_lora(base.sam, rank=2)

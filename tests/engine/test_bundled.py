@@ -11,7 +11,7 @@ from PIL import Image
 
 from pointsam_engine.cli import main
 from pointsam_engine.demo import run_scene
-from pointsam_engine.model import DEFAULT_MODEL, load_model
+from pointsam_engine.sam.model import DEFAULT_MODEL, load_model
 
 FRESH_SEEDS = {"buildings": 41001, "ships": 41002}  # never used in training (below 10000) or in the model card
 # a quick guard on one small scene each; the 0.75 bar on the model card's own scenes is checked in

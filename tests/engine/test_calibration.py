@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from pointsam_engine.calibration import (calibrate, contains_points, find_neighbours, mask_iou, overlapping_pairs,
-                                         resolve_overlaps, shared_pixels)
+from pointsam_engine.calibration import (
+    calibrate,
+    contains_points,
+    find_neighbours,
+    mask_iou,
+    overlapping_pairs,
+    resolve_overlaps,
+    shared_pixels,
+)
 from pointsam_engine.masks import MaskPatch, Prompt
 from tests.conftest import SquarePredictor
 

@@ -10,7 +10,7 @@ import pytest
 from pointsam_engine import catalog
 from pointsam_engine.catalog import CATALOG, OFFICIAL_BASE_URL, checkpoint, download_dir, installed_path, model_dirs
 from pointsam_engine.errors import ModelError
-from pointsam_engine.model import OFFICIAL_ARCHS, REGISTERED, resolve_model_path
+from pointsam_engine.sam.model import OFFICIAL_ARCHS, REGISTERED, resolve_model_path
 
 
 def test_the_table_holds_the_official_checkpoints(monkeypatch):

@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
-from pointsam_engine import encoder
-from pointsam_engine.encoder import use_fused_attention
-from pointsam_engine.model import SamArch, build_sam
+from pointsam_engine.sam import encoder
+from pointsam_engine.sam.encoder import use_fused_attention
+from pointsam_engine.sam.model import SamArch, build_sam
 from tests.conftest import TINY_ARCH
 
 

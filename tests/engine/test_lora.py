@@ -4,12 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from pointsam_engine.encoder import use_fused_attention
 from pointsam_engine.errors import ModelError
-from pointsam_engine.model import SamArch, build_sam
+from pointsam_engine.sam.encoder import use_fused_attention
+from pointsam_engine.sam.lora import LoRAQKV, add_lora, base_model, load_lora_state_dict, lora_config, lora_state_dict, merge_lora
+from pointsam_engine.sam.model import SamArch, build_sam
 from tests.conftest import TINY_ARCH
-from pointsam_engine.lora import (LoRAQKV, add_lora, base_model, load_lora_state_dict, lora_config, lora_state_dict,
-                                  merge_lora)
 
 ARCH = SamArch(**{**TINY_ARCH, "encoder_depth": 3, "encoder_global_attn_indexes": (2,), "image_size": 128})
 

@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from pointsam_engine.errors import ModelError
-from pointsam_engine.model import (OFFICIAL_ARCHS, SamArch, build_sam, detect_model_type, load_model,
-                                   resolve_model_path)
+from pointsam_engine.sam.model import OFFICIAL_ARCHS, SamArch, build_sam, detect_model_type, load_model, resolve_model_path
 from tests.conftest import TINY_ARCH
 
 

@@ -9,8 +9,8 @@ from rasterio.transform import from_origin
 
 from pointsam_engine import segment
 from pointsam_engine.errors import Cancelled, PointsError
-from pointsam_engine.vectorize import overlapping
 from pointsam_engine.masks import MaskPatch
+from pointsam_engine.vectorize import overlapping
 from tests.conftest import SquarePredictor, grid_to_map, pixel_centres, write_points, write_raster
 
 FIELDS = {"point_fid", "score", "area_m2", "calibrated", "model"}

@@ -16,17 +16,13 @@ import rasterio
 import shapely
 import torch
 
-from pointsam_engine import precision as precision_module
+from pointsam_engine.sam import precision as precision_module
 from pointsam_engine import segment
-from pointsam_engine.encoder import use_fused_attention
 from pointsam_engine.errors import OptionError
 from pointsam_engine.evaluate import Grid, score_image, summarize
-from pointsam_engine.model import DEFAULT_MODEL, OFFICIAL_ARCHS, build_sam, load_model
-from pointsam_engine.precision import (
-    cpu_has_native_bf16,
-    encoder_runner,
-    resolve_precision,
-)
+from pointsam_engine.sam.encoder import use_fused_attention
+from pointsam_engine.sam.model import DEFAULT_MODEL, OFFICIAL_ARCHS, build_sam, load_model
+from pointsam_engine.sam.precision import cpu_has_native_bf16, encoder_runner, resolve_precision
 from pointsam_engine.scenes import render, write_scene
 from tests.conftest import SHARED_DATA, write_points
 

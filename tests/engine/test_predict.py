@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pointsam_engine.cache import EmbeddingCache
 from pointsam_engine.masks import Prompt
-from pointsam_engine.model import load_model
-from pointsam_engine.predict import ChipPredictor, upsample_region
+from pointsam_engine.sam.cache import EmbeddingCache
+from pointsam_engine.sam.model import load_model
+from pointsam_engine.sam.predict import ChipPredictor, upsample_region
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -135,12 +135,7 @@ def test_segment_records_regularized_and_iou_to_mask_and_keeps_neighbours_apart(
     from rasterio.transform import from_origin
 
     from pointsam_engine import segment
-    from tests.conftest import (
-        SquarePredictor,
-        pixel_centres,
-        write_points,
-        write_raster,
-    )
+    from tests.conftest import SquarePredictor, pixel_centres, write_points, write_raster
 
     transform = from_origin(500000.0, 4000000.0, 0.5, 0.5)
     raster = write_raster(tmp_path / "scene.tif", np.full((3, 200, 200), 90, np.uint8), transform=transform)

@@ -246,7 +246,7 @@ def test_a_source_that_vanishes_mid_run(tmp_path, tiny_scene, tiny_model, monkey
 def test_torch_failing_to_write_an_export(tmp_path, tiny_model, monkeypatch):
     import torch
 
-    from pointsam_engine import adapter as adapter_module
+    from pointsam_engine.sam import adapter as adapter_module
 
     def failing(*_a, **_k):
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
@@ -450,8 +450,8 @@ def test_sigterm_unwinds_like_ctrl_c_so_temporary_files_go(tmp_path):
 
 
 def test_a_full_cache_folder_only_costs_the_disk_copy(tmp_path, monkeypatch):
-    from pointsam_engine import cache as cache_module
-    from pointsam_engine.cache import EmbeddingCache
+    from pointsam_engine.sam import cache as cache_module
+    from pointsam_engine.sam.cache import EmbeddingCache
 
     cache = EmbeddingCache(16, str(tmp_path / "cache"))
 

@@ -22,7 +22,6 @@ sys.path.insert(0, "/usr/share/qgis/python/plugins")  # processing
 
 from qgis.core import QgsApplication, QgsProject  # noqa: E402
 
-
 _STARTED = []  # pids of the engines the plugin started in this session
 _STARTED_BY = {}  # pid: the test that was running when it started
 
@@ -128,8 +127,8 @@ def model_folder(tmp_path_factory):
     bundled model (``region``, LoRA at its zero start: the bundled model's masks) and one for vit_b."""
     folder = tmp_path_factory.mktemp("models")
     code = ("import sys, torch; from pathlib import Path; from tests.conftest import TINY_ARCH; "
-            "from pointsam_engine.adapter import save_adapter; from pointsam_engine.lora import add_lora; "
-            "from pointsam_engine.model import SamArch, build_sam, load_model, save_pointsam_checkpoint; "
+            "from pointsam_engine.sam.adapter import save_adapter; from pointsam_engine.sam.lora import add_lora; "
+            "from pointsam_engine.sam.model import SamArch, build_sam, load_model, save_pointsam_checkpoint; "
             "folder = Path(sys.argv[1]); torch.manual_seed(0); arch = SamArch(**TINY_ARCH); "
             "save_pointsam_checkpoint(build_sam(arch), arch, folder / 'sam_vit_b_01ec64.pth', name='tiny-test')\n"
             "for base, name in (('pointsam-tiny', 'region'), (str(folder / 'sam_vit_b_01ec64.pth'), 'tinyregion')):\n"

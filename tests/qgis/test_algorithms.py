@@ -7,10 +7,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingFeedback, QgsProcessingModelAlgorithm,
-                       QgsProcessingModelChildAlgorithm, QgsProcessingModelChildParameterSource,
-                       QgsProcessingModelOutput, QgsProcessingModelParameter, QgsProcessingParameterFeatureSource,
-                       QgsProcessingParameterRasterLayer)
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingModelAlgorithm,
+    QgsProcessingModelChildAlgorithm,
+    QgsProcessingModelChildParameterSource,
+    QgsProcessingModelOutput,
+    QgsProcessingModelParameter,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterRasterLayer,
+)
 
 from .conftest import feature_count as _count
 

@@ -16,7 +16,7 @@ from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import QHBoxLayout, QWidget
 
 from .conftest import feature_count as _count
-from .conftest import keep_screenshot, grab_widget
+from .conftest import grab_widget, keep_screenshot
 
 
 def _run(dock):

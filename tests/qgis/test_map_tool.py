@@ -10,15 +10,21 @@ import subprocess
 import threading
 import time
 
-from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsPointXY, QgsProject, QgsRasterLayer,
-                       QgsRectangle, QgsVectorLayer)
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
 from qgis.gui import QgsMapCanvas, QgsMapMouseEvent
 from qgis.PyQt.QtCore import QEvent, QPoint, Qt, QTimer
 from qgis.PyQt.QtGui import QKeyEvent
 from qgis.PyQt.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from .conftest import engine_python
-from .conftest import keep_screenshot
+from .conftest import engine_python, keep_screenshot
 
 UTM = "EPSG:32633"
 EXTENT = QgsRectangle(500000, 4000000, 500100, 4000100)  # 100 m on a 600 px canvas: 6 px a metre

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsApplication, QgsSettings
 
-from .conftest import ROOT, wait_until_gone
-from .conftest import keep_screenshot, grab_widget
+from .conftest import ROOT, grab_widget, keep_screenshot, wait_until_gone
 
 
 @pytest.fixture(scope="module")

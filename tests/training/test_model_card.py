@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pointsam_engine.model import BUNDLED, BUNDLED_DIR
+from pointsam_engine.sam.model import BUNDLED, BUNDLED_DIR
 from training.model_card import EVAL_SETS, measure
 
 BAR = 0.75

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from pointsam_engine.cli import main
-from pointsam_engine.model import load_model
+from pointsam_engine.sam.model import load_model
 from training.pretrain import PretrainConfig, pretrain
 
 

@@ -3,9 +3,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.prototypes import (PrototypeBank, PrototypeRegularizer, assign_prototypes, instance_features,
-                                 match_prototypes, prototype_loss, target_prototypes)
-
+from training.prototypes import (
+    PrototypeBank,
+    PrototypeRegularizer,
+    assign_prototypes,
+    instance_features,
+    match_prototypes,
+    prototype_loss,
+    target_prototypes,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

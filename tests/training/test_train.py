@@ -7,18 +7,18 @@ import shapely
 import torch
 from click.testing import CliRunner
 
-from pointsam_engine.adapter import apply_adapter, read_adapter
 from pointsam_engine.cli import main
 from pointsam_engine.errors import ModelError, OutputError, PointsError
 from pointsam_engine.masks import MaskPatch, Prompt
-from pointsam_engine.model import load_model
+from pointsam_engine.sam.adapter import apply_adapter, read_adapter
+from pointsam_engine.sam.model import load_model
 from pointsam_engine.scenes import render, write_scene
-from training import selftrain, train as train_module
+from training import selftrain
+from training import train as train_module
 from training.augment import Dihedral
 from training.selftrain import SelfTrainOptions, teacher_masks
 from training.train import TrainConfig, train
 from training.validation import area_growth, object_areas
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -165,8 +165,8 @@ def test_block_lists_that_make_no_sense_fail_in_one_line_before_anything_runs(sc
 
 
 def test_the_anchor_is_the_base_models_masks_whatever_the_adapter_has_learnt():
-    from pointsam_engine.lora import add_lora
-    from pointsam_engine.model import DEFAULT_MODEL
+    from pointsam_engine.sam.lora import add_lora
+    from pointsam_engine.sam.model import DEFAULT_MODEL
 
     scene = render("buildings", 256, seed=7302)
     image = np.ascontiguousarray(scene.image.transpose(1, 2, 0))
@@ -187,7 +187,7 @@ def test_the_anchor_is_the_base_models_masks_whatever_the_adapter_has_learnt():
 
 @pytest.mark.parametrize("view", [Dihedral(True, False, False), Dihedral(False, True, True), Dihedral(True, True, False)])
 def test_a_teacher_of_all_eight_views_gives_the_same_masks_whichever_weak_view_it_starts_from(view):
-    from pointsam_engine.model import DEFAULT_MODEL
+    from pointsam_engine.sam.model import DEFAULT_MODEL
 
     scene = render("buildings", 256, seed=7303)
     image = np.ascontiguousarray(scene.image.transpose(1, 2, 0))
@@ -211,8 +211,8 @@ def test_a_teacher_takes_one_to_eight_views():
 
 def test_the_anchor_weight_adds_the_anchor_term_to_the_step_loss(scene):
     from pointsam_engine.config import SegmentConfig
-    from pointsam_engine.lora import add_lora
-    from pointsam_engine.model import DEFAULT_MODEL
+    from pointsam_engine.sam.lora import add_lora
+    from pointsam_engine.sam.model import DEFAULT_MODEL
     from training.regions import load_region
 
     sam = load_model(DEFAULT_MODEL, device="cpu").sam

@@ -6,7 +6,7 @@ softmax, each a full copy. Here the relative-position terms become the additive 
 fused attention (exact: the same sum, up to float rounding), built a few heads at a time so the
 largest buffer stays near :data:`CHUNK_BYTES`; the fused kernel never holds the whole map. It is about
 1.6x faster than the stock arithmetic in float32 and runs under bf16 autocast (see
-:mod:`pointsam_engine.precision`); ``benchmarks/bench_encoder.py`` measures it against stock
+:mod:`pointsam_engine.sam.precision`); ``benchmarks/bench_encoder.py`` measures it against stock
 segment-anything. Windowed blocks (14 x 14 tokens) are small and run as one chunk.
 """
 

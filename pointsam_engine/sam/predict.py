@@ -17,10 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..masks import MASK_THRESHOLD, MaskPatch, Prompt
 from .cache import EmbeddingCache
-from .masks import MASK_THRESHOLD, MaskPatch, Prompt
 from .model import LoadedModel
 from .precision import encoder_runner
+
 
 def upsample_region(low_res: torch.Tensor, factor: int, out_shape) -> Optional[MaskPatch]:
     """Bilinearly upsample one ``h x w`` low-res logit map by ``factor``, only around its positive pixels.

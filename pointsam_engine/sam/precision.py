@@ -26,8 +26,8 @@ from functools import lru_cache
 
 import torch
 
-from .errors import OptionError
-from .options import CHOICES
+from ..errors import OptionError
+from ..options import CHOICES
 
 PRECISIONS = CHOICES["encoder_precision"].values  # auto, fp32, bf16, fp16, int8
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}

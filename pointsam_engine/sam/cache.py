@@ -62,7 +62,7 @@ class EmbeddingCache:
     def put(self, key: str, array: np.ndarray) -> None:
         self._remember(key, array)
         if self.cache_dir is not None:
-            from .output import atomic_path
+            from ..output import atomic_path
 
             target = self._path(key)
             try:

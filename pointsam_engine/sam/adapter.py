@@ -17,10 +17,10 @@ from typing import Optional
 
 import torch
 
-from .errors import ModelError, OutputError
+from ..errors import ModelError, OutputError
+from ..output import atomic_path
 from .lora import add_lora, load_lora_state_dict, lora_config, lora_state_dict, merge_lora
 from .model import LoadedModel, file_sha256, save_pointsam_checkpoint
-from .output import atomic_path
 
 ADAPTER_FORMAT = "pointsam-adapter"
 

@@ -4,8 +4,8 @@ Official checkpoints (``sam_vit_b_01ec64.pth`` and friends) are bare state dicts
 (vit_b / vit_l / vit_h) is read from the tensor shapes. The engine's own format is a dict with
 ``format: "pointsam-sam"`` that records the architecture, the pixel normalisation it expects and
 its provenance, so nothing has to be guessed. Models are always built from segment-anything's own
-classes. This module, :mod:`~pointsam_engine.predict`, :mod:`~pointsam_engine.precision` and
-:mod:`~pointsam_engine.encoder` are the only ones of the inference path that import torch.
+classes. This module, :mod:`~pointsam_engine.sam.predict`, :mod:`~pointsam_engine.sam.precision` and
+:mod:`~pointsam_engine.sam.encoder` are the only ones of the inference path that import torch.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Dict, Optional, Tuple
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .catalog import CATALOG, file_sha256, installed_path, model_dirs  # noqa: F401 (file_sha256, model_dirs: imported from here too)
+from ..catalog import CATALOG, file_sha256, installed_path, model_dirs  # noqa: F401 (file_sha256, model_dirs: imported from here too)
+from ..errors import ModelError, OptionError
 from .encoder import use_fused_attention
-from .errors import ModelError, OptionError
 from .precision import resolve_precision
 
 POINTSAM_FORMAT = "pointsam-sam"
@@ -65,7 +65,7 @@ OFFICIAL_ARCHS: Dict[str, SamArch] = {
 
 # registered names -> official file names (the catalogue's), looked up in the model folders (see :func:`model_dirs`)
 REGISTERED: Dict[str, str] = {name: entry.file for name, entry in CATALOG.items()}
-BUNDLED_DIR = Path(__file__).resolve().parent / "models"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLED: Dict[str, str] = {"pointsam-tiny": "pointsam-tiny.pt"}  # shipped inside the package
 DEFAULT_MODEL = "pointsam-tiny"
 
@@ -82,7 +82,7 @@ class LoadedModel:
     device: str
     provenance: dict = field(default_factory=dict)
     adapter: Optional[str] = None  # ``name@sha256-prefix`` of an applied region adapter
-    precision: str = "fp32"  # the image encoder's arithmetic (see :mod:`pointsam_engine.precision`)
+    precision: str = "fp32"  # the image encoder's arithmetic (see :mod:`pointsam_engine.sam.precision`)
 
     @property
     def label(self) -> str:
@@ -213,7 +213,7 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
         model_type: ``vit_b``, ``vit_l`` or ``vit_h``; checked against the weights when given.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         precision: the image encoder's arithmetic at inference: ``auto``, ``fp32``, ``bf16``, ``fp16`` or
-            ``int8`` (see :mod:`pointsam_engine.precision`); weights stay float32, so training is unaffected.
+            ``int8`` (see :mod:`pointsam_engine.sam.precision`); weights stay float32, so training is unaffected.
     """
     if model_type is not None and model_type not in OFFICIAL_ARCHS:
         raise OptionError(f"--model-type {model_type!r} is not known; use one of {', '.join(OFFICIAL_ARCHS)}")
