@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 
 MASK_THRESHOLD = 0.0  # SAM's logit threshold
+CLICK_LOGIT = 60000.0  # an object's own click pixel: above any logit SAM gives, so no neighbour can take it
 
 
 @dataclass

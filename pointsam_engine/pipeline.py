@@ -18,13 +18,14 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rasterio
+import shapely
 
 from . import __version__
 from .calibration import calibrate, overlapping_pairs, resolve_overlaps
 from .chips import Chip, ChipPlan, finalization_schedule, neighbours, plan_chips
 from .config import SegmentConfig
 from .errors import Cancelled, PointsError
-from .masks import MaskPatch, Prompt
+from .masks import CLICK_LOGIT, MaskPatch, Prompt
 from .measure import Measurer, grid_tolerances, pixel_metres
 from .memory import release_freed_memory
 from .output import check_distinct, check_file_target, check_folder, check_target, write_geopackage
@@ -35,6 +36,7 @@ from .sam.cache import EmbeddingCache, embedding_key
 from .vectorize import (
     axis_boxes,
     clean_mask,
+    hold_clicks,
     oriented_boxes,
     overlapping,
     remove_overlaps,
@@ -182,7 +184,8 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
             "encoder_passes_per_point": run.encoder_passes / len(instances),
             "calibrated": int(run.calibrated.sum()), "calibration": cfg.calibration,
             "overlaps_before_calibration": len(run.pairs_before), "overlaps_after_calibration": len(run.pairs_after),
-            "overlaps_after": counts["overlaps_after"], "model": predictor.label, "stretch": norm.to_dict(),
+            "overlaps_after": counts["overlaps_after"], "clicks_not_held": counts["clicks_not_held"],
+            "model": predictor.label, "stretch": norm.to_dict(),
             "precision": getattr(predictor, "precision", "fp32"),  # the encoder's arithmetic (stand-ins: fp32)
             "chip_size": size, "chip_scale": cfg.chip_scale, "version": __version__,
             "seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
@@ -354,9 +357,16 @@ def _pair(a: int, b: int) -> tuple:
 
 
 def _clean(patch: MaskPatch, clicks: np.ndarray, max_hole_px: float) -> Optional[MaskPatch]:
-    """Fill small holes and keep only the parts holding a click; cut to the mask's box."""
+    """Fill small holes and keep only the parts holding a click; cut to the mask's box. The pixels of the
+    object's own clicks that the mask holds get :data:`CLICK_LOGIT`, so settling shared pixels never gives
+    them to a neighbour."""
     keep = clean_mask(patch, clicks, max_hole_px)
     logits = np.where(keep, np.maximum(patch.logits, 1e-3), np.minimum(patch.logits, -1e-3)).astype(np.float16)
+    rows = np.floor(clicks[:, 1]).astype(int) - patch.row0
+    cols = np.floor(clicks[:, 0]).astype(int) - patch.col0
+    inside = (rows >= 0) & (rows < keep.shape[0]) & (cols >= 0) & (cols < keep.shape[1])
+    rows, cols = rows[inside], cols[inside]
+    logits[rows[keep[rows, cols]], cols[keep[rows, cols]]] = CLICK_LOGIT
     cleaned = MaskPatch(patch.row0, patch.col0, logits, patch.score).cropped()
     return cleaned if cleaned.logits.size else None
 
@@ -375,6 +385,8 @@ def _build_layers(ras, instances: Sequence[Instance], run: _ChipRun, table: Poin
     pixel_m = pixel_metres(ras)
     geoms, iou_to_mask = regularize(geoms, masks, run.scores[live], cfg.regularize, ras.crs, pixel_m,
                                     min_hole_m2=hole_px * pixel_m ** 2, settle=not cfg.keep_overlaps)
+    clicks = [instances[i].pos for i in live]
+    geoms, holds = hold_clicks(geoms, masks, clicks, _click_pixels(ras, clicks), settle=not cfg.keep_overlaps)
     live_areas = Measurer(ras.crs).areas(geoms)  # m², geodesic: min_area is m² whatever the CRS
     small = [g is None or a < cfg.min_area for g, a in zip(geoms, live_areas)]
     for i, is_small in zip(live, small):
@@ -389,6 +401,7 @@ def _build_layers(ras, instances: Sequence[Instance], run: _ChipRun, table: Poin
     attrs = _attributes(instances, ids, run, areas, cfg, model_label, raster)
     attrs["regularized"] = np.full(len(ids), cfg.regularize != "none", dtype=bool)
     attrs["iou_to_mask"] = np.asarray(iou_to_mask, dtype=np.float64)[kept]
+    attrs["holds_click"] = holds[kept]
     inst = gpd.GeoDataFrame(attrs, geometry=series.values, crs=series.crs)
     # a ship's box is its mask's: smoothing the hull must not shrink the length and width it reports
     box_source = gpd.GeoSeries(np.asarray(unregularized, dtype=object)[kept], crs=ras.crs).to_crs(out_crs).values \
@@ -400,7 +413,16 @@ def _build_layers(ras, instances: Sequence[Instance], run: _ChipRun, table: Poin
     bboxes = gpd.GeoDataFrame(attrs, geometry=axis_boxes(series.values), crs=series.crs)
     skipped = _skipped_layer(table, reasons, instances, skip_reason, unattached, cfg, out_crs, ras.crs)
     overlaps_after = len(overlapping(series.values))
-    return {"instances": inst, "boxes": boxes, "bboxes": bboxes, "skipped": skipped}, {"overlaps_after": overlaps_after}
+    counts = {"overlaps_after": overlaps_after, "clicks_not_held": int((~holds[kept]).sum())}
+    return {"instances": inst, "boxes": boxes, "bboxes": bboxes, "skipped": skipped}, counts
+
+
+def _click_pixels(ras: Raster, clicks: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """The working-grid pixel of each click as a square in map coordinates (one array per object)."""
+    flat = np.vstack(clicks) if clicks else np.zeros((0, 2))
+    corner = np.floor(ras.to_working(flat))
+    squares = to_map(shapely.box(corner[:, 0], corner[:, 1], corner[:, 0] + 1, corner[:, 1] + 1), ras.working_transform)
+    return np.split(squares, np.cumsum([len(c) for c in clicks])[:-1])
 
 
 def _attributes(instances, ids, run: _ChipRun, areas, cfg, model_label, raster) -> dict:

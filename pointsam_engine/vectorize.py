@@ -167,3 +167,33 @@ def oriented_boxes(geoms: np.ndarray) -> np.ndarray:
 def axis_boxes(geoms: np.ndarray) -> np.ndarray:
     """Axis-aligned bounding boxes."""
     return shapely.envelope(np.asarray(geoms, dtype=object))
+
+
+def hold_clicks(geoms: np.ndarray, masks: np.ndarray, clicks: Sequence[np.ndarray], pixels: Sequence[np.ndarray],
+                settle: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """Each outline made to hold the clicks its mask held, and whether the mask held all of its clicks.
+
+    Simplifying, regularizing or settling an edge can leave a click just outside its object's outline;
+    the click's pixel (``pixels``: one square per click, map coordinates) is then added back to the object
+    and, with ``settle``, taken from any neighbour it now overlaps. ``masks`` are the traced masks, ``clicks``
+    each object's positive clicks ((N, 2) x, y), all in the same map coordinates as ``geoms``.
+    Returns ``(outlines, holds_click)``.
+    """
+    geoms = np.array(geoms, dtype=object).reshape(-1)
+    masks = np.asarray(masks, dtype=object).reshape(-1)
+    if not len(geoms):
+        return geoms, np.zeros(0, dtype=bool)
+    owner = np.repeat(np.arange(len(geoms)), [len(c) for c in clicks])
+    points = shapely.points(np.vstack(clicks))
+    squares = np.concatenate(pixels)
+    held = shapely.covers(masks[owner], points)
+    lost = np.flatnonzero(held & ~shapely.contains(geoms[owner], points) & ~shapely.is_missing(geoms[owner]))
+    tree = shapely.STRtree(geoms) if len(lost) and settle else None
+    for k in lost:
+        obj, square = owner[k], squares[k]
+        for j in tree.query(square) if tree is not None else []:
+            if j != obj and geoms[j] is not None and shapely.intersects(geoms[j], square):
+                geoms[j] = polygonal(geoms[j].difference(square))
+        geoms[obj] = polygonal(shapely.union(geoms[obj], square))
+    holds = np.bincount(owner[held], minlength=len(geoms)) == np.bincount(owner, minlength=len(geoms))
+    return geoms, holds

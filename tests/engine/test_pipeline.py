@@ -250,3 +250,68 @@ def test_simplify_and_max_hole_area_are_metres_on_any_crs(tmp_path):
     ll_count = vertices(ll_raster, ll_transform, "EPSG:4326", 2.0)
     assert 4 < utm_count < raw  # 2 m simplified the disk's pixel steps but kept its shape
     assert abs(ll_count - utm_count) <= 0.1 * utm_count
+
+
+class SizedPredictor(SquarePredictor):
+    """Squares whose size and logit height follow the click's column: the object clicked further right gets
+    a bigger square with higher logits, which covers its left neighbour's click."""
+
+    def square(self, prompt):
+        x, y = prompt.points[prompt.labels == 1][0]
+        half, height = (12, 9.0) if x > 120 else (3, 1.0)
+        r0, c0 = max(int(y) - half, 0), max(int(x) - half, 0)
+        logits = np.full((min(int(y) + half, self._shape[0]) - r0, min(int(x) + half, self._shape[1]) - c0), height)
+        return MaskPatch(r0, c0, logits.astype(np.float32), 0.9)
+
+
+def test_a_neighbour_with_higher_logits_cannot_take_an_objects_click(tmp_path):
+    """Before, the big square's higher logits took every pixel of the small object, click included, and the
+    small object ended as an 'empty mask'; now the click pixel stays its own."""
+    raster, transform = _utm_scene(tmp_path)
+    cells = [(100, 118), (100, 124)]  # the left click lies inside the right object's square
+    points = write_points(tmp_path / "p.gpkg", pixel_centres(transform, cells))
+    res = segment(raster, points, predictor=SizedPredictor(), calibration=False)
+    inst = res.layers["instances"].sort_values("point_fid")
+    assert len(inst) == 2 and res.report["overlaps_after"] == 0
+    clicks = [shapely.Point(*grid_to_map(transform, c + 0.5, r + 0.5)) for r, c in cells]
+    for geom, click, other in zip(inst.geometry, clicks, clicks[::-1]):
+        assert geom.contains(click) and not geom.contains(other)
+    assert inst["holds_click"].all() and res.report["clicks_not_held"] == 0
+
+
+class SpurPredictor(SquarePredictor):
+    """A square beside the click joined to the click's pixel by a one-pixel-wide spur: simplification cuts
+    the spur, and with it the click."""
+
+    def square(self, prompt):
+        x, y = (int(v) for v in prompt.points[prompt.labels == 1][0])
+        logits = np.full((20, 30), -1.0, np.float32)
+        logits[0:20, 10:30] = 2.0  # the body, to the click's right
+        logits[10, 0:10] = 2.0  # the spur, out to the click at (row 10, col 0)
+        return MaskPatch(y - 10, x, logits, 0.9)
+
+
+def test_an_outline_holds_its_click_after_simplification(tmp_path):
+    raster, transform = _utm_scene(tmp_path)
+    cells = [(100, 100)]
+    points = write_points(tmp_path / "p.gpkg", pixel_centres(transform, cells))
+    click = shapely.Point(*grid_to_map(transform, 100.5, 100.5))
+    res = segment(raster, points, predictor=SpurPredictor(), simplify=3.0)
+    geom = res.layers["instances"].geometry.iloc[0]
+    assert geom.contains(click) and res.layers["instances"]["holds_click"].iloc[0]
+
+
+class MissPredictor(SquarePredictor):
+    """A square that misses the click: SAM's mask is not always where the analyst clicked."""
+
+    def square(self, prompt):
+        x, y = (int(v) for v in prompt.points[prompt.labels == 1][0])
+        return MaskPatch(y + 5, x + 5, np.ones((8, 8), np.float32), 0.9)
+
+
+def test_a_mask_that_misses_its_click_is_flagged_and_counted(tmp_path):
+    raster, transform = _utm_scene(tmp_path)
+    points = write_points(tmp_path / "p.gpkg", pixel_centres(transform, [(100, 100), (200, 300)]))
+    res = segment(raster, points, predictor=MissPredictor())
+    assert res.layers["instances"]["holds_click"].tolist() == [False, False]
+    assert res.report["clicks_not_held"] == 2

@@ -119,6 +119,15 @@ def click_within_chip(frame: gpd.GeoDataFrame, clicks: gpd.GeoDataFrame, pixel: 
         assert shapely.box(x - CHIP * pixel, y - CHIP * pixel, x + CHIP * pixel, y + CHIP * pixel).contains(geom), fid
 
 
+def assert_holds_clicks(res, clicks: gpd.GeoDataFrame) -> None:
+    """Every polygon whose mask held its click still holds it after settling and simplification, and the
+    report counts the others."""
+    inst = res.layers["instances"]
+    for fid, geom, holds in zip(inst.point_fid, inst.geometry, inst.holds_click):
+        assert not holds or geom.contains(clicks.geometry.loc[fid]), fid
+    assert res.report["clicks_not_held"] == int((~inst.holds_click).sum())
+
+
 def assert_stub_squares(res, clicks, rc, shape, square_m2: float) -> int:
     """Stub masks: each holds its click; isolated ones are whole squares of ``square_m2``; none is larger."""
     inst = res.layers["instances"].set_index("point_fid")
@@ -189,6 +198,7 @@ def test_atlanta_tiny_model(atlanta, atlanta_tiny):
 
     inst = res.layers["instances"]
     click_within_chip(inst, clicks, atlanta["transform"].a)
+    assert_holds_clicks(res, clicks)
     assert_no_overlaps(inst)
     assert res.report["overlaps_after"] == 0
     # UTM distorts areas by < 0.2 % inside a zone: the geodesic area_m2 equals the planar area within 2 %
@@ -335,6 +345,7 @@ def test_kampala_tiny_model(kampala, kampala_tiny):
     assert res.report["encoder_passes"] < len(clicks)
     assert tuple(res.report["stretch"]["bands"]) == (1, 2, 3)
     click_within_chip(inst, clicks, kampala["transform"].a)
+    assert_holds_clicks(res, clicks)
     # area_m2 is in m², not degrees² (1e10 apart); the exact agreement is test_area_m2_subtracts_holes
     ratio = inst.area_m2.to_numpy() / metric_areas(inst)
     assert ((ratio > 0.5) & (ratio < 2)).all()
