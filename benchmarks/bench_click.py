@@ -36,10 +36,11 @@ def main() -> None:
     import shapely
     from fastapi.testclient import TestClient
 
-    from pointsam_engine.api.app import Engine, create_app
+    from pointsam_engine.api.app import create_app
+    from pointsam_engine.api.engine import Engine
     from pointsam_engine.config import SegmentConfig
+    from pointsam_engine.demo.scenes import generate
     from pointsam_engine.errors import PointsError
-    from pointsam_engine.scenes import generate
 
     model = args.model
     if model == "vit_b-random":

@@ -58,7 +58,7 @@ def main() -> None:
     print(f"{args.clicks:,} clicks on {args.size:,}² pixels: {wall:.1f} s, {report['chips']} chips, "
           f"{report['instances']:,} instances; in the stand-in model {predictor.seconds:.1f} s, "
           f"everything else {wall - predictor.seconds:.1f} s")
-    print("seconds per stage:", report["seconds"])
+    print("seconds per stage:", report["seconds"], "objects tried on a coarser grid:", report.get("coarse_retries"))
 
 
 if __name__ == "__main__":

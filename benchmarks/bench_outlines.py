@@ -1,12 +1,13 @@
 """Outlines side by side: none / smoothing / regularize, in one run, on real and generated scenes.
 
 Real: the Kampala OAM chips (all 27: 7 at z19, 4 at z20, 16 at z21) and Banepa chips (``--banepa`` of the
-48, the last ones by name), each against its OpenStreetMap footprints clipped to the chip, one click per
-footprint at its representative point. Generated: a buildings scene and a ships scene (seed 7) with their
-truth. The bundled model segments every chip once per mode; "smoothing" is ``--regularize ships`` (corner
-cutting), "regularize" is ``--regularize buildings`` (``ships`` on the ships scene). Printed: mIoU and mF1
-against the footprints, the median vertex count against the footprints', the right-angle share (corners
-within 10° of 90°), overlapping pairs, and the seconds regularization adds to vectorizing per 1,000 objects.
+8 in its held-out tile column, ``training.realdata.banepa_chips``), each against its OpenStreetMap footprints
+clipped to the chip, one click per footprint at its representative point (``training.realdata.chip_cases``).
+Generated: a buildings scene and a ships scene (seed 7) with their truth. The bundled model segments every
+chip once per mode; "smoothing" is ``--regularize ships`` (corner cutting), "regularize" is
+``--regularize buildings`` (``ships`` on the ships scene). Printed: mIoU and mF1 against the footprints,
+the median vertex count against the footprints', the right-angle share (corners within 10° of 90°),
+overlapping pairs, and the seconds regularization adds to vectorizing per 1,000 objects.
 
     .venv/bin/python benchmarks/bench_outlines.py [--banepa 8]
 """
@@ -21,34 +22,18 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import rasterio
-import shapely
 
 from pointsam_engine import segment
 from pointsam_engine.config import SegmentConfig
+from pointsam_engine.demo.scenes import generate
 from pointsam_engine.evaluate import Grid, score_image, summarize
 from pointsam_engine.pipeline import make_predictor
 from pointsam_engine.regularize import right_angle_share, vertex_counts
-from pointsam_engine.scenes import generate
 from pointsam_engine.vectorize import overlapping
+from training.realdata import banepa_chips, chip_cases
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "A_buildings_georef"
 MODES = {"none": "none", "smoothing": "ships", "regularize": "buildings"}
-
-
-def chip_cases(chips, labels: gpd.GeoDataFrame, folder: Path, tag: str):
-    """(raster, truth clipped to the chip, clicks path) for each chip holding a footprint."""
-    for chip in chips:
-        with rasterio.open(chip) as src:
-            bounds, crs = shapely.box(*src.bounds), src.crs
-        truth = labels.to_crs(crs)
-        truth = truth[truth.representative_point().within(bounds)].copy()
-        if truth.empty:
-            continue
-        truth["geometry"] = truth.geometry.intersection(bounds)
-        points = folder / f"{tag}_{chip.stem}_points.gpkg"
-        gpd.GeoDataFrame(geometry=truth.representative_point().values, crs=crs).to_file(points, layer="points")
-        yield chip, truth.reset_index(drop=True), points
 
 
 def scene_cases(folder: Path):
@@ -79,7 +64,7 @@ def measure(cases, mode: str, predictor) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--banepa", type=int, default=8, help="how many Banepa chips (the last by name)")
+    parser.add_argument("--banepa", type=int, default=8, help="how many of Banepa's held-out chips (8 at most)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     predictor = make_predictor(SegmentConfig(device="cpu"))
@@ -95,7 +80,7 @@ def main(argv=None) -> None:
         banepa = DATA / "hotosm_oam_banepa"
         if banepa.is_dir() and args.banepa:
             labels = gpd.read_file(banepa / "osm_buildings.geojson")
-            chips = sorted((banepa / "chips").glob("*.tif"))[-args.banepa:]
+            chips = banepa_chips(held_out=True)[:args.banepa]
             sets.append((f"Banepa ({len(chips)} chips)", list(chip_cases(chips, labels, tmp, "banepa")), "buildings"))
         for kind, cases in scene_cases(tmp / "scenes"):
             sets.append((f"generated {kind}", cases, kind))

@@ -358,7 +358,8 @@ def print_run(title: str, fig: dict) -> None:
           f"({fig['encoder_passes_per_point']:.3f} per point)")
     print("  seconds per stage: " + ", ".join(f"{s} {v:.2f}" for s, v in fig["seconds"].items() if v))
     print(f"  wall {fig['wall_s']:.1f} s, {fig['points_per_s']:.3f} points/s, peak RSS {fig['peak_rss_mb']:.0f} MB "
-          f"(ru_maxrss {fig['ru_maxrss_mb']:.0f} MB; before the run {fig['rss_before_run_mb']:.0f} MB), torch threads {fig['torch_threads']}")
+          f"(ru_maxrss {fig['ru_maxrss_mb']:.0f} MB; before the run {fig['rss_before_run_mb']:.0f} MB), "
+          f"torch threads {fig['torch_threads']}")
     print(f"  instances {fig['instances']}, skipped {fig['skipped']}, overlaps before calibration "
           f"{fig['overlaps_before_calibration']}, after {fig['overlaps_after']}")
 

@@ -44,8 +44,8 @@ def seconds_per_step(model: str, anchor_weight: float, steps: int, scene: dict, 
 
 
 def main() -> None:
+    from pointsam_engine.demo.scenes import render, write_scene
     from pointsam_engine.sam.model import DEFAULT_MODEL
-    from pointsam_engine.scenes import render, write_scene
     from training.selftrain import SelfTrainOptions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

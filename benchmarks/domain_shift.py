@@ -79,7 +79,7 @@ STYLES = {"cir": colour_infrared, "haze": haze, "pan": panchromatic}
 
 
 def make_scenes(folder: Path, seeds, size: int, resolution: float, style: str = "cir", density: float = 1.6) -> list:
-    from pointsam_engine.scenes import render, write_scene
+    from pointsam_engine.demo.scenes import render, write_scene
 
     out = []
     for seed in seeds:
@@ -134,8 +134,9 @@ ALL_VARIANTS = {**VARIANTS, **DIAGNOSTICS}
 
 
 def main() -> None:
+    from training.config import TrainConfig
+    from training.loop import train
     from training.selftrain import SelfTrainOptions
-    from training.train import TrainConfig, train
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)

@@ -1,11 +1,18 @@
-"""Negative prompt calibration at inference, and the rule that no two output objects share a pixel.
+"""Negative prompt calibration, and the rule that no two output objects share a pixel.
 
-PointSAM's calibration: an object whose first-pass mask overlaps another's (mask IoU above a
-threshold, or containing another object's positive click) is predicted again with those
-neighbours' positive clicks added as its negative prompts. Anything still claimed twice then goes
-to the object with the higher logit. Works on :class:`~pointsam_engine.sam.predict.MaskPatch` objects
-with numpy (and shapely's STRtree to find the masks that meet); the predictor is passed in, so a stub
-can stand in for SAM.
+PointSAM's calibration (:func:`calibrate`, :func:`find_neighbours`): an object whose first-pass mask overlaps
+another's (mask IoU above ``calibration_iou``, or holding another object's positive click) is predicted again
+with those neighbours' positive clicks added as negative prompts (:func:`with_negatives`). The engine
+calibrates each chip's objects at inference (:mod:`pointsam_engine.pipeline`); ``pointsam train`` calibrates
+its teacher's pseudo-labels with the same functions (``training.selftrain``).
+
+Then :func:`resolve_overlaps` gives every pixel still claimed twice to the object with the higher logit, pair
+by pair, chip by chip (``among``); with ``keep_overlaps`` the engine only reports the pairs
+(:func:`overlapping_pairs`).
+
+Everything works on :class:`~pointsam_engine.masks.MaskPatch` objects with numpy; the masks that meet are
+found with shapely's STRtree over their boxes, so n masks cost O(n log n), not O(n²). The predictor is passed
+in, so a stub can stand in for SAM, and this module never imports torch.
 """
 
 from __future__ import annotations

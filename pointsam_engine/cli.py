@@ -3,19 +3,20 @@ becomes one ``error: ...`` line on stderr and exit code 2 (click's usage errors 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import click
 
 from . import __version__
-from .config import SegmentConfig, parse_bands, parse_stretch
+from .commands import PluginGroup
+from .config import SERVE_CACHE_MB, SERVE_MAX_PARALLEL, SegmentConfig, parse_bands, parse_stretch, stretch_text
+from .demo import DEMO_FOLDER
 from .errors import PointSamError
 from .options import CHOICES, NUMBERS
 
 
-class _OneLineErrors(click.Group):
+class _OneLineErrors(PluginGroup):
     """click's own usage errors (a folder given as a file, a missing argument) as one ``error:`` line and
     exit code 2, like the engine's, instead of click's three-line usage block."""
 
@@ -39,6 +40,10 @@ class _OneLineErrors(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+_PRECISION_HELP = ("Encoder arithmetic: auto (fastest accurate here: bf16 on CPUs with AVX512-BF16/AMX), fp32 (exact), "
+                   "bf16, fp16 (GPU), int8 (CPU).")
+
+
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"error: {' '.join(str(message).split())}", err=True)
     sys.exit(code)
@@ -60,11 +65,12 @@ def main() -> None:
 @click.option("--model", default=None, help="SAM checkpoint path (official vit_b/l/h or PointSAM file) or a registered name.")
 @click.option("--model-type", type=CHOICES["model_type"].click_type(), default=None, help="Check the checkpoint is of this type.")
 @click.option("--adapter", default=None, help="Region adapter from pointsam train (for this --model).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--device", default=SegmentConfig.device, show_default=True, help="auto, cpu, cuda or mps.")
 @click.option("--precision", default=SegmentConfig.precision, show_default=True, type=CHOICES["encoder_precision"].click_type(),
-              help="Encoder arithmetic: auto (fastest accurate here: bf16 on CPUs with AVX512-BF16/AMX), fp32 (exact), bf16, fp16 (GPU), int8 (CPU).")
+              help=_PRECISION_HELP)
 @click.option("--bands", default=None, help="1-based bands for R,G,B (e.g. 4,3,2) or one band repeated (e.g. 1).")
-@click.option("--stretch", default="2,98", show_default=True, help="Percentiles low,high; or minmax; or none.")
+@click.option("--stretch", default=stretch_text(SegmentConfig.stretch), show_default=True,
+              help="Percentiles low,high; or minmax; or none.")
 @click.option("--nodata", type=NUMBERS["nodata"].click_type(), default=None, help="Nodata value (overrides the raster's tag).")
 @click.option("--sar-db", is_flag=True, help="Apply 10*log10 to the values before stretching (SAR).")
 @click.option("--assume-crs", default=None, help="CRS for a raster that has none, e.g. EPSG:32633.")
@@ -72,15 +78,20 @@ def main() -> None:
 @click.option("--instance-field", default=None, help="Field whose equal values join points into one object.")
 @click.option("--label-field", default=None, help="Field with 1 (positive) or 0 (negative) per point.")
 @click.option("--class-field", default=None, help="Field carried to the output as 'class'.")
-@click.option("--chip-scale", type=NUMBERS["chip_scale"].click_type(), default=1.0, show_default=True,
+@click.option("--chip-scale", type=NUMBERS["chip_scale"].click_type(), default=SegmentConfig.chip_scale, show_default=True,
               help="Source pixels per chip pixel (2 = half resolution), 0.25 to 64.")
 @click.option("--no-calibration", is_flag=True, help="Skip negative prompt calibration.")
-@click.option("--calibration-iou", type=NUMBERS["calibration_iou"].click_type(), default=0.1, show_default=True, help="Mask IoU above which neighbours become negatives.")
-@click.option("--keep-overlaps", is_flag=True, help="Keep each object's own mask where masks overlap (default: a shared pixel goes to the higher logit).")
-@click.option("--min-area", type=NUMBERS["min_area"].click_type(), default=0.0, show_default=True, help="Drop objects smaller than this (m², any CRS).")
-@click.option("--max-hole-area", type=NUMBERS["max_hole_area"].click_type(), default=None, help="Fill holes smaller than this (m², any CRS; default 25 pixels).")
-@click.option("--simplify", type=NUMBERS["simplify"].click_type(), default=None, help="Simplification tolerance in metres, any CRS (default one pixel; 0 = none).")
-@click.option("--regularize", type=CHOICES["regularize"].click_type(), default="none", show_default=True,
+@click.option("--calibration-iou", type=NUMBERS["calibration_iou"].click_type(), default=SegmentConfig.calibration_iou,
+              show_default=True, help="Mask IoU above which neighbours become negatives.")
+@click.option("--keep-overlaps", is_flag=True,
+              help="Keep each object's own mask where masks overlap (default: a shared pixel goes to the higher logit).")
+@click.option("--min-area", type=NUMBERS["min_area"].click_type(), default=SegmentConfig.min_area, show_default=True,
+              help="Drop objects smaller than this (m², any CRS).")
+@click.option("--max-hole-area", type=NUMBERS["max_hole_area"].click_type(), default=SegmentConfig.max_hole_area,
+              help="Fill holes smaller than this (m², any CRS; default 25 pixels).")
+@click.option("--simplify", type=NUMBERS["simplify"].click_type(), default=SegmentConfig.simplify,
+              help="Simplification tolerance in metres, any CRS (default one pixel; 0 = none).")
+@click.option("--regularize", type=CHOICES["regularize"].click_type(), default=SegmentConfig.regularize, show_default=True,
               help="buildings: right-angled footprints; ships: hulls smoothed inside their box; none: traced outlines.")
 @click.option("--out-crs", default=None, help="CRS of the output layers (default: the raster's).")
 @click.option("--cache-dir", default=None, help="Keep image embeddings on disk here (a folder).")
@@ -88,9 +99,10 @@ def main() -> None:
               help="Write the run report (JSON) here; an existing file is replaced only with --overwrite.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, and the summary on stderr.")
 @click.option("--progress", "force_progress", is_flag=True, help="A progress bar even when stderr is not a terminal.")
-def segment(raster, points, output, overwrite, model, model_type, adapter, device, precision, bands, stretch, nodata, sar_db, assume_crs,
-            layer, instance_field, label_field, class_field, chip_scale, no_calibration, calibration_iou, keep_overlaps,
-            min_area, max_hole_area, simplify, regularize, out_crs, cache_dir, report_path, quiet, force_progress) -> None:
+def segment(raster, points, output, overwrite, model, model_type, adapter, device, precision, bands, stretch, nodata, sar_db,
+            assume_crs, layer, instance_field, label_field, class_field, chip_scale, no_calibration, calibration_iou,
+            keep_overlaps, min_area, max_hole_area, simplify, regularize, out_crs, cache_dir, report_path, quiet,
+            force_progress) -> None:
     """Segment one object per point of POINTS over RASTER into a GeoPackage."""
     def run():
         config = SegmentConfig(
@@ -109,8 +121,10 @@ def segment(raster, points, output, overwrite, model, model_type, adapter, devic
         with _ProgressBar(disable=_no_bar(quiet, force_progress)) as bar:
             result = run_segment(raster, points, output, config, progress=bar.update)
         if report_path:
+            from .output import write_json
+
             try:
-                _write_json(report_path, result.report)
+                write_json(report_path, result.report)
             except PointSamError:  # e.g. the disk filled up: a GeoPackage this run created goes too
                 if new_file:
                     os.unlink(output)
@@ -135,7 +149,7 @@ def evaluate(pred, truth, points, raster, pred_layer, truth_layer, points_layer,
     """Per-instance IoU and F1 of a PointSAM GeoPackage PRED against TRUTH polygons."""
     def run():
         from .evaluate import check_inputs, evaluate_files, format_table
-        from .output import check_distinct, check_file_target
+        from .output import check_distinct, check_file_target, write_json
 
         layers = dict(raster=raster, truth_layer=truth_layer, points_layer=points_layer, pred_layer=pred_layer)
         if json_path:
@@ -144,18 +158,18 @@ def evaluate(pred, truth, points, raster, pred_layer, truth_layer, points_layer,
         check_inputs(pred, truth, points, **layers)
         figures = evaluate_files(pred, truth, points, **layers)
         if json_path:
-            _write_json(json_path, figures)
+            write_json(json_path, figures)
         click.echo(format_table(figures))
     guard(run)
 
 
 @main.command()
-@click.option("--out", "out_dir", default="pointsam-demo", show_default=True, help="Folder for the files.")
+@click.option("--out", "out_dir", default=DEMO_FOLDER, show_default=True, help="Folder for the files.")
 @click.option("--model", default=None, help="Model to run (default: the bundled model).")
 def demo(out_dir, model) -> None:
     """Generate a buildings and a ships scene, segment them, evaluate, and write previews."""
     def run():
-        from .demo import run_demo
+        from .demo.run import run_demo
         from .output import check_folder
 
         check_folder(out_dir, "--out", create=True)
@@ -177,12 +191,11 @@ def export(model, adapter, output, overwrite) -> None:
     """Fold an adapter into its base model and write one self-describing model file."""
     def run():
         from .output import check_distinct, check_file_target, disk_error
-        from .sam.adapter import apply_adapter, export_merged
-        from .sam.model import load_model
+        from .sam.adapter import export_merged, load_adapted_model
 
         check_distinct({"-o": output}, {"--adapter": adapter, "--model": model if model and os.path.exists(model) else None})
         check_file_target(output, overwrite, "-o")
-        loaded = apply_adapter(load_model(model, device="cpu", precision="fp32"), adapter)  # merges float weights
+        loaded = load_adapted_model(model, adapter, device="cpu", precision="fp32")  # merges float weights
         try:
             merged = export_merged(loaded, output)
         except PointSamError:
@@ -200,10 +213,11 @@ def export(model, adapter, output, overwrite) -> None:
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one.")
 @click.option("--model", default=None, help="Model to keep loaded (default: the bundled model), as in pointsam segment.")
 @click.option("--adapter", default=None, help="Region adapter for --model.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--device", default=SegmentConfig.device, show_default=True, help="auto, cpu, cuda or mps.")
 @click.option("--precision", default=SegmentConfig.precision, show_default=True, type=CHOICES["encoder_precision"].click_type(),
-              help="Encoder arithmetic: auto (fastest accurate here: bf16 on CPUs with AVX512-BF16/AMX), fp32 (exact), bf16, fp16 (GPU), int8 (CPU).")
-@click.option("--cache-mb", default=512, show_default=True, type=NUMBERS["cache_mb"].click_type(), help="In-memory embedding cache (LRU).")
+              help=_PRECISION_HELP)
+@click.option("--cache-mb", default=SERVE_CACHE_MB, show_default=True, type=NUMBERS["cache_mb"].click_type(),
+              help="In-memory embedding cache (LRU).")
 @click.option("--cache-dir", default=None, help="Also keep embeddings on disk here (a folder).")
 @click.option("--token", default=None, help="Secret clients must send (default: a fresh random one, printed).")
 @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (needs --token).")
@@ -211,7 +225,7 @@ def export(model, adapter, output, overwrite) -> None:
               help="Where to write {url, token, pid} (default: $XDG_RUNTIME_DIR/pointsam/serve.json).")
 @click.option("--adapters-dir", "adapter_dirs", multiple=True,
               help="Folder of *.adapter.pt files to offer in /v1/models, besides the model folders (repeatable).")
-@click.option("--max-parallel", default=1, show_default=True, type=NUMBERS["max_parallel"].click_type(),
+@click.option("--max-parallel", default=SERVE_MAX_PARALLEL, show_default=True, type=NUMBERS["max_parallel"].click_type(),
               help="Clicks (predict, prefetch) that may run the encoder at once; more wait their turn.")
 @click.option("--output-root", default=None,
               help="Jobs may write only inside this folder (default: anywhere the user may write).")
@@ -314,17 +328,6 @@ def models_remove(name) -> None:
     guard(run)
 
 
-def _add_plugin_commands() -> None:
-    """Commands of other packages (``pointsam.commands`` entry points), e.g. ``pretrain`` from ``training``."""
-    from importlib.metadata import entry_points
-
-    for entry in entry_points(group="pointsam.commands"):
-        try:
-            main.add_command(entry.load(), entry.name)
-        except ImportError:  # a partly installed package must not break the engine's own commands
-            continue
-
-
 def guard(run, interrupted: str = "interrupted; nothing was written") -> None:
     """Run a command body: engine errors, and the OS's (disk full, a file gone mid-run), become one line on
     stderr and exit code 2; Ctrl-C, and SIGTERM, exit 130 after the cleanup (no temporary file stays)."""
@@ -384,18 +387,6 @@ class _ProgressBar:
     def __exit__(self, *exc):
         self._bar.close()
 
-
-def _write_json(path, data) -> None:
-    from .output import atomic_path, disk_error
-
-    try:
-        with atomic_path(path) as tmp, open(tmp, "w") as fh:
-            json.dump(data, fh, indent=2, default=str)
-    except OSError as exc:
-        raise disk_error(exc, path) from None
-
-
-_add_plugin_commands()
 
 if __name__ == "__main__":
     main()

@@ -1,14 +1,23 @@
-"""Every option of a segmentation run, with its default, in one frozen dataclass.
+"""Every option of a segmentation run, with its default, in one frozen dataclass; and ``pointsam train``'s defaults.
 
 The CLI and the HTTP API build a :class:`SegmentConfig`; the pipeline reads it and passes the
 relevant fields down to each stage, so no module below reads options on its own.
+
+This module is the one home of every default: the click options (``pointsam segment``, ``serve``, ``train``),
+the API's pydantic fields and ``training.config.TrainConfig`` read :class:`SegmentConfig`'s fields and
+:data:`TRAIN`; the QGIS plugin, which cannot import the engine, reads ``qgis_plugin/defaults.py``, written
+from them by :func:`write_plugin_defaults` (``python -m pointsam_engine.config qgis_plugin/defaults.py``) and
+kept equal to them by ``tests/engine/test_config.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from .errors import OptionError
 
@@ -73,7 +82,7 @@ class SegmentConfig:
                 raise OptionError(f"--stretch {self.stretch!r} is not understood; use two percentiles like 2,98, "
                                   "or minmax, or none")
         else:
-            parse_stretch(",".join(str(v) for v in self.stretch))
+            parse_stretch(stretch_text(self.stretch))
         if self.bands is not None:
             parse_bands(",".join(str(b) for b in self.bands))
         check_crs(self.out_crs, "--out-crs")
@@ -84,6 +93,39 @@ class SegmentConfig:
         if unknown:
             raise OptionError(f"unknown option(s) {sorted(unknown)}; see help(pointsam_engine.SegmentConfig)")
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """``pointsam train``'s defaults. Declared in the engine because the HTTP API's train schema needs them and
+    the engine never imports ``training``; ``training.config.TrainConfig`` and ``SelfTrainOptions`` read them."""
+
+    steps: int = 400
+    lr: float = 1e-4  # WeSAM's; PointSAM's 5e-4 drifts within 400 steps on the tiny model (docs/accuracy.md)
+    seed: int = 0
+    rank: int = 4  # LoRA rank
+    val_fraction: float = 0.2
+    val_every: int = 50
+    checkpoint_every: int = 50
+    background: int = 1  # random background negatives per object
+    prototype_weight: float = 0.1
+    anchor_weight: float = 1.0  # the base model's masks as an anchor against drift; 0: PointSAM as published
+    accelerator: str = "auto"  # Lightning Fabric
+    devices: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+
+
+TRAIN = TrainDefaults()
+SERVE_CACHE_MB = 512  # pointsam serve's embedding cache: a server keeps chips across many runs and clicks
+SERVE_MAX_PARALLEL = 1  # clicks running the encoder at once (each pass can hold hundreds of MB)
+
+
+def stretch_text(stretch: Stretch) -> str:
+    """``--stretch`` as typed: ``(2.0, 98.0)`` -> ``"2,98"``; ``"minmax"`` and ``"none"`` as they are."""
+    if isinstance(stretch, str):
+        return stretch
+    return ",".join(f"{value:g}" for value in stretch)
 
 
 def parse_stretch(text: str) -> Stretch:
@@ -115,3 +157,48 @@ def parse_bands(text: Union[str, Sequence[int], None]) -> Optional[Tuple[int, ..
     if len(bands) not in (1, 3):
         raise OptionError(f"--bands {text!r} names {len(bands)} bands; give one band (repeated to grey) or three")
     return bands
+
+
+# the options the QGIS plugin's Processing algorithms and dock offer, with the engine's defaults
+PLUGIN_SEGMENT_OPTIONS = ("calibration", "calibration_iou", "chip_scale", "keep_overlaps", "min_area", "max_hole_area",
+                          "simplify", "regularize", "sar_db", "stretch")
+PLUGIN_TRAIN_OPTIONS = ("steps", "rank", "lr", "val_fraction", "anchor_weight")
+
+
+def plugin_defaults() -> Dict[str, Dict[str, Any]]:
+    """What ``qgis_plugin/defaults.py`` holds: ``SEGMENT`` and ``TRAIN`` (defaults), ``CHOICES`` (the words a
+    choice option takes, the default first)."""
+    from .options import CHOICES
+
+    segment = SegmentConfig()
+    values = {name: getattr(segment, name) for name in PLUGIN_SEGMENT_OPTIONS}
+    values["stretch"] = stretch_text(segment.stretch)
+    return {"SEGMENT": values, "TRAIN": {name: getattr(TRAIN, name) for name in PLUGIN_TRAIN_OPTIONS},
+            "CHOICES": {"regularize": list(CHOICES["regularize"].values)}}
+
+
+def plugin_defaults_source() -> str:
+    """The text of ``qgis_plugin/defaults.py``."""
+    lines = ['"""The engine\'s defaults for the plugin, which cannot import the engine. Generated: do not edit.',
+             "",
+             "Written by ``python -m pointsam_engine.config qgis_plugin/defaults.py`` from",
+             "``pointsam_engine.config`` (SegmentConfig, TRAIN); ``tests/engine/test_config.py`` fails when they differ.",
+             '"""', ""]
+    for name, values in plugin_defaults().items():
+        lines += ["", f"{name} = {{", *(f"    {_literal(key)}: {_literal(value)}," for key, value in values.items()), "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _literal(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (str, list)) else repr(value)
+
+
+def write_plugin_defaults(path) -> Path:
+    """Write :func:`plugin_defaults_source` to ``path`` (``qgis_plugin/defaults.py``)."""
+    path = Path(path)
+    path.write_text(plugin_defaults_source())
+    return path
+
+
+if __name__ == "__main__":
+    print(write_plugin_defaults(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parents[1] / "qgis_plugin/defaults.py"))

@@ -232,17 +232,39 @@ def _has_content(path: Path) -> bool:
 
 
 @contextmanager
-def atomic_path(path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed onto ``path`` on success, removed on failure."""
+def scratch_path(path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path`` (nothing is created), removed on the way out whatever happens, with the
+    side files SQLite may leave beside it (``-journal``, ``-wal``, ``-shm``)."""
     path = Path(path)
     sweep_temps(path)
-    tmp = temp_path(path)
+    tmp = temp_path(path, suffix)
     try:
         yield tmp
+    finally:
+        for leftover in (tmp, *(tmp.with_name(tmp.name + side) for side in ("-journal", "-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` on success, removed on failure
+    (an exception, Ctrl-C), so ``path`` is never half-written. Every file the engine writes whole goes through
+    here."""
+    with scratch_path(path, suffix) as tmp:
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+
+def write_json(path, data) -> Path:
+    """Write ``data`` as indented JSON to ``path`` through :func:`atomic_path`: values JSON has no type for are
+    written as text; a failure (a full disk: one-line :class:`OutputError`) leaves neither ``path`` nor a
+    temporary file."""
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w") as fh:
+            json.dump(data, fh, indent=2, default=str)
+    except OSError as exc:
+        raise disk_error(exc, path) from None
+    return Path(path)
 
 
 def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame], path, *, overwrite: bool,
@@ -255,21 +277,20 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame], path, *, overwrite:
     failure the file is left as it was and no temporary file remains.
     """
     path = check_target(path, overwrite, layers=tuple(layers))
-    sweep_temps(path)
-    tmp = str(temp_path(path, ".gpkg"))  # GDAL or SQLite creates the file itself
     target = None
     try:
         target = _open_target(path) if _has_content(path) else None
-        if target is not None:
-            version = _snapshot(target, tmp)
-        with _gdal_config(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecar: metadata belongs in the file
-            _write_layers(layers, tmp, metadata)
-        if commit is not None:
-            commit()
-        if target is None:
-            os.replace(tmp, path)
-        else:
-            _copy_back(tmp, target, version, path)
+        # a new file is renamed into place; an existing one gets the finished copy back, and the copy goes
+        with (atomic_path if target is None else scratch_path)(path, ".gpkg") as tmp_path:
+            tmp = str(tmp_path)  # GDAL or SQLite creates the file itself
+            if target is not None:
+                version = _snapshot(target, tmp)
+            with _gdal_config(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecar: metadata belongs in the file
+                _write_layers(layers, tmp, metadata)
+            if commit is not None:
+                commit()
+            if target is not None:
+                _copy_back(tmp, target, version, path)
     except OutputError:
         raise
     except OSError as exc:
@@ -281,9 +302,6 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame], path, *, overwrite:
     finally:
         if target is not None:
             target.close()
-        for leftover in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
     return path
 
 

@@ -68,7 +68,7 @@ def read_points(path: str, raster_crs, *, layer=None, instance_field=None, label
     try:
         frame = pyogrio.read_dataframe(path, layer=layer, fid_as_index=True)
     except Exception as exc:  # pyogrio raises several DataSource/Field errors
-        raise PointsError(f"cannot read point layer {path} ({str(exc).splitlines()[0]}); give a GeoPackage, Shapefile or GeoJSON") from None
+        raise _unreadable(path, exc) from None
     name = f"{path}" + (f" (layer {layer})" if layer else "")
     if getattr(frame, "_geometry_column_name", None) not in frame.columns:
         raise PointsError(f"{name} has no geometries (a table, e.g. a CSV); give a point layer, or make one in QGIS "
@@ -103,11 +103,16 @@ def read_points(path: str, raster_crs, *, layer=None, instance_field=None, label
     return PointTable(fid, np.asarray(x, float), np.asarray(y, float), label, instance, cls)
 
 
+def _unreadable(path: str, exc: Exception) -> PointsError:
+    return PointsError(f"cannot read point layer {path} ({str(exc).splitlines()[0]}); "
+                       "give a GeoPackage, Shapefile or GeoJSON")
+
+
 def _choose_layer(path: str, layer: Optional[str]) -> Optional[str]:
     try:
         layers = [row[0] for row in pyogrio.list_layers(path)]
     except Exception as exc:
-        raise PointsError(f"cannot read point layer {path} ({str(exc).splitlines()[0]}); give a GeoPackage, Shapefile or GeoJSON") from None
+        raise _unreadable(path, exc) from None
     if layer is not None:
         if layer not in layers:
             raise PointsError(f"{path} has no layer {layer!r}; its layers are: {', '.join(layers)}")
@@ -133,9 +138,10 @@ def group_instances(points: PointTable) -> tuple[list[Instance], list[int]]:
     """Group clicks into objects, in O(n log n).
 
     Points sharing an instance key form one object (objects in order of their key's first click); a
-    point whose instance field is empty (NULL) is an object of its own, keyed by its fid. A negative point whose key has no positive point (no ``--instance-field``, or a group of negatives
-    only) is attached to the object with the nearest positive point, where a person clicking "not this"
-    means it. Returns the objects and the fids of instance groups that had no positive point at all
+    point whose instance field is empty (NULL) is an object of its own, keyed by its fid. A negative point
+    whose key has no positive point (no ``--instance-field``, or a group of negatives only) is attached to
+    the object with the nearest positive point, where a person clicking "not this" means it. Returns the
+    objects and the fids of instance groups that had no positive point at all
     while an instance field was given.
     """
     codes, keys = _instance_codes(points)

@@ -13,7 +13,7 @@ import math
 import os
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import rasterio
@@ -172,7 +172,8 @@ class Raster:
     def fingerprint(self) -> str:
         """Cheap identity of the file's content state: path, size, mtime and grid."""
         stat = os.stat(self.path)
-        ident = f"{os.path.realpath(self.path)}|{stat.st_size}|{stat.st_mtime_ns}|{self.width}x{self.height}|{tuple(self.transform)}"
+        ident = (f"{os.path.realpath(self.path)}|{stat.st_size}|{stat.st_mtime_ns}|{self.width}x{self.height}"
+                 f"|{tuple(self.transform)}")
         return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     # -- pixels ------------------------------------------------------------------------------
@@ -317,3 +318,10 @@ def normalization_from_sample(values: np.ndarray, valid: np.ndarray, stretch: St
         sar_db=sar_db,
         nodata=None if nodata is None else float(nodata),
     )
+
+
+def to_working_each(ras: Raster, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """Each object's clicks on the working grid, transformed in one call (not one per object)."""
+    arrays = [np.asarray(a, dtype=float).reshape(-1, 2) for a in arrays]
+    flat = ras.to_working(np.vstack(arrays)) if arrays else np.zeros((0, 2))
+    return np.split(flat, np.cumsum([len(a) for a in arrays])[:-1])

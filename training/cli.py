@@ -1,15 +1,24 @@
-"""``pointsam pretrain``: options to a :class:`~training.pretrain.PretrainConfig`."""
+"""The training commands: their options parsed into a config, and the run started.
+
+- ``pointsam pretrain``: a :class:`~training.pretrain.PretrainConfig` for :func:`training.pretrain.pretrain`;
+- ``pointsam train``: a :class:`~training.config.TrainConfig` (:func:`train_config`) for :func:`training.loop.train`;
+- :func:`train_job`: the HTTP API's train jobs, with the same options as ``pointsam train``.
+
+The engine finds the commands through the ``pointsam.commands`` entry point and the job through
+``pointsam.jobs`` (pyproject.toml); it never imports this package.
+"""
 
 from __future__ import annotations
 
 import click
 
+from pointsam_engine.config import SegmentConfig, stretch_text
 from pointsam_engine.errors import OptionError
 from pointsam_engine.options import CHOICES, NUMBERS
 
+from .config import TrainConfig
 from .pretrain import PretrainConfig
 from .selftrain import SelfTrainOptions
-from .train import TrainConfig
 
 
 @click.command()
@@ -26,16 +35,18 @@ from .train import TrainConfig
 @click.option("--focal-alpha", default=PretrainConfig.focal_alpha, show_default=True, type=float)
 @click.option("--dense-share", default=PretrainConfig.dense_share, show_default=True, type=click.FloatRange(0, 1),
               help="Share of buildings scenes drawn dense, with terraces of look-alike houses.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--real-share", default=PretrainConfig.real_share, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of chips cropped from real labelled buildings in ../shared/data (Banepa's training chips, Atlanta).")
+@click.option("--device", default=PretrainConfig.device, show_default=True)
 @click.option("--card/--no-card", default=True, show_default=True, help="Measure quality and write the model card.")
-def pretrain(output, steps, lr, seed, scenes_per_kind, objects_per_image, init, kind_share, focal_alpha, dense_share, device,
-             card) -> None:
+def pretrain(output, steps, lr, seed, scenes_per_kind, objects_per_image, init, kind_share, focal_alpha, dense_share,
+             real_share, device, card) -> None:
     """Train the small bundled SAM (pointsam-tiny) from scratch on generated scenes."""
     from .pretrain import pretrain as run_pretrain
 
     cfg = PretrainConfig(output=output, steps=steps, lr=lr, seed=seed, scenes_per_kind=scenes_per_kind,
                          objects_per_image=objects_per_image, init=init, device=device, focal_alpha=focal_alpha,
-                         kind_share=_shares(kind_share), dense_share=dense_share)
+                         kind_share=_shares(kind_share), dense_share=dense_share, real_share=real_share)
     provenance = run_pretrain(cfg, echo=click.echo)
     if card:
         from .model_card import write_model_card
@@ -73,17 +84,20 @@ def _blocks(text):
 @click.option("-o", "--output", required=True, help="Adapter file to write (NAME.adapter.pt).")
 @click.option("--model", default=None, help="Base model (default: the bundled model), as in pointsam segment.")
 @click.option("--steps", default=TrainConfig.steps, show_default=True, type=NUMBERS["steps"].click_type())
-@click.option("--lr", default=TrainConfig.lr, show_default=True, type=NUMBERS["lr"].click_type(), help="Adam learning rate (WeSAM's; PointSAM's 5e-4 drifts here, see docs/accuracy.md).")
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=NUMBERS["lr"].click_type(),
+              help="Adam learning rate (WeSAM's; PointSAM's 5e-4 drifts here, see docs/accuracy.md).")
 @click.option("--seed", default=TrainConfig.seed, show_default=True, type=NUMBERS["seed"].click_type())
 @click.option("--rank", default=TrainConfig.rank, show_default=True, type=NUMBERS["rank"].click_type(), help="LoRA rank.")
 @click.option("--blocks", default=None, help="Encoder blocks to adapt, e.g. 1-11 or 6,7,8 (default: all but the first).")
 @click.option("--train-decoder", is_flag=True, help="Fine-tune the mask decoder too.")
-@click.option("--val-fraction", default=TrainConfig.val_fraction, show_default=True, type=NUMBERS["val_fraction"].click_type(), help="Share of clicks held out, in spatial blocks.")
+@click.option("--val-fraction", default=TrainConfig.val_fraction, show_default=True, type=NUMBERS["val_fraction"].click_type(),
+              help="Share of clicks held out, in spatial blocks.")
 @click.option("--val-polygons", multiple=True, help="Reference polygons per raster, for mIoU on the held-out blocks.")
 @click.option("--val-every", default=TrainConfig.val_every, show_default=True, type=NUMBERS["val_every"].click_type())
 @click.option("--checkpoint-every", default=TrainConfig.checkpoint_every, show_default=True,
               type=NUMBERS["checkpoint_every"].click_type())
-@click.option("--background", default=SelfTrainOptions.background, show_default=True, type=NUMBERS["background"].click_type(), help="Random background negatives per object.")
+@click.option("--background", default=SelfTrainOptions.background, show_default=True, type=NUMBERS["background"].click_type(),
+              help="Random background negatives per object.")
 @click.option("--no-calibration", is_flag=True, help="Plain self-training: no negative prompt calibration of the teacher.")
 @click.option("--no-prototypes", is_flag=True, help="No prototype-based regularization.")
 @click.option("--prototype-weight", default=SelfTrainOptions.prototype_weight, show_default=True,
@@ -93,19 +107,19 @@ def _blocks(text):
               help="Weight of the anchor: the student also fits the base model's masks, which stops self-training's "
                    "drift (0: PointSAM as published; see docs/accuracy.md).")
 @click.option("--bands", default=None, help="As in pointsam segment.")
-@click.option("--stretch", default="2,98", show_default=True)
+@click.option("--stretch", default=stretch_text(SegmentConfig.stretch), show_default=True)
 @click.option("--nodata", type=NUMBERS["nodata"].click_type(), default=None)
 @click.option("--sar-db", is_flag=True)
 @click.option("--assume-crs", default=None)
 @click.option("--layer", default=None)
 @click.option("--instance-field", default=None)
 @click.option("--label-field", default=None)
-@click.option("--chip-scale", type=NUMBERS["chip_scale"].click_type(), default=1.0, show_default=True)
-@click.option("--accelerator", default="auto", show_default=True, type=CHOICES["accelerator"].click_type(),
+@click.option("--chip-scale", type=NUMBERS["chip_scale"].click_type(), default=SegmentConfig.chip_scale, show_default=True)
+@click.option("--accelerator", default=TrainConfig.accelerator, show_default=True, type=CHOICES["accelerator"].click_type(),
               help="Lightning Fabric: cpu, gpu, mps or auto.")
-@click.option("--devices", default=1, show_default=True, type=NUMBERS["devices"].click_type())
-@click.option("--strategy", default="auto", show_default=True, help="Lightning Fabric strategy, e.g. ddp.")
-@click.option("--precision", default="32-true", show_default=True, type=CHOICES["precision"].click_type(),
+@click.option("--devices", default=TrainConfig.devices, show_default=True, type=NUMBERS["devices"].click_type())
+@click.option("--strategy", default=TrainConfig.strategy, show_default=True, help="Lightning Fabric strategy, e.g. ddp.")
+@click.option("--precision", default=TrainConfig.precision, show_default=True, type=CHOICES["precision"].click_type(),
               help="Lightning Fabric precision, e.g. bf16-mixed.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside the output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing adapter.")
@@ -118,7 +132,7 @@ def train(rasters, points, output, model, steps, lr, seed, rank, blocks, train_d
     from pointsam_engine.cli import guard
 
     def run():
-        from .train import train as run_train
+        from .loop import train as run_train
 
         run_train(train_config(**options), echo=click.echo)
     guard(run, interrupted="interrupted; the checkpoint beside the output keeps the progress, --resume continues")
@@ -127,10 +141,10 @@ def train(rasters, points, output, model, steps, lr, seed, rank, blocks, train_d
 def train_config(rasters, points, output, model, steps, lr, seed, rank, blocks, train_decoder, val_fraction,
                  val_polygons, val_every, checkpoint_every, background, no_calibration, no_prototypes,
                  prototype_weight, anchor_weight, bands, stretch, nodata, sar_db, assume_crs, layer, instance_field,
-                 label_field, chip_scale, accelerator, resume, overwrite, devices=1, strategy="auto",
-                 precision="32-true"):
-    """A :class:`~training.train.TrainConfig` from ``pointsam train``'s options (also the HTTP API's train jobs)."""
-    from pointsam_engine.config import SegmentConfig, parse_bands, parse_stretch
+                 label_field, chip_scale, accelerator, resume, overwrite, devices=TrainConfig.devices,
+                 strategy=TrainConfig.strategy, precision=TrainConfig.precision):
+    """A :class:`~training.config.TrainConfig` from ``pointsam train``'s options (also the HTTP API's train jobs)."""
+    from pointsam_engine.config import parse_bands, parse_stretch
 
     segment = SegmentConfig(bands=parse_bands(bands), stretch=parse_stretch(stretch), nodata=nodata, sar_db=sar_db,
                             assume_crs=assume_crs, layer=layer, instance_field=instance_field,
@@ -147,8 +161,8 @@ def train_config(rasters, points, output, model, steps, lr, seed, rank, blocks, 
 
 def train_job(options: dict):
     """The HTTP API's train job (entry point ``pointsam.jobs: train``): checks inputs now, returns the work."""
-    from .train import check_inputs
-    from .train import train as run_train
+    from .config import check_inputs
+    from .loop import train as run_train
 
     cfg = train_config(**options)
     check_inputs(cfg)

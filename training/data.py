@@ -9,8 +9,9 @@ from typing import List
 import numpy as np
 from scipy import ndimage
 
+from pointsam_engine.config import SegmentConfig
+from pointsam_engine.demo.scenes import Scene, render
 from pointsam_engine.raster import normalization_from_sample, to_amplitude
-from pointsam_engine.scenes import Scene, render
 
 DENSE = 1.6  # buildings density of "dense" scenes: 60 % of the rows are terraces
 
@@ -28,7 +29,7 @@ def to_uint8(scene: Scene, sar_db: bool) -> np.ndarray:
     bands = scene.image if scene.image.shape[0] == 3 else np.repeat(scene.image, 3, axis=0)
     values = to_amplitude(bands, sar_db)
     flat = values.reshape(3, -1)
-    norm = normalization_from_sample(flat, np.isfinite(flat).all(axis=0), (2.0, 98.0), sar_db)
+    norm = normalization_from_sample(flat, np.isfinite(flat).all(axis=0), SegmentConfig.stretch, sar_db)
     return norm.apply(values)
 
 
@@ -57,9 +58,10 @@ class ScenePool:
             image, labels, clicks = self.items[self._pick(rng, share)]
             r0, c0 = rng.integers(0, image.shape[0] - chip + 1), rng.integers(0, image.shape[1] - chip + 1)
             img, lab = image[r0:r0 + chip, c0:c0 + chip], labels[r0:r0 + chip, c0:c0 + chip]
-            sample = _prompts(img, lab, labels, clicks - (c0, r0), rng, max_objects)
+            whole = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
+            sample = prompts_for(img, lab, whole, clicks - (c0, r0), rng, max_objects)
             if sample is not None:
-                return _augment(sample, rng)
+                return augment(sample, rng)
         raise RuntimeError("no scene chip with objects found; scenes are empty")
 
 
@@ -71,9 +73,12 @@ class ScenePool:
         return int(rng.choice([i for i, k in enumerate(self.kinds) if k == kind]))
 
 
-def _prompts(img, lab, full_labels, clicks, rng, max_objects) -> Sample | None:
+def prompts_for(img, lab, whole, clicks, rng, max_objects) -> Sample | None:
+    """A sample of the chip ``img`` with instance labels ``lab``: up to ``max_objects`` objects that show at
+    least 60 % of their whole area (``whole``: pixels per label id in the full image, at the chip's scale),
+    each with its click (``clicks[id - 1]``, x, y on the chip), sometimes a second click, sometimes its
+    touching neighbours' clicks as negatives; None when no object qualifies."""
     ids, counts = np.unique(lab[lab > 0], return_counts=True)
-    whole = np.bincount(full_labels.ravel(), minlength=int(full_labels.max()) + 1)
     ids = [i for i, n in zip(ids, counts) if n >= 16 and n >= 0.6 * whole[i]]
     if not ids:
         return None
@@ -114,7 +119,8 @@ def _interior_pixel(mask, rng):
     return (cols[k] + rng.uniform(0.2, 0.8), rows[k] + rng.uniform(0.2, 0.8))
 
 
-def _augment(s: Sample, rng) -> Sample:
+def augment(s: Sample, rng) -> Sample:
+    """One of the 8 flips/transposes of a sample, image, masks and clicks together."""
     img, masks, points = s.image, s.masks, [p.copy() for p in s.points]
     size = img.shape[0]
     if rng.random() < 0.5:

@@ -20,11 +20,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pointsam_engine.masks import Prompt
 from pointsam_engine.output import atomic_path
+from pointsam_engine.sam.decode import decode_groups, embed
 from pointsam_engine.sam.model import SamArch, build_sam, file_sha256, pick_device, save_pointsam_checkpoint
 
 from .data import Sample, ScenePool
 from .objective import mask_terms
+from .realdata import REAL_DATA, training_pool
 
 POINTSAM_TINY = SamArch(encoder_embed_dim=128, encoder_depth=6, encoder_num_heads=4, encoder_global_attn_indexes=(2, 5),
                         image_size=256, patch_size=8, window_size=8, prompt_embed_dim=128, decoder_depth=2,
@@ -50,6 +53,7 @@ class PretrainConfig:
     kind_share: dict | None = None  # e.g. {"ships": 0.7, "buildings": 0.3}; None: every rendered image alike
     focal_alpha: float = 0.25
     dense_share: float = 0.0  # share of buildings scenes drawn dense, with terraces (training.data.DENSE)
+    real_share: float = 0.0  # share of chips cropped from real labelled imagery (training.realdata.training_pool)
 
 
 def _lr_factor(step: int, cfg: PretrainConfig) -> float:
@@ -61,9 +65,9 @@ def _lr_factor(step: int, cfg: PretrainConfig) -> float:
 
 def sample_loss(sam, sample: Sample, device, focal_alpha: float = 0.25) -> tuple:
     """Loss of one chip (mean over its objects) and the mean IoU of the masks the engine would keep."""
-    x = torch.from_numpy(sample.image).permute(2, 0, 1).float()[None].to(device)
-    embedding = sam.image_encoder(sam.preprocess(x))
-    terms = mask_terms(sam, embedding, sample.points, sample.labels, torch.from_numpy(sample.masks).to(device),
+    embedding = embed(sam, sample.image)
+    prompts = [Prompt(points, labels) for points, labels in zip(sample.points, sample.labels)]
+    terms = mask_terms(decode_groups(sam, embedding, prompts), torch.from_numpy(sample.masks).to(device),
                        focal_alpha=focal_alpha)
     return terms.total().mean(), float(terms.iou.mean())
 
@@ -76,6 +80,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
     start = time.time()
     echo(f"rendering {cfg.scenes_per_kind} scenes per kind ({cfg.scene_size} px) ...")
     pool = ScenePool(("buildings", "ships"), cfg.scenes_per_kind, cfg.scene_size, cfg.seed, cfg.dense_share)
+    real = training_pool() if cfg.real_share > 0 else None
     sam, earlier = build_sam(POINTSAM_TINY), None
     if cfg.init:
         payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
@@ -91,7 +96,10 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
     for step in range(cfg.steps):
         optimizer.zero_grad(set_to_none=True)
         for _ in range(cfg.images_per_step):
-            sample = pool.sample(rng, POINTSAM_TINY.image_size, cfg.objects_per_image, cfg.kind_share)
+            if real is not None and rng.random() < cfg.real_share:
+                sample = real.sample(rng, POINTSAM_TINY.image_size, cfg.objects_per_image)
+            else:
+                sample = pool.sample(rng, POINTSAM_TINY.image_size, cfg.objects_per_image, cfg.kind_share)
             loss, iou = sample_loss(sam, sample, device, cfg.focal_alpha)
             (loss / cfg.images_per_step).backward()
             running.append(float(loss.detach()))
@@ -123,7 +131,7 @@ def _provenance(cfg: PretrainConfig, params: int, start: float, device, log: lis
         "wall_minutes": round((time.time() - start) / 60, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}",
         "data": "generated scenes (pointsam_engine.scenes): buildings 0.3 m RGB and ships 1.5 m SAR amplitude "
-                "(linear and dB stretch), seeds below 10000",
+                "(linear and dB stretch), seeds below 10000" + (f"; {REAL_DATA}" if cfg.real_share else ""),
         "log": list(log),
     }
 

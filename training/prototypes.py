@@ -252,9 +252,9 @@ class PrototypeRegularizer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where training stopped."""
+        pairs = None if self.pairs is None else [np.asarray(p).tolist() for p in self.pairs]
         return {"target": self.target, "interval": self.interval, "bank": self.bank.state_dict(),
-                "predicted": self.predicted, "pairs": None if self.pairs is None else [np.asarray(p).tolist() for p in self.pairs],
-                "last": self._last}
+                "predicted": self.predicted, "pairs": pairs, "last": self._last}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "PrototypeRegularizer":

@@ -13,11 +13,9 @@
 4. Student (the same weights, with gradient): the strong photometric view of the same geometry, with
    the original prompts. Loss: 20 focal (gamma 2) + Dice + MSE of the IoU head, + ``prototype_weight``
    times the prototype loss on the student's mask-pooled features (:mod:`training.prototypes`).
-   The focal term weighs object and background pixels alike (alpha 0.5 for both). lightning-sam's
-   alpha 0.8, which PointSAM inherits (and replaces by the number of instances), is a plain scale on a
-   focal of the mean BCE, not a class weight; read as torchvision's class weight, 0.8 favours the
-   object so much that masks grow under self-training (measured on 0.6 m hazy buildings: median mask
-   area 1.65 times the truth after 150 steps, mIoU 0.606 zero-shot -> 0.500).
+   The focal term weighs object and background pixels alike (alpha 0.5 for both): lightning-sam's
+   alpha 0.8, which PointSAM inherits, is a scale, not a class weight (why: docs/accuracy.md, "Measurements
+   behind the code").
 5. Anchor (``anchor_weight`` above 0; beyond the paper, after WeSAM's frozen anchor network): the student
    also fits the base model's masks (the adapters switched off, :func:`pointsam_engine.sam.lora.base_model`)
    for the same weak view and prompts, ``anchor_weight`` times 20 focal + Dice. Where teacher and base
@@ -36,11 +34,13 @@ import numpy as np
 import torch
 
 from pointsam_engine.calibration import find_neighbours, with_negatives
+from pointsam_engine.config import TRAIN, SegmentConfig
 from pointsam_engine.masks import MaskPatch, Prompt
+from pointsam_engine.sam.decode import decode_groups, embed
 from pointsam_engine.sam.lora import base_model
 
 from .augment import SPREAD_VIEWS, random_dihedral, strong_view
-from .objective import decode, decode_groups, mask_terms
+from .objective import mask_terms
 from .prototypes import PrototypeRegularizer, instance_features
 from .regions import TrainingChip, background_negatives
 
@@ -50,14 +50,14 @@ FOCAL_ALPHA = 0.5
 @dataclass(frozen=True)
 class SelfTrainOptions:
     max_objects: int = 16  # objects trained per chip (PointSAM: 30-50 per image; chips are smaller)
-    background: int = 1  # random background negatives per object
+    background: int = TRAIN.background  # random background negatives per object
     calibration: bool = True
-    calibration_iou: float = 0.1
+    calibration_iou: float = SegmentConfig.calibration_iou
     prototypes: bool = True
-    prototype_weight: float = 0.1
+    prototype_weight: float = TRAIN.prototype_weight
     strong: bool = True  # False: the student sees the weak view too
     supervised: bool = False  # truth masks instead of pseudo-labels: the upper bound of benchmarks only
-    anchor_weight: float = 1.0  # the base model's masks as an anchor against drift; 0: PointSAM as published
+    anchor_weight: float = TRAIN.anchor_weight  # the base model's masks as an anchor against drift; 0: PointSAM as published
     teacher_views: int = 1  # pseudo-labels averaged over this many flips/turns of the weak view; 1: as published
 
 
@@ -68,25 +68,12 @@ class StepResult:
     teacher_features: Optional[torch.Tensor]
 
 
-def embed(sam, image: np.ndarray) -> torch.Tensor:
-    """Image embedding of an (S, S, 3) uint8 chip (S = the model's input size)."""
-    device = sam.pixel_mean.device
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None].to(device)
-    return sam.image_encoder(sam.preprocess(x))
-
-
 def kept_masks(sam, embedding, prompts: List[Prompt]) -> List[MaskPatch]:
     """Each prompt's mask at the decoder's resolution, the one the engine keeps (first by the IoU head)."""
     out: List[Optional[MaskPatch]] = [None] * len(prompts)
-    by_count: Dict[int, List[int]] = {}
-    for i, p in enumerate(prompts):
-        by_count.setdefault(len(p.points), []).append(i)
-    for group in by_count.values():
-        logits, iou = decode(sam, embedding, np.stack([prompts[i].points for i in group]),
-                             np.stack([prompts[i].labels for i in group]))
-        best = iou.argmax(dim=1)
-        for k, i in enumerate(group):
-            out[i] = MaskPatch(0, 0, logits[k, best[k]].float().cpu().numpy(), float(iou[k, best[k]]))
+    for batch in decode_groups(sam, embedding, prompts):
+        for b, (i, k) in enumerate(zip(batch.indices, batch.kept().tolist())):
+            out[i] = MaskPatch(0, 0, batch.logits[b, k].float().cpu().numpy(), float(batch.iou[b, k]))
     return out
 
 
@@ -171,17 +158,15 @@ def selftrain_step(sam, chip: TrainingChip, opts: SelfTrainOptions, rng: np.rand
     student_image = strong_view(image, rng) if opts.strong else image
     student_embedding = embed(sam, student_image)
     pseudo = pseudo.to(student_embedding.device)
-    points, labels = [prompts[i].points for i in trained], [prompts[i].labels for i in trained]
-    decoded = decode_groups(sam, student_embedding, points, labels)  # one decoding for pseudo-labels and anchor
-    terms = mask_terms(sam, student_embedding, points, labels, pseudo, focal_alpha=FOCAL_ALPHA, decoded=decoded)
+    decoded = decode_groups(sam, student_embedding, [prompts[i] for i in trained])  # for pseudo-labels and anchor
+    terms = mask_terms(decoded, pseudo, focal_alpha=FOCAL_ALPHA)
     loss = terms.total().mean()
     mean = lambda t: float(t.detach().mean())  # noqa: E731
     logged = {"focal": mean(terms.focal), "dice": mean(terms.dice), "iou_mse": mean(terms.iou_mse),
               "agreement": float(terms.iou.mean()), "calibrated": float(len(neighbours)), "objects": float(len(trained))}
     if opts.anchor_weight > 0 and not opts.supervised:  # the truth needs no anchor
         anchor = base_masks(sam, image, [prompts[i] for i in trained]).to(student_embedding.device)
-        anchor_terms = mask_terms(sam, student_embedding, points, labels, anchor, focal_alpha=FOCAL_ALPHA,
-                                  decoded=decoded)
+        anchor_terms = mask_terms(decoded, anchor, focal_alpha=FOCAL_ALPHA)
         anchor_loss = (20 * anchor_terms.focal + anchor_terms.dice).mean()  # the IoU head learns the teacher's
         loss = loss + opts.anchor_weight * anchor_loss
         logged["anchor"] = float(anchor_loss.detach())

@@ -50,10 +50,8 @@ class ModelPool:
     """
 
     def __init__(self, config: SegmentConfig, model=None, size: int = KEPT_MODELS):
-        from ..pipeline import load_configured_model
-
         self.config, self.size = config, max(size, 1)
-        self.default = model if model is not None else load_configured_model(config)
+        self.default = model if model is not None else self._load(config.model, config.adapter, config.model_type)
         self._default_key = self._key(config.model, config.adapter)
         self._others: "OrderedDict[tuple, object]" = OrderedDict()
         self._lock = threading.Lock()
@@ -87,12 +85,12 @@ class ModelPool:
                 check_path(what, value)
         return _file_key(resolve_model_path(model)), _file_key(adapter) if adapter else None
 
-    def _load(self, model: Optional[str], adapter: Optional[str]):
-        from ..sam.adapter import apply_adapter
-        from ..sam.model import load_model
+    def _load(self, model: Optional[str], adapter: Optional[str], model_type: Optional[str] = None):
+        """Load without checking the adapter's normalization: each request brings its own stretch."""
+        from ..sam.adapter import load_adapted_model
 
-        loaded = load_model(model, device=self.config.device, precision=self.config.precision)
-        return apply_adapter(loaded, adapter) if adapter else loaded
+        return load_adapted_model(model, adapter, model_type=model_type, device=self.config.device,
+                                  precision=self.config.precision)
 
 
 _SHA256: Dict[FileKey, str] = {}
@@ -135,31 +133,22 @@ def available_models(pool: ModelPool) -> List[dict]:
 
 
 def adapter_header(path) -> Optional[dict]:
-    """``{"name", "path", "base": {"name", "sha256", "model_type"}}`` of an adapter file; None when it is not one.
+    """``{"name", "path", "base": {"name", "sha256", "model_type"}}`` of an adapter file; None when it is not one
+    (:func:`pointsam_engine.sam.adapter.adapter_header`)."""
+    from ..sam.adapter import adapter_header as read_header
 
-    The tensors are memory-mapped, not read: listing a folder of adapters costs their headers only.
-    """
-    import torch
-
-    from ..sam.adapter import ADAPTER_FORMAT
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip-format torch file, or not readable: not an adapter we can offer
-        return None
-    if not isinstance(payload, dict) or payload.get("format") != ADAPTER_FORMAT or "base" not in payload:
-        return None
-    base = payload["base"]
-    return {"name": str(payload.get("name", Path(path).name)), "path": str(path),
-            "base": {"name": str(base.get("name")), "sha256": str(base.get("sha256")),
-                     "model_type": base.get("model_type")}}
+    return read_header(path)
 
 
 def available_adapters(folders: Iterable[Path]) -> List[dict]:
     """The ``*.adapter.pt`` files directly in ``folders`` (each file once), with their base model."""
+    from ..sam.adapter import is_adapter_name
+
     seen, adapters = set(), []
     for folder in folders:
-        for path in sorted(Path(folder).glob("*.adapter.pt")) if Path(folder).is_dir() else ():
+        for path in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else ():
+            if not is_adapter_name(path) or not path.is_file():
+                continue
             header = None if path.resolve() in seen else adapter_header(path)
             seen.add(path.resolve())
             if header is not None:

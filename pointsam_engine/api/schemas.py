@@ -10,11 +10,12 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..config import SegmentConfig, parse_bands, parse_stretch
+from ..config import TRAIN, SegmentConfig, parse_bands, parse_stretch, stretch_text
 from ..options import CHOICES
 from ..options import NUMBERS as N
 
 Coordinate = Tuple[float, float]
+DEFAULT = SegmentConfig()  # every default below is this one's, or TRAIN's (pointsam_engine.config)
 
 
 def _no_nul(value: Optional[str]) -> Optional[str]:
@@ -32,11 +33,12 @@ class RasterOptions(Strict):
 
     raster: str = Field(min_length=1, max_length=4096, description="Path of a GDAL raster on the engine's machine.")
     bands: Optional[List[int]] = Field(None, min_length=1, max_length=3, description="1-based bands for R,G,B or one band.")
-    stretch: str = Field("2,98", max_length=40, description="Percentiles low,high; or minmax; or none.")
-    nodata: Optional[float] = N["nodata"].field(None)
-    sar_db: bool = False
-    assume_crs: Optional[str] = Field(None, max_length=2000)
-    chip_scale: float = N["chip_scale"].field(1.0, description="Source pixels per chip pixel.")
+    stretch: str = Field(stretch_text(DEFAULT.stretch), max_length=40,
+                         description="Percentiles low,high; or minmax; or none.")
+    nodata: Optional[float] = N["nodata"].field(DEFAULT.nodata)
+    sar_db: bool = DEFAULT.sar_db
+    assume_crs: Optional[str] = Field(DEFAULT.assume_crs, max_length=2000)
+    chip_scale: float = N["chip_scale"].field(DEFAULT.chip_scale, description="Source pixels per chip pixel.")
 
     _paths = field_validator("raster", "assume_crs")(_no_nul)
 
@@ -84,24 +86,24 @@ class SegmentJobRequest(RasterOptions, ModelChoice):
     points_crs: Optional[str] = Field(None, max_length=2000, description="CRS of inline points (default EPSG:4326, as GeoJSON).")
     output: str = Field(min_length=1, max_length=4096,
                         description="GeoPackage to write (.gpkg); an existing one keeps its other layers and styles.")
-    overwrite: bool = Field(False, description="Replace the layers instances, boxes, bboxes, skipped if the output "
+    overwrite: bool = Field(DEFAULT.overwrite, description="Replace the layers instances, boxes, bboxes, skipped if the output "
                                                "has them (never other layers); false: such an output is refused (409).")
     layer: Optional[str] = Field(None, max_length=500)
     instance_field: Optional[str] = Field(None, max_length=500)
     label_field: Optional[str] = Field(None, max_length=500)
     class_field: Optional[str] = Field(None, max_length=500)
-    calibration: bool = True
-    calibration_iou: float = N["calibration_iou"].field(0.1)
-    keep_overlaps: bool = Field(False, description="Keep each object's own mask where masks overlap.")
-    min_area: float = N["min_area"].field(0.0, description="Drop objects smaller than this, in m² "
+    calibration: bool = DEFAULT.calibration
+    calibration_iou: float = N["calibration_iou"].field(DEFAULT.calibration_iou)
+    keep_overlaps: bool = Field(DEFAULT.keep_overlaps, description="Keep each object's own mask where masks overlap.")
+    min_area: float = N["min_area"].field(DEFAULT.min_area, description="Drop objects smaller than this, in m² "
                                                                          "(geodesic, whatever the CRS).")
-    max_hole_area: Optional[float] = N["max_hole_area"].field(None,
+    max_hole_area: Optional[float] = N["max_hole_area"].field(DEFAULT.max_hole_area,
                                            description="Fill holes smaller than this, in m²; default 25 pixels.")
-    simplify: Optional[float] = N["simplify"].field(None,
+    simplify: Optional[float] = N["simplify"].field(DEFAULT.simplify,
                                       description="Simplification tolerance in metres, whatever the CRS; "
                                                   "default one pixel, 0: none.")
     regularize: Literal[CHOICES["regularize"].values] = Field(  # type: ignore[valid-type]
-        "none", description="buildings: right-angled footprints; ships: hulls smoothed inside their box; "
+        DEFAULT.regularize, description="buildings: right-angled footprints; ships: hulls smoothed inside their box; "
                             "none: traced outlines. Features record regularized and iou_to_mask.")
     out_crs: Optional[str] = Field(None, max_length=2000)
 
@@ -125,34 +127,34 @@ class TrainJobRequest(Strict):
     rasters: List[str] = Field(min_length=1, max_length=64)
     points: List[str] = Field(min_length=1, max_length=64)
     output: str = Field(min_length=1, max_length=4096, description="Adapter file to write (NAME.adapter.pt).")
-    steps: int = N["steps"].field(400)
-    lr: float = N["lr"].field(1e-4)
-    seed: int = N["seed"].field(0)
-    rank: int = N["rank"].field(4)
+    steps: int = N["steps"].field(TRAIN.steps)
+    lr: float = N["lr"].field(TRAIN.lr)
+    seed: int = N["seed"].field(TRAIN.seed)
+    rank: int = N["rank"].field(TRAIN.rank)
     # block numbers of up to 3 digits (vit_h has 32 blocks): a range like 0-99999999999 would be expanded whole
     blocks: Optional[str] = Field(None, max_length=200, pattern=r"^\d{1,3}(-\d{1,3})?(,\d{1,3}(-\d{1,3})?)*$",
                                   description="Encoder blocks to adapt, e.g. 1-11 (default: all but the first).")
     train_decoder: bool = False
-    val_fraction: float = N["val_fraction"].field(0.2)
+    val_fraction: float = N["val_fraction"].field(TRAIN.val_fraction)
     val_polygons: List[str] = Field(default_factory=list, max_length=64)
-    val_every: int = N["val_every"].field(50)
-    checkpoint_every: int = N["checkpoint_every"].field(50)
-    background: int = N["background"].field(1)
+    val_every: int = N["val_every"].field(TRAIN.val_every)
+    checkpoint_every: int = N["checkpoint_every"].field(TRAIN.checkpoint_every)
+    background: int = N["background"].field(TRAIN.background)
     no_calibration: bool = False
     no_prototypes: bool = False
-    prototype_weight: float = N["prototype_weight"].field(0.1)
-    anchor_weight: float = N["anchor_weight"].field(1.0, description="Weight of the base model's masks as an anchor "
-                                 "against self-training's drift (0: PointSAM as published).")
+    prototype_weight: float = N["prototype_weight"].field(TRAIN.prototype_weight)
+    anchor_weight: float = N["anchor_weight"].field(TRAIN.anchor_weight, description="Weight of the base model's masks as "
+                                                    "an anchor against self-training's drift (0: PointSAM as published).")
     bands: Optional[List[int]] = Field(None, min_length=1, max_length=3)
-    stretch: str = Field("2,98", max_length=40)
-    nodata: Optional[float] = N["nodata"].field(None)
-    sar_db: bool = False
+    stretch: str = Field(stretch_text(DEFAULT.stretch), max_length=40)
+    nodata: Optional[float] = N["nodata"].field(DEFAULT.nodata)
+    sar_db: bool = DEFAULT.sar_db
     assume_crs: Optional[str] = Field(None, max_length=2000)
     layer: Optional[str] = Field(None, max_length=500)
     instance_field: Optional[str] = Field(None, max_length=500)
     label_field: Optional[str] = Field(None, max_length=500)
-    chip_scale: float = N["chip_scale"].field(1.0)
-    accelerator: Literal[CHOICES["accelerator"].values] = "auto"  # type: ignore[valid-type]
+    chip_scale: float = N["chip_scale"].field(DEFAULT.chip_scale)
+    accelerator: Literal[CHOICES["accelerator"].values] = TRAIN.accelerator  # type: ignore[valid-type]
     resume: bool = False
     overwrite: bool = False
 

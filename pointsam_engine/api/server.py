@@ -50,7 +50,8 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OptionError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port, or 0 for a free one") from None
+        raise OptionError(f"cannot listen on {host}:{port} ({exc.strerror}); "
+                          "choose another --port, or 0 for a free one") from None
     sock.listen(64)
     sock.set_inheritable(True)
     return sock
@@ -87,7 +88,9 @@ def serve(config: SegmentConfig, *, host: str = "127.0.0.1", port: int = 0, toke
     """
     import uvicorn
 
-    from .app import Engine, create_app
+    from .app import create_app
+    from .engine import Engine
+    from .guard import LOOPBACK_HOSTS
 
     if not is_loopback(host) and not allow_remote:
         raise OptionError(f"--host {host} is not a loopback address; pass --allow-remote with --token to serve other machines")
@@ -105,7 +108,7 @@ def serve(config: SegmentConfig, *, host: str = "127.0.0.1", port: int = 0, toke
         sock = bind(host, port)
         bound_port = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
-        allowed = {"127.0.0.1", "localhost", "::1", host}
+        allowed = {*LOOPBACK_HOSTS, host}
         info = {"url": f"http://{url_host}:{bound_port}", "token": token, "pid": os.getpid(), "model": engine.model.label}
         conn = write_connection_file(Path(connection_file) if connection_file else default_connection_file(), info)
         echo(json.dumps({**info, "connection_file": str(conn)}))

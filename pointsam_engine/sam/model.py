@@ -4,8 +4,8 @@ Official checkpoints (``sam_vit_b_01ec64.pth`` and friends) are bare state dicts
 (vit_b / vit_l / vit_h) is read from the tensor shapes. The engine's own format is a dict with
 ``format: "pointsam-sam"`` that records the architecture, the pixel normalisation it expects and
 its provenance, so nothing has to be guessed. Models are always built from segment-anything's own
-classes. This module, :mod:`~pointsam_engine.sam.predict`, :mod:`~pointsam_engine.sam.precision` and
-:mod:`~pointsam_engine.sam.encoder` are the only ones of the inference path that import torch.
+classes. Like the rest of :mod:`pointsam_engine.sam`, and nothing else in the engine, it imports torch
+(``tests/engine/test_torch_boundary.py``).
 """
 
 from __future__ import annotations
@@ -204,6 +204,11 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def runtime() -> Dict[str, Optional[str]]:
+    """``{"torch": version with its build, "gpu": the first CUDA GPU torch sees or None}`` (``GET /v1/health``)."""
+    return {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None, device: str = "auto",
                precision: str = "fp32") -> LoadedModel:
     """Load a SAM from a checkpoint path or a registered name, ready for inference.
@@ -226,7 +231,8 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
         raise ModelError(f"{path} is not a SAM checkpoint (torch cannot load it); "
                          "pass an official file such as sam_vit_b_01ec64.pth") from None
     if not isinstance(payload, dict):
-        raise ModelError(f"{path} is not a SAM checkpoint (no state dict inside); pass an official file such as sam_vit_b_01ec64.pth")
+        raise ModelError(f"{path} is not a SAM checkpoint (no state dict inside); "
+                         "pass an official file such as sam_vit_b_01ec64.pth")
     if payload.get("format") == POINTSAM_FORMAT:
         try:
             arch = SamArch.from_dict(payload["arch"])
@@ -237,7 +243,8 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
                              " (damaged or hand-made); pass an intact file written by pointsam") from None
         provenance = payload.get("provenance", {})
         if model_type is not None:
-            raise ModelError(f"--model-type {model_type} does not apply to {path}, a PointSAM model that records its own architecture; drop --model-type")
+            raise ModelError(f"--model-type {model_type} does not apply to {path}, a PointSAM model that records "
+                             "its own architecture; drop --model-type")
     else:
         state = payload.get("model", payload.get("state_dict", payload))
         kind = detect_model_type(state, path)

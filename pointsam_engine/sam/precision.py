@@ -12,7 +12,7 @@
 
 Only the encoder changes: prompts are decoded in float32 on a float32 embedding. The figures behind these
 choices, and the accuracy each keeps, are in the README's Performance section (``benchmarks/bench_encoder.py``);
-``tests/engine/test_precision.py`` checks the accuracy.
+``tests/engine/sam/test_precision.py`` checks the accuracy.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ Coordinates are chip pixels with pixel centres at ``i + 0.5`` (x = column, y = r
 
 from __future__ import annotations
 
-from itertools import groupby
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from ..masks import MASK_THRESHOLD, MaskPatch, Prompt
 from .cache import EmbeddingCache
+from .decode import decode_groups, embed
 from .model import LoadedModel
 from .precision import encoder_runner
 
@@ -82,17 +82,12 @@ class ChipPredictor:
         ``valid`` (``HxW`` bool) marks pixels that hold data; others are shown to SAM as its padding
         (the pixel mean). Returns True when the encoder ran, False when ``key`` hit the cache.
         """
-        sam = self.model.sam
         self._shape = image.shape[:2]
         cached = self.cache.get(key) if key else None
         if cached is not None:
             self._embedding = torch.from_numpy(cached).to(self.model.device)
             return False
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-        if valid is not None and not valid.all():
-            x[:, torch.from_numpy(~valid)] = sam.pixel_mean.cpu().reshape(3, 1)
-        x = sam.preprocess(x[None].to(self.model.device))
-        self._embedding = self._encode(x)
+        self._embedding = embed(self.model.sam, image, valid, self._encode)
         self.encoder_passes += 1
         if key:
             self.cache.put(key, self._embedding.cpu().numpy())
@@ -103,43 +98,17 @@ class ChipPredictor:
         """Decode each prompt; one :class:`MaskPatch` in chip pixels per prompt (``None``: empty mask).
 
         A single positive click uses SAM's multimask output and keeps the mask with the best
-        predicted IoU; several clicks, or a box, use the single-mask output, as SAM recommends.
+        predicted IoU; several clicks, or a box, use the single-mask output, as SAM recommends
+        (:mod:`~pointsam_engine.sam.decode`).
         """
         if self._embedding is None:
             raise RuntimeError("call set_chip() with an image before predict()")
         results: List[Optional[MaskPatch]] = [None] * len(prompts)
-        def shape(i):  # prompts batch together when they have the same tokens: point count and box or not
-            return len(prompts[i].points), prompts[i].box is not None
-
-        for _, group in groupby(sorted(range(len(prompts)), key=shape), key=shape):
-            group = list(group)  # equal point counts: batching adds no padding tokens
-            for start in range(0, len(group), self.decoder_batch):
-                chunk = group[start:start + self.decoder_batch]
-                for i, patch in zip(chunk, self._decode([prompts[i] for i in chunk])):
-                    results[i] = patch
+        for batch in decode_groups(self.model.sam, self._embedding, prompts, self.decoder_batch):
+            factor = self.chip_size // batch.logits.shape[-1]
+            for b, (i, k) in enumerate(zip(batch.indices, batch.kept().tolist())):
+                patch = upsample_region(batch.logits[b, k], factor, self._shape)
+                if patch is not None:
+                    patch.score = float(batch.iou[b, k])
+                results[i] = patch
         return results
-
-    def _decode(self, prompts: Sequence[Prompt]) -> List[Optional[MaskPatch]]:
-        sam, device = self.model.sam, self.model.device
-        points, boxes = None, None  # SAM's coordinates are pixel indices: ours put pixel centres at i + 0.5
-        if len(prompts[0].points):
-            coords = torch.as_tensor(np.stack([p.points for p in prompts]) - 0.5, dtype=torch.float32, device=device)
-            points = (coords, torch.as_tensor(np.stack([p.labels for p in prompts]), dtype=torch.int, device=device))
-        if prompts[0].box is not None:
-            boxes = torch.as_tensor(np.stack([p.box for p in prompts]) - 0.5, dtype=torch.float32, device=device)
-        # float32 whatever the encoder's precision: a bf16 decoder was 1.3x faster but moved masks too much
-        # (mean IoU 0.975 with fp32's on the Kampala chips, against 0.994 with only the encoder in bf16)
-        sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
-        low_res, iou = sam.mask_decoder.predict_masks(
-            image_embeddings=self._embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
-        factor = self.chip_size // low_res.shape[-1]
-        out: List[Optional[MaskPatch]] = []
-        for b, prompt in enumerate(prompts):
-            single = len(prompt.labels) == 1 and prompt.labels[0] == 1 and prompt.box is None
-            k = 1 + int(torch.argmax(iou[b, 1:])) if single else 0
-            patch = upsample_region(low_res[b, k], factor, self._shape)
-            if patch is not None:
-                patch.score = float(iou[b, k])
-            out.append(patch)
-        return out

@@ -243,7 +243,8 @@ class PointSamDock(QgsDockWidget):
             if entry["name"] in listed:
                 continue
             installed = bool(entry.get("installed") and entry.get("path"))
-            self.model.addItem(catalog.model_item_text(entry["name"], entry.get("size"), installed, entry.get("sha256_state", "")),
+            text = catalog.model_item_text(entry["name"], entry.get("size"), installed, entry.get("sha256_state", ""))
+            self.model.addItem(text,
                                {"name": entry["name"], "model": entry.get("path"), "sha256": entry.get("sha256"),
                                 "installed": installed})
         names = [(self.model.itemData(i) or {}).get("name") for i in range(self.model.count())]

@@ -29,6 +29,7 @@ from qgis.core import (
 
 from .. import catalog, settings
 from ..client import EngineClient
+from ..defaults import SEGMENT
 from ..errors import PluginError
 from ..layers import write_layer
 from ..messages import in_plugin_terms, parse_bands, stage_text
@@ -76,7 +77,7 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
                                                           optional=True))
 
     def add_raster_options(self) -> None:
-        self.addParameter(QgsProcessingParameterBoolean(SAR_DB, "SAR: stretch in dB", False))
+        self.addParameter(QgsProcessingParameterBoolean(SAR_DB, "SAR: stretch in dB", SEGMENT["sar_db"]))
         self.addParameter(QgsProcessingParameterString(BANDS, "Bands (e.g. 3,2,1 or 1)", optional=True))
 
     def add_model(self, adapter: bool = True) -> None:

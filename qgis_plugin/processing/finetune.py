@@ -19,6 +19,7 @@ from qgis.core import (
 )
 
 from .. import catalog
+from ..defaults import TRAIN
 from .common import INSTANCE_FIELD, LABEL_FIELD, POINTS, RASTER, EngineAlgorithm
 
 FIELDS = (INSTANCE_FIELD, LABEL_FIELD)
@@ -49,13 +50,16 @@ class FineTune(EngineAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_raster_and_points(FIELDS)
         integer, double = QgsProcessingParameterNumber.Type.Integer, QgsProcessingParameterNumber.Type.Double
-        self.addParameter(QgsProcessingParameterNumber(self.STEPS, "Training steps", integer, 400, minValue=1))
-        self.addParameter(QgsProcessingParameterNumber(self.RANK, "LoRA rank", integer, 4, minValue=1, maxValue=256))
-        self.addParameter(QgsProcessingParameterNumber(self.LR, "Learning rate", double, 1e-4, minValue=1e-7, maxValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.STEPS, "Training steps", integer, TRAIN["steps"], minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.RANK, "LoRA rank", integer, TRAIN["rank"], minValue=1,
+                                                       maxValue=256))
+        self.addParameter(QgsProcessingParameterNumber(self.LR, "Learning rate", double, TRAIN["lr"], minValue=1e-7,
+                                                       maxValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.VAL_FRACTION, "Validation fraction (clicks held out, "
-                                                       "in spatial blocks)", double, 0.2, minValue=0, maxValue=0.9))
-        self.addParameter(QgsProcessingParameterNumber(self.ANCHOR_WEIGHT, "Anchor weight (0: none)", double, 1.0,
-                                                       minValue=0, maxValue=100))
+                                                       "in spatial blocks)", double, TRAIN["val_fraction"], minValue=0,
+                                                       maxValue=0.9))
+        self.addParameter(QgsProcessingParameterNumber(self.ANCHOR_WEIGHT, "Anchor weight (0: none)", double,
+                                                       TRAIN["anchor_weight"], minValue=0, maxValue=100))
         self.addParameter(QgsProcessingParameterFeatureSource(self.VAL_POLYGONS, "Reference polygons for validation",
                                                               [QgsProcessing.SourceType.TypeVectorPolygon], optional=True))
         self.add_raster_options()

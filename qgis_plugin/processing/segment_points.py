@@ -23,6 +23,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from ..defaults import CHOICES, SEGMENT
 from ..layers import skipped_reasons
 from ..messages import skipped_summary
 from .common import CLASS_FIELD, INSTANCE_FIELD, LABEL_FIELD, POINTS, RASTER, EngineAlgorithm, into_geopackage
@@ -32,7 +33,7 @@ FIELDS = (INSTANCE_FIELD, LABEL_FIELD, CLASS_FIELD)
 
 class SegmentPoints(EngineAlgorithm):
     CALIBRATION, MIN_AREA, SIMPLIFY, REGULARIZE = "CALIBRATION", "MIN_AREA", "SIMPLIFY", "REGULARIZE"
-    OUTLINES = ("none", "buildings", "ships")  # the engine's --regularize values, in this order
+    OUTLINES = tuple(CHOICES["regularize"])  # the engine's --regularize values, in its order
     SINKS = (("INSTANCES", "Instances", "instances"), ("BOXES", "Oriented boxes", "boxes"),
              ("BBOXES", "Axis boxes", "bboxes"))  # parameter, label, the engine's layer
 
@@ -42,16 +43,19 @@ class SegmentPoints(EngineAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_raster_and_points(FIELDS)
-        self.addParameter(QgsProcessingParameterBoolean(self.CALIBRATION, "Negative prompt calibration", True))
+        self.addParameter(QgsProcessingParameterBoolean(self.CALIBRATION, "Negative prompt calibration",
+                                                        SEGMENT["calibration"]))
         self.add_raster_options()
         self.addParameter(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum area (m²)",
-                                                       QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0))
+                                                       QgsProcessingParameterNumber.Type.Double, SEGMENT["min_area"],
+                                                       minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(self.SIMPLIFY, "Simplify (m; empty: one pixel)",
-                                                       QgsProcessingParameterNumber.Type.Double, None, optional=True,
+                                                       QgsProcessingParameterNumber.Type.Double, SEGMENT["simplify"],
+                                                       optional=True,
                                                        minValue=0.0))
         self.addParameter(QgsProcessingParameterEnum(
             self.REGULARIZE, "Regularize (buildings: right angles; ships: smooth hulls)", list(self.OUTLINES),
-            defaultValue=0))
+            defaultValue=self.OUTLINES.index(SEGMENT["regularize"])))
         self.add_model()
         for key, label, _ in self.SINKS:
             self.addParameter(QgsProcessingParameterFeatureSink(key, label, QgsProcessing.SourceType.TypeVectorPolygon))

@@ -361,7 +361,7 @@ def _train_cases():
         t("-o into a missing folder", [*TR, "-o", "{out}/no/region.adapter.pt"], "does not exist"),
         t("-o is .", [*TR, "-o", "."], "is a folder"),
         t("-o is /", [*TR, "-o", "/"], "is a folder"),
-        t("-o not .pt", [*TR, "-o", "{out}/region.gpkg"], "must end in .pt"),
+        t("-o not .adapter.pt", [*TR, "-o", "{out}/region.pt"], "must end in .adapter.pt"),
         t("--resume without a checkpoint", [*TR, *o, "--resume"], "no checkpoint"),
         t("--val-polygons unpaired", [*TR, *o, "--val-polygons", "{truth}", "--val-polygons", "{truth}"], "one --val-polygons"),
         t("--val-polygons missing", [*TR, *o, "--val-polygons", "{out}/none.gpkg"], "does not exist"),
@@ -436,7 +436,8 @@ def world(tmp_path_factory, tiny_model):
 
 @pytest.fixture(scope="module")
 def api(world, tiny_model):
-    from pointsam_engine.api.app import Engine, create_app
+    from pointsam_engine.api.app import create_app
+    from pointsam_engine.api.engine import Engine
     from pointsam_engine.config import SegmentConfig
 
     engine = Engine(SegmentConfig(model=str(tiny_model), device="cpu", cache_mb=16))

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pointsam_engine.cli import main
-from pointsam_engine.demo import run_scene
+from pointsam_engine.demo.run import run_scene
 from pointsam_engine.sam.model import DEFAULT_MODEL, load_model
 
 FRESH_SEEDS = {"buildings": 41001, "ships": 41002}  # never used in training (below 10000) or in the model card

@@ -1,124 +1,22 @@
-"""``pointsam models pull|verify|remove`` against a loopback HTTP server serving a small file with a known sha256.
-
-The server honours Range requests (or ignores them), can drop the connection part-way through the file,
-and can serve other bytes than the catalogue's; the catalogue entry of vit_b is swapped for that file.
-"""
+"""``pointsam models pull|verify|remove`` against a loopback HTTP server serving a small file with a known sha256
+(:mod:`tests.engine.checkpoint_server`; the ``file_server`` fixture swaps vit_b's catalogue entry for that file)."""
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import socket
 import threading
-import time
 from pathlib import Path
-from typing import List, Optional
 
 import pytest
 from click.testing import CliRunner
 
 from pointsam_engine import catalog, download
-from pointsam_engine.catalog import CATALOG, Checkpoint
+from pointsam_engine.catalog import CATALOG
 from pointsam_engine.cli import main
 from pointsam_engine.errors import Cancelled, ModelError
-
-PAYLOAD = hashlib.shake_256(b"pointsam test checkpoint").digest(3_000_000)  # three 1 MiB blocks, a bit less
-FILE = CATALOG["vit_b"].file
-
-
-class FileServer:
-    """Serves ``payload`` at ``/<FILE>`` on a loopback port; logs each request's Range header and the length
-    of the body it answered with."""
-
-    def __init__(self, payload: bytes):
-        self.payload = payload
-        self.ignore_range = False
-        self.drop_at: Optional[int] = None  # close the connection after this many bytes of the file
-        self.block_delay = 0.0  # seconds between 64 KB blocks (a slow server, to cancel part-way)
-        self.ranges: List[Optional[str]] = []
-        self.lengths: List[int] = []
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def _handler(self):
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.path != f"/{FILE}":
-                    self.send_error(404)
-                    return
-                wanted = self.headers.get("Range")
-                server.ranges.append(wanted)
-                start = 0
-                if wanted and not server.ignore_range:
-                    start = int(wanted.removeprefix("bytes=").split("-")[0])
-                    if start >= len(server.payload):
-                        self.send_error(416)
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(server.payload) - 1}/{len(server.payload)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(server.payload) - start))
-                server.lengths.append(len(server.payload) - start)
-                self.end_headers()
-                self._send(start)
-
-            def _send(self, start: int):
-                end = len(server.payload) if server.drop_at is None else max(server.drop_at, start)
-                for offset in range(start, end, 1 << 16):
-                    chunk = server.payload[offset:min(offset + (1 << 16), end)]
-                    try:
-                        self.wfile.write(chunk)
-                    except OSError:  # the client went away (cancelled)
-                        return
-                    time.sleep(server.block_delay)
-                if server.drop_at is not None:
-                    self.wfile.flush()
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    self.close_connection = True
-
-        return Handler
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch) -> Path:
-    """An empty model folder first in $POINTSAM_MODELS, and a HOME with no models."""
-    folder = tmp_path / "models"
-    monkeypatch.setenv("POINTSAM_MODELS", str(folder))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    return folder
-
-
-@pytest.fixture
-def file_server(models_dir, monkeypatch):
-    """The loopback server, with vit_b's catalogue entry describing its file."""
-    server = FileServer(PAYLOAD)
-    monkeypatch.setitem(CATALOG, "vit_b", Checkpoint("vit_b", FILE, len(PAYLOAD), hashlib.sha256(PAYLOAD).hexdigest()))
-    monkeypatch.setenv(catalog.BASE_URL_VARIABLE, server.url)
-    yield server
-    server.close()
-
-
-def part_file(models_dir: Path) -> Path:
-    return models_dir / f".{FILE}.part"
-
-
-def visible_files(folder: Path) -> List[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+from tests.engine.checkpoint_server import FILE, PAYLOAD, part_file, visible_files
 
 
 def test_pull_downloads_verifies_and_installs(file_server, models_dir):

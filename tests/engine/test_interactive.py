@@ -9,10 +9,10 @@ import shapely
 from fastapi.testclient import TestClient
 
 from pointsam_engine.config import SegmentConfig
+from pointsam_engine.demo.scenes import generate
 from pointsam_engine.errors import PointsError
 from pointsam_engine.interactive import ClickSegmenter, _prompt_chip, trimmed_mask
 from pointsam_engine.masks import MaskPatch
-from pointsam_engine.scenes import generate
 
 from ..conftest import SquarePredictor, grid_to_map
 
@@ -135,7 +135,8 @@ def test_the_chip_holds_every_click_and_the_whole_box(seed):
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    from pointsam_engine.api.app import Engine, create_app
+    from pointsam_engine.api.app import create_app
+    from pointsam_engine.api.engine import Engine
 
     scene = generate("buildings", tmp_path_factory.mktemp("interactive_scene"), size=384, seed=41077)
     engine = Engine(SegmentConfig())

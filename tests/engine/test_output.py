@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import subprocess
 import sys
@@ -218,3 +219,101 @@ def test_a_geopackage_open_in_another_program_keeps_its_unsaved_log_and_stays_us
     finally:
         db.close()
     assert len(pyogrio.read_dataframe(out, layer="roads")) == 3
+
+
+
+# -- the one atomic writer, and the checks made before any work -------------------------------------------------
+
+class _Unwritable:
+    def __str__(self):
+        raise RuntimeError("cannot be written")
+
+
+def _names(folder):
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
+def test_a_json_report_whose_serializer_raises_leaves_no_temporary_file_and_no_target(tmp_path):
+    with pytest.raises(RuntimeError, match="cannot be written"):
+        output_module.write_json(tmp_path / "run.json", {"fine": 1, "bad": _Unwritable()})
+    assert _names(tmp_path) == []
+
+
+def test_a_failed_json_report_leaves_the_old_one_as_it_was(tmp_path):
+    target = output_module.write_json(tmp_path / "run.json", {"run": 1, "when": Path("x")})
+    assert json.loads(target.read_text()) == {"run": 1, "when": "x"}  # values JSON has no type for: as text
+    with pytest.raises(RuntimeError):
+        output_module.write_json(target, {"run": 2, "bad": _Unwritable()})
+    assert json.loads(target.read_text()) == {"run": 1, "when": "x"} and _names(tmp_path) == ["run.json"]
+
+
+def test_a_full_disk_while_writing_json_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(output_module.json, "dump", full)
+    with pytest.raises(OutputError, match="no space left on the device writing .*run.json"):
+        output_module.write_json(tmp_path / "run.json", {"run": 1})
+    assert _names(tmp_path) == []
+
+
+def test_atomic_path_renames_on_success_and_removes_its_temporary_file_on_ctrl_c(tmp_path):
+    target = tmp_path / "model.pt"
+    with output_module.atomic_path(target, ".pt") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith(output_module.TEMP_MARK + ".pt")
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and _names(tmp_path) == ["model.pt"]
+    with pytest.raises(KeyboardInterrupt):
+        with output_module.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"whole" and _names(tmp_path) == ["model.pt"]
+
+
+def test_scratch_path_removes_its_file_and_sqlites_side_files_even_on_success(tmp_path):
+    with output_module.scratch_path(tmp_path / "out.gpkg", ".gpkg") as tmp:
+        for name in (tmp.name, tmp.name + "-journal", tmp.name + "-wal"):
+            (tmp_path / name).write_bytes(b"x")
+    assert _names(tmp_path) == []
+
+
+def test_check_file_target_refuses_an_existing_file_without_overwrite_and_a_folder(tmp_path):
+    existing = tmp_path / "run.json"
+    existing.write_text("{}")
+    with pytest.raises(OutputError, match="--report .*run.json exists; pass --overwrite"):
+        output_module.check_file_target(existing, False, "--report")
+    assert output_module.check_file_target(existing, True, "--report") == existing
+    with pytest.raises(OutputError, match="is a folder"):
+        output_module.check_file_target(tmp_path, True, "--json")
+    with pytest.raises(OutputError, match="folder .*missing does not exist"):
+        output_module.check_file_target(tmp_path / "missing" / "run.json", True, "--json")
+
+
+def test_check_distinct_refuses_an_output_that_is_an_input_or_another_output(tmp_path):
+    out, raster = tmp_path / "out.gpkg", tmp_path / "r.tif"
+    with pytest.raises(OutputError, match="--report .* is the same file as -o \\(another output\\)"):
+        output_module.check_distinct({"-o": out, "--report": tmp_path / "." / "out.gpkg"})
+    with pytest.raises(OutputError, match="is the same file as RASTER \\(an input\\)"):
+        output_module.check_distinct({"-o": raster}, {"RASTER": raster})
+    output_module.check_distinct({"-o": out, "--report": tmp_path / "run.json"}, {"RASTER": raster})
+
+
+def test_check_folder_refuses_a_file_and_a_missing_folder_unless_it_may_create_it(tmp_path):
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        output_module.check_folder(a_file, "--cache-dir", create=True)
+    with pytest.raises(OutputError, match="does not exist"):
+        output_module.check_folder(tmp_path / "new", "--adapters-dir")
+    assert output_module.check_folder(tmp_path / "new" / "deeper", "--out", create=True) == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_check_target_refuses_a_wrong_suffix_and_an_existing_adapter_without_overwrite(tmp_path):
+    with pytest.raises(OutputError, match="must end in .gpkg"):
+        check_target(tmp_path / "out.shp", False)
+    adapter = tmp_path / "a.adapter.pt"
+    adapter.write_bytes(b"weights")
+    with pytest.raises(OutputError, match="exists; pass --overwrite"):
+        check_target(adapter, False, suffix=".pt", kind="an adapter file")
+    assert check_target(adapter, True, suffix=".pt", kind="an adapter file") == adapter

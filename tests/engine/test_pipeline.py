@@ -124,7 +124,8 @@ def test_keep_overlaps_leaves_each_object_its_own_mask(tmp_path):
     assert set(overlapping(kept.layers["instances"].sort_values("point_fid").geometry.values)) == pairs
     assert kept.report["overlaps_after"] == 3 and settled.report["overlaps_after"] == 0
     square_m2 = (2 * 12) ** 2 * 0.25
-    assert kept.layers["instances"]["area_m2"].tolist() == pytest.approx([square_m2] * 4, rel=2e-3)  # geodesic m² near the UTM meridian
+    # geodesic m² near the UTM meridian
+    assert kept.layers["instances"]["area_m2"].tolist() == pytest.approx([square_m2] * 4, rel=2e-3)
     assert settled.layers["instances"]["area_m2"].sum() < kept.layers["instances"]["area_m2"].sum() - square_m2 / 2
 
 

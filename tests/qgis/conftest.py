@@ -112,7 +112,7 @@ def plugin(qgis_app):
 def scene(tmp_path_factory):
     """A generated buildings scene, written by the engine's environment (QGIS's Python has no numpy stack to spare)."""
     folder = tmp_path_factory.mktemp("qgis_scene")
-    code = ("import json, sys; from pointsam_engine.scenes import generate; "
+    code = ("import json, sys; from pointsam_engine.demo.scenes import generate; "
             "print(json.dumps({k: str(v) for k, v in generate('buildings', sys.argv[1], size=384, seed=41099).items()}))")
     out = subprocess.run([engine_python(), "-c", code, str(folder)], capture_output=True, text=True, check=True)
     import json

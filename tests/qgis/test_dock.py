@@ -200,9 +200,9 @@ class FakeEngine:
     def models(self) -> dict:
         self.calls.append("models")
         self.release.wait(60)
+        pulled = [{"name": e["name"], "path": e["path"], "sha256": e["sha256"]} for e in self.catalog if e["installed"]]
         return {"loaded": {"label": "pointsam-tiny@92387606", "sha256": TINY_SHA},
-                "available": [{"name": "pointsam-tiny", "path": "/pkg/pointsam-tiny.pt", "sha256": TINY_SHA}] +
-                             [{"name": e["name"], "path": e["path"], "sha256": e["sha256"]} for e in self.catalog if e["installed"]],
+                "available": [{"name": "pointsam-tiny", "path": "/pkg/pointsam-tiny.pt", "sha256": TINY_SHA}] + pulled,
                 "adapters": [], "catalog": self.catalog, "model_dir": "/models"}
 
     def pull(self, name: str) -> dict:

@@ -415,7 +415,7 @@ def test_a_digitizing_session_renders_with_markers_preview_and_accepted_objects(
     assert tool.answer is not None and not tool.band.asGeometry().isEmpty(), messages
 
     canvas.refresh()
-    _pump_until(lambda: not canvas.isDrawing(), 30)
+    _pump_until(lambda drawn=canvas: not drawn.isDrawing(), 30)
     canvas.waitWhileRendering()
     QgsApplication.processEvents()
     image = window.grab().toImage()

@@ -22,6 +22,7 @@ from pyproj import Geod
 from rasterio.transform import from_origin
 
 from pointsam_engine import segment
+from pointsam_engine.coarse import COARSER
 from pointsam_engine.errors import RasterError
 from pointsam_engine.raster import Raster, compute_normalization
 from tests.conftest import SHARED_DATA, SquarePredictor, write_points, write_raster
@@ -113,10 +114,12 @@ def metric_areas(frame: gpd.GeoDataFrame) -> np.ndarray:
 
 
 def click_within_chip(frame: gpd.GeoDataFrame, clicks: gpd.GeoDataFrame, pixel: float) -> None:
-    """Each polygon lies inside the chip-sized square around its own click (masks come back where clicked)."""
-    for fid, geom in zip(frame.point_fid, frame.geometry):
+    """Each polygon lies inside the chip-sized square around its own click (masks come back where clicked);
+    one decoded again on the coarser grid, inside that grid's chip."""
+    for fid, geom, coarse in zip(frame.point_fid, frame.geometry, frame.coarse):
         x, y = shapely.get_coordinates(clicks.geometry.loc[fid])[0]
-        assert shapely.box(x - CHIP * pixel, y - CHIP * pixel, x + CHIP * pixel, y + CHIP * pixel).contains(geom), fid
+        reach = CHIP * pixel * (COARSER if coarse else 1)
+        assert shapely.box(x - reach, y - reach, x + reach, y + reach).contains(geom), fid
 
 
 def assert_holds_clicks(res, clicks: gpd.GeoDataFrame) -> None:

@@ -1,0 +1,103 @@
+"""Objects larger than a chip: decoded again on a coarser grid.
+
+A mask that runs into an inner edge of its chip (an edge that is not the raster's) was stopped by the chip,
+not by the object's outline: a warehouse, a stadium, a tanker in a 1024-pixel chip at 0.3 m. After the
+chip loop such objects are decoded again on a grid :data:`COARSER` times coarser, with chips planned over
+those objects only (they share encoder passes), each object's prompt as before and every other object's
+clicks on the coarse chip as calibration neighbours. The coarse mask replaces the fine one when it does not
+run into its own chip's inner edge, or when the model scores it higher; its outline then gives way to its
+neighbours' (finer) outlines, so no two objects overlap.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+import shapely
+from shapely.affinity import scale
+
+from .chip_loop import ChipRun, check_cancel, chip_prompts, clean_patch, decode_chip, runs_into_edge
+from .chips import plan_chips
+from .points import Instance
+from .raster import Normalization, Raster, to_working_each
+from .sam.cache import embedding_key
+from .vectorize import polygonal, trace
+
+COARSER = 4  # 4x: a 1024-pixel chip then covers 4096 pixels of the working grid
+
+
+def retry_coarser(raster, cfg, norm: Normalization, predictor, instances: Sequence[Instance], run: ChipRun,
+                  max_hole_px: float, stages, cancel=None) -> Dict[str, int]:
+    """Decode the objects the chip loop found cut by their chip again on a coarser grid; replace their
+    polygons in ``run`` where the coarse mask is better. Returns the counts for the run report."""
+    targets = np.flatnonzero(run.at_edge)
+    if not len(targets):
+        return {"coarse_retries": 0, "coarse_kept": 0}
+    found: Dict[int, tuple] = {}
+    with Raster(raster, bands=cfg.bands, nodata=cfg.nodata, assume_crs=cfg.assume_crs,
+                chip_scale=cfg.chip_scale * COARSER) as coarse:
+        pos = to_working_each(coarse, [inst.pos for inst in instances])
+        neg = to_working_each(coarse, [inst.neg for inst in instances])
+        anchors = np.array([p.mean(axis=0) for p in pos])
+        size = predictor.chip_size
+        plan = plan_chips(anchors[targets, 1], anchors[targets, 0], coarse.working_shape, size, cfg.chip_margin * size)
+        fingerprint = coarse.fingerprint()
+        for k, chip in enumerate(plan.chips):
+            check_cancel(cancel)
+            with stages("read"):
+                image, valid = coarse.read_chip(chip.row0, chip.col0, chip.size, norm)
+            key = embedding_key(raster=fingerprint, stretch=norm.to_dict(), window=(chip.row0, chip.col0, chip.size),
+                                scale=coarse.scale, model=predictor.label)
+            with stages("encode"):
+                run.encoder_passes += bool(predictor.set_chip(image, valid, key))
+            own = targets[plan.assigned[k]]
+            others = _on_chip(anchors, chip, image.shape[:2], exclude=own)
+            members, prompts, positives = chip_prompts(np.concatenate([own, others]), pos, neg, chip, image.shape[:2])
+            n_own = int(np.isin(members, own).sum())
+            _, results, _ = decode_chip(predictor, prompts, positives, n_own, cfg, stages)
+            for a, patch in enumerate(results):
+                i = members[a]
+                if patch is None or (runs_into_edge(patch, chip, image.shape[:2], coarse.working_shape)
+                                     and patch.score <= run.scores[i]):
+                    continue
+                cleaned = clean_patch(patch, positives[a], max_hole_px / COARSER ** 2)
+                if cleaned is not None:
+                    outline = trace(cleaned.mask, cleaned.row0 + chip.row0, cleaned.col0 + chip.col0)
+                    found[i] = (scale(outline, COARSER, COARSER, origin=(0, 0)), cleaned.score)
+    _replace(run, found)
+    return {"coarse_retries": len(targets), "coarse_kept": len(found)}
+
+
+def _on_chip(anchors: np.ndarray, chip, shape, exclude) -> np.ndarray:
+    """Objects whose anchor (x, y on the grid) lies on the chip, other than ``exclude``."""
+    inside = ((anchors[:, 0] >= chip.col0) & (anchors[:, 0] < chip.col0 + shape[1])
+              & (anchors[:, 1] >= chip.row0) & (anchors[:, 1] < chip.row0 + shape[0]))
+    inside[np.asarray(exclude, dtype=int)] = False
+    return np.flatnonzero(inside)
+
+
+def _replace(run: ChipRun, found: Dict[int, tuple]) -> None:
+    """Put the coarse outlines in place; each gives way to the objects that keep their fine outline, and
+    between two coarse ones the lower score gives way. One that gives way entirely keeps its fine outline."""
+    fixed = np.array([None if i in found else g for i, g in enumerate(run.polygons)], dtype=object)
+    tree = shapely.STRtree(fixed)
+    placed: Dict[int, object] = {}
+    for i in sorted(found, key=lambda i: -found[i][1]):
+        outline = found[i][0]
+        outline = _minus(outline, list(fixed[tree.query(outline)]) + list(placed.values()))
+        if outline is not None:
+            placed[i] = outline
+    fine = [run.polygons[i] for i in found if i not in placed]
+    for i, outline in placed.items():
+        outline = _minus(outline, fine)
+        if outline is not None:
+            run.polygons[i], run.scores[i], run.coarse[i] = outline, found[i][1], True
+
+
+def _minus(outline, others: List[object]):
+    """``outline`` less the ``others`` it meets (None where nothing is left)."""
+    others = [g for g in others if g is not None]
+    near = [g for g in others if shapely.intersects(g, outline)] if others else []
+    rest = polygonal(outline.difference(shapely.union_all(near))) if near else outline
+    return None if rest is None or rest.is_empty else rest

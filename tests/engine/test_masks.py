@@ -1,0 +1,44 @@
+"""MaskPatch: an object's logits on a window of the grid; cropping and shifting keep every pixel where it was."""
+
+import numpy as np
+
+from pointsam_engine.masks import MASK_THRESHOLD, MaskPatch
+
+
+def _patch():
+    logits = np.full((10, 12), -3.0, np.float32)
+    logits[3:6, 4:9] = 2.0  # the mask: rows 3-5, columns 4-8
+    logits[7, 1] = MASK_THRESHOLD  # on the threshold: not in the mask
+    return MaskPatch(100, 200, logits, 0.9)
+
+
+def _cells(patch):
+    rows, cols = np.nonzero(patch.mask)
+    return set(zip((rows + patch.row0).tolist(), (cols + patch.col0).tolist()))
+
+
+def test_the_mask_is_the_logits_above_the_threshold():
+    patch = _patch()
+    assert patch.shape == (10, 12) and patch.mask.sum() == 15 and not patch.mask[7, 1]
+
+
+def test_cropping_cuts_to_the_mask_and_keeps_each_pixel_on_the_grid():
+    patch = _patch()
+    cropped = patch.cropped()
+    assert (cropped.row0, cropped.col0, cropped.shape) == (103, 204, (3, 5))
+    assert _cells(cropped) == _cells(patch) and cropped.mask.all() and cropped.score == 0.9
+    assert np.shares_memory(cropped.logits, patch.logits)  # a view: cropping copies nothing
+
+
+def test_cropping_an_empty_mask_gives_an_empty_patch_at_the_same_place():
+    patch = MaskPatch(5, 6, -np.ones((4, 4), np.float32), 0.2)
+    cropped = patch.cropped()
+    assert cropped.shape == (0, 0) and (cropped.row0, cropped.col0) == (5, 6) and _cells(cropped) == set()
+
+
+def test_shifting_moves_the_window_not_the_logits():
+    patch = _patch()
+    moved = patch.shifted(-100, 7)
+    assert (moved.row0, moved.col0) == (0, 207) and moved.logits is patch.logits and moved.score == patch.score
+    assert _cells(moved) == {(r - 100, c + 7) for r, c in _cells(patch)}
+    assert (patch.row0, patch.col0) == (100, 200)  # the original stays
