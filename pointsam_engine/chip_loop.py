@@ -93,12 +93,7 @@ def segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, max_h
     for k, chip in enumerate(plan.chips):
         check_cancel(cancel)
         notify(0.05 + 0.85 * k / len(plan.chips), f"encoding chip {k + 1}/{len(plan.chips)}")
-        with stages("read"):
-            image, valid = ras.read_chip(chip.row0, chip.col0, chip.size, norm)
-        key = embedding_key(raster=fingerprint, stretch=norm.to_dict(), window=(chip.row0, chip.col0, chip.size),
-                            scale=ras.scale, model=predictor.label)
-        with stages("encode"):
-            run.encoder_passes += bool(predictor.set_chip(image, valid, key))
+        image = encode_chip(ras, chip, norm, predictor, fingerprint, run, stages)
         members, prompts, positives = chip_prompts(np.concatenate([plan.assigned[k], plan.context[k]]), pos_w, neg_w,
                                                     chip, image.shape[:2])
         n_own = int(np.isin(members, plan.assigned[k]).sum())  # assigned members come first
@@ -122,6 +117,18 @@ def segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, max_h
         release_freed_memory()
         notify(0.05 + 0.85 * (k + 1) / len(plan.chips), f"chip {k + 1}/{len(plan.chips)}")
     return run
+
+
+def encode_chip(ras, chip: Chip, norm, predictor, fingerprint: str, run: ChipRun, stages) -> np.ndarray:
+    """Read a chip of ``ras``'s working grid and set it on the predictor (the encoder runs unless the embedding
+    cache holds it; ``run`` counts the passes). Returns the chip's image."""
+    with stages("read"):
+        image, valid = ras.read_chip(chip.row0, chip.col0, chip.size, norm)
+    key = embedding_key(raster=fingerprint, stretch=norm.to_dict(), window=(chip.row0, chip.col0, chip.size),
+                        scale=ras.scale, model=predictor.label)
+    with stages("encode"):
+        run.encoder_passes += bool(predictor.set_chip(image, valid, key))
+    return image
 
 
 def decode_chip(predictor, prompts: List[Prompt], positives: List[np.ndarray], n_own: int, cfg, stages):

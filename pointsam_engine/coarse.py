@@ -17,11 +17,10 @@ import numpy as np
 import shapely
 from shapely.affinity import scale
 
-from .chip_loop import ChipRun, check_cancel, chip_prompts, clean_patch, decode_chip, runs_into_edge
+from .chip_loop import ChipRun, check_cancel, chip_prompts, clean_patch, decode_chip, encode_chip, runs_into_edge
 from .chips import plan_chips
 from .points import Instance
 from .raster import Normalization, Raster, to_working_each
-from .sam.cache import embedding_key
 from .vectorize import polygonal, trace
 
 COARSER = 4  # 4x: a 1024-pixel chip then covers 4096 pixels of the working grid
@@ -45,12 +44,7 @@ def retry_coarser(raster, cfg, norm: Normalization, predictor, instances: Sequen
         fingerprint = coarse.fingerprint()
         for k, chip in enumerate(plan.chips):
             check_cancel(cancel)
-            with stages("read"):
-                image, valid = coarse.read_chip(chip.row0, chip.col0, chip.size, norm)
-            key = embedding_key(raster=fingerprint, stretch=norm.to_dict(), window=(chip.row0, chip.col0, chip.size),
-                                scale=coarse.scale, model=predictor.label)
-            with stages("encode"):
-                run.encoder_passes += bool(predictor.set_chip(image, valid, key))
+            image = encode_chip(coarse, chip, norm, predictor, fingerprint, run, stages)
             own = targets[plan.assigned[k]]
             others = _on_chip(anchors, chip, image.shape[:2], exclude=own)
             members, prompts, positives = chip_prompts(np.concatenate([own, others]), pos, neg, chip, image.shape[:2])

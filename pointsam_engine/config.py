@@ -174,7 +174,12 @@ def plugin_defaults() -> Dict[str, Dict[str, Any]]:
     values = {name: getattr(segment, name) for name in PLUGIN_SEGMENT_OPTIONS}
     values["stretch"] = stretch_text(segment.stretch)
     return {"SEGMENT": values, "TRAIN": {name: getattr(TRAIN, name) for name in PLUGIN_TRAIN_OPTIONS},
-            "CHOICES": {"regularize": list(CHOICES["regularize"].values)}}
+            "CHOICES": {"regularize": list(CHOICES["regularize"].values),
+                        "precision": _default_first(CHOICES["encoder_precision"].values, segment.precision)}}
+
+
+def _default_first(values, default) -> list:
+    return [default] + [v for v in values if v != default]
 
 
 def plugin_defaults_source() -> str:

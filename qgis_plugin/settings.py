@@ -6,8 +6,9 @@ Which engine, first match wins:
 2. ``pointsam/engine_url`` (+ ``pointsam/engine_token``): an engine already running there;
 3. ``pointsam/engine_connection_file``: an engine already running, found through the file
    ``pointsam serve --connection-file`` writes (read again on each use, so a restarted engine is found);
-4. ``pointsam/engine_python`` (+ ``pointsam/engine_args`` and ``pointsam/engine_output_root``, the only folder its
-   jobs may write under): the plugin runs ``pointsam serve`` itself.
+4. ``pointsam/engine_python`` (+ ``pointsam/engine_args``, ``pointsam/engine_output_root``, the only folder its
+   jobs may write under, and ``pointsam/engine_precision``, the encoder's arithmetic): the plugin runs
+   ``pointsam serve`` itself.
 
 "Set up engine…" writes ``pointsam/engine_python``; Settings > Options > PointSAM edits every key. The functions
 here may be called from QgsTask worker threads (starting the engine never runs on the GUI thread): one lock
@@ -23,6 +24,7 @@ from typing import Optional, Tuple, Union
 
 from qgis.core import QgsSettings
 
+from .defaults import CHOICES
 from .engine import ENV_PYTHON, EngineProcess, RemoteEngine, engine_python, read_connection_file
 from .errors import PluginError
 
@@ -32,6 +34,7 @@ KEY_URL = "pointsam/engine_url"
 KEY_TOKEN = "pointsam/engine_token"
 KEY_CONNECTION_FILE = "pointsam/engine_connection_file"
 KEY_OUTPUT_ROOT = "pointsam/engine_output_root"  # jobs of the engine the plugin runs write only below it
+KEY_PRECISION = "pointsam/engine_precision"  # the image encoder's arithmetic (pointsam serve --precision)
 
 Engine = Union[EngineProcess, RemoteEngine]
 
@@ -62,9 +65,11 @@ def configured_python() -> str:
 
 
 def engine_args() -> Tuple[str, ...]:
-    """``pointsam/engine_args`` split into arguments of ``pointsam serve``, then ``--output-root`` when set."""
-    root = _value(KEY_OUTPUT_ROOT)
-    return (*_value(KEY_ARGS).split(), *(("--output-root", os.path.expanduser(root)) if root else ()))
+    """``pointsam/engine_args`` split into arguments of ``pointsam serve``, then ``--output-root`` and
+    ``--precision`` when set (the engine's default precision adds nothing)."""
+    root, precision = _value(KEY_OUTPUT_ROOT), _value(KEY_PRECISION)
+    return (*_value(KEY_ARGS).split(), *(("--output-root", os.path.expanduser(root)) if root else ()),
+            *(("--precision", precision) if precision and precision != CHOICES["precision"][0] else ()))
 
 
 def engine_choice() -> Tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 from typing import List
 
@@ -13,6 +14,7 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
+from pointsam_engine.errors import Cancelled
 from pointsam_engine.masks import MaskPatch, Prompt
 from pointsam_engine.raster import apply_affine
 
@@ -145,3 +147,18 @@ def blocks_scene(tmp_path):
     points = write_points(tmp_path / "points.gpkg", pixel_centres(transform, centres),
                           cls=["building"] * len(centres))
     return raster, points, transform, centres
+
+
+def work_until_cancelled():
+    """A job's work that runs until it is cancelled, then stops as the engine's jobs do:
+    ``(work, started)``, ``started`` set once the work runs."""
+    started = threading.Event()
+
+    def work(progress, cancel):
+        started.set()
+        while not cancel.wait(0.01):
+            pass
+        raise Cancelled("the run was cancelled; nothing was written")
+
+    return work, started
+

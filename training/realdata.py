@@ -182,12 +182,15 @@ def evaluation_sets(folder: Path, root: Path = BUILDINGS) -> Dict[str, list]:
                                                           "banepa"))}
 
 
-def measure_real(model: str, folder: Path, root: Path = BUILDINGS) -> Dict[str, dict]:
+def measure_real(model: str, folder: Path, root: Path = BUILDINGS, only: str = "") -> Dict[str, dict]:
     """mIoU and mF1 (means over chips, as :func:`~pointsam_engine.evaluate.summarize`) of ``model`` with one
-    click per footprint, segmented by the engine with its defaults, per :func:`evaluation_sets` set."""
+    click per footprint, segmented by the engine with its defaults, per :func:`evaluation_sets` set (``only``:
+    the sets whose name starts so)."""
     predictor = make_predictor(SegmentConfig(model=str(model), device="cpu"))
     out = {}
     for name, cases in evaluation_sets(folder, root).items():
+        if not name.startswith(only):
+            continue
         scores = []
         for raster, truth, points in cases:
             result = segment(raster, points, None, predictor=predictor)

@@ -1,8 +1,9 @@
 """Settings > Options > PointSAM: every engine setting the plugin reads, and the "Set up engine…" button.
 
 The page edits the keys :mod:`qgis_plugin.settings` documents (``pointsam/engine_python``, ``engine_args``,
-``engine_url``, ``engine_token``, ``engine_connection_file``), so no one needs the Advanced Settings editor.
-An emptied field removes its key. The plugin's engine picks the change up on its next use.
+``engine_url``, ``engine_token``, ``engine_connection_file``, ``engine_output_root``, ``engine_precision``),
+so no one needs the Advanced Settings editor. An emptied field removes its key. The plugin's engine picks
+the change up on its next use.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ from typing import Callable, Dict
 
 from qgis.gui import QgsOptionsPageWidget, QgsOptionsWidgetFactory
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
+from qgis.PyQt.QtWidgets import QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
 
 from .. import settings
+from ..defaults import CHOICES
+
+PRECISIONS = {"fp32": "fp32 (exact)", "auto": "auto (the fastest this CPU or GPU runs accurately)",
+              "bf16": "bf16 (CPUs with AVX512-BF16 or AMX, GPUs)", "fp16": "fp16 (GPUs)",
+              "int8": "int8 (any CPU)"}
 
 TITLE = "PointSAM"
 
@@ -35,6 +41,10 @@ class SettingsPage(QgsOptionsPageWidget):
                         settings.KEY_OUTPUT_ROOT: "anywhere you can write; or a folder, e.g. ~/gis"}
         for key, text in placeholders.items():
             self.fields[key].setPlaceholderText(text)
+        self.precision = QComboBox()
+        for choice in CHOICES["precision"]:
+            self.precision.addItem(PRECISIONS.get(choice, choice), choice)
+        self.precision.setCurrentIndex(max(self.precision.findData(settings.value(settings.KEY_PRECISION)), 0))
         self.python_state = QLabel()
         self.fields[settings.KEY_PYTHON].textChanged.connect(self._check_python)
         setup = QPushButton("Set up engine…")
@@ -45,6 +55,7 @@ class SettingsPage(QgsOptionsPageWidget):
         form.addRow("", self.python_state)
         form.addRow("Engine arguments", self.fields[settings.KEY_ARGS])
         form.addRow("Outputs only under", _with_browse(self.fields[settings.KEY_OUTPUT_ROOT], self._browse_root))
+        form.addRow("Encoder precision", self.precision)
         form.addRow("", setup)
         form.addRow(QLabel("Or an engine already running (these win over the engine Python):"))
         form.addRow("Engine URL", self.fields[settings.KEY_URL])
@@ -56,6 +67,7 @@ class SettingsPage(QgsOptionsPageWidget):
         """Store every field (QGIS calls this on OK)."""
         for key, field in self.fields.items():
             settings.set_value(key, field.text())
+        settings.set_value(settings.KEY_PRECISION, self.precision.currentData())
 
     def _check_python(self) -> None:
         path = os.path.expanduser(self.fields[settings.KEY_PYTHON].text().strip())

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from pointsam_engine.errors import Cancelled, OutputError
+from pointsam_engine.errors import OutputError
 from pointsam_engine.jobs import CANCELLED, FAILED, QUEUED, SUCCEEDED, JobRunner, TooLateToCancel
+from tests.conftest import work_until_cancelled
 
 
 @pytest.fixture
@@ -83,14 +84,7 @@ def test_a_queued_job_is_cancelled_at_once_and_never_runs(runner):
 
 
 def test_a_running_job_stops_at_its_next_check(runner):
-    started = threading.Event()
-
-    def work(progress, cancel):
-        started.set()
-        while not cancel.wait(0.01):
-            pass
-        raise Cancelled("the run was cancelled; nothing was written")
-
+    work, started = work_until_cancelled()
     job = runner.submit("segment", work)
     assert started.wait(10)
     runner.cancel(job.id)

@@ -5,7 +5,6 @@ one-line :class:`EngineRequestError`, a silent or absent engine, and following a
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from types import SimpleNamespace
 
@@ -14,9 +13,10 @@ import pytest
 from pointsam_engine.api.app import create_app
 from pointsam_engine.api.engine import Engine, get_engine
 from pointsam_engine.config import SegmentConfig
-from pointsam_engine.errors import Cancelled, OutputError
+from pointsam_engine.errors import OutputError
 from qgis_plugin.client import EngineClient
 from qgis_plugin.errors import EngineRequestError, EngineUnavailableError, JobFailedError
+from tests.conftest import work_until_cancelled
 from tests.engine.api.served import served
 
 TOKEN = "plugin-test-token"
@@ -122,14 +122,7 @@ def test_follow_raises_the_failed_jobs_message(client, engine):
 
 
 def test_follow_cancels_the_job_when_the_user_cancels(client, engine):
-    started = threading.Event()
-
-    def work(progress, cancel):
-        started.set()
-        while not cancel.wait(0.01):
-            pass
-        raise Cancelled("the run was cancelled; nothing was written")
-
+    work, started = work_until_cancelled()
     job = engine.jobs.submit("segment", work).to_dict()
     assert started.wait(30)
     with pytest.raises(JobFailedError, match="^the run was cancelled; nothing was written$"):

@@ -216,11 +216,16 @@ def test_no_engine_messages_offer_set_up_engine_and_the_options_page_sets_the_en
         page.fields[settings.KEY_PYTHON].setText(python)
         page.fields[settings.KEY_ARGS].setText("--cache-mb 64")
         page.fields[settings.KEY_OUTPUT_ROOT].setText("/data/gis")
+        assert page.precision.currentData() == "fp32"  # the engine's default, first
+        page.precision.setCurrentIndex(page.precision.findData("bf16"))
         assert page.python_state.text() == ""
         page.apply()
-        assert settings.engine_choice() == ("process", python, "--cache-mb", "64", "--output-root", "/data/gis")
+        assert settings.engine_choice() == ("process", python, "--cache-mb", "64", "--output-root", "/data/gis",
+                                            "--precision", "bf16")
+        assert SettingsPage(None, plugin.show_setup).precision.currentData() == "bf16"  # the page shows the setting
     finally:
         settings.set_value(settings.KEY_PYTHON, saved)
         settings.set_value(settings.KEY_ARGS, "")
         settings.set_value(settings.KEY_OUTPUT_ROOT, "")
+        settings.set_value(settings.KEY_PRECISION, "")
         plugin.unload()

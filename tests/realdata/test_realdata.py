@@ -8,6 +8,7 @@ Each scene is segmented once per predictor (module-scoped fixtures): with the ti
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -469,3 +470,18 @@ def test_area_m2_subtracts_holes(atlanta_tiny, kampala_tiny, hrsid_tiny):
     for name, res in (("atlanta", atlanta_tiny), ("kampala", kampala_tiny), ("hrsid", hrsid_tiny)):
         inst = res.layers["instances"]
         np.testing.assert_allclose(inst.area_m2.to_numpy(), metric_areas(inst), rtol=1e-3, err_msg=name)
+
+
+# -- the bundled model on real roofs: its card's figure holds ------------------------------------------
+
+def test_the_bundled_model_keeps_its_card_figure_on_kampala(tmp_path):
+    """Kampala is never trained on: the bundled model's mIoU there must not fall below the card's by > 0.02."""
+    need(f"{KAMPALA}/chips_labels_all.geojson")
+    from pointsam_engine.sam.model import BUNDLED_DIR
+    from training.realdata import measure_real
+
+    card = (BUNDLED_DIR / "pointsam-tiny.md").read_text()
+    row = re.search(r"^\| (Kampala \(\d+ chips\)) \| \d+ \| \d+ \| ([0-9.]+) \|", card, re.M)
+    assert row, "the model card has no Kampala row"
+    measured = measure_real(BUNDLED_DIR / "pointsam-tiny.pt", tmp_path, only="Kampala (")[row.group(1)]
+    assert measured["miou"] >= float(row.group(2)) - 0.02, measured
