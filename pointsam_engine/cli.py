@@ -10,7 +10,7 @@ import click
 
 from . import __version__
 from .commands import PluginGroup
-from .config import SERVE_CACHE_MB, SERVE_MAX_PARALLEL, SegmentConfig, parse_bands, parse_stretch, stretch_text
+from .config import INSTANCES, SERVE_CACHE_MB, SERVE_MAX_PARALLEL, SegmentConfig, parse_bands, parse_stretch, stretch_text
 from .demo import DEMO_FOLDER
 from .errors import PointSamError
 from .options import CHOICES, NUMBERS
@@ -140,7 +140,7 @@ def segment(raster, points, output, overwrite, model, model_type, adapter, devic
 @click.argument("truth")
 @click.option("--points", default=None, help="The clicks the predictions came from (pairs by point_fid).")
 @click.option("--raster", default=None, help="Grid to compare on (default: the one recorded in PRED).")
-@click.option("--pred-layer", default="instances", show_default=True, help="Layer of PRED.")
+@click.option("--pred-layer", default=INSTANCES, show_default=True, help="Layer of PRED.")
 @click.option("--truth-layer", default=None, help="Layer of TRUTH.")
 @click.option("--points-layer", default=None, help="Layer of --points.")
 @click.option("--json", "json_path", default=None, help="Write the figures (miou, mf1, ...) here.")

@@ -117,6 +117,7 @@ class TrainDefaults:
 
 
 TRAIN = TrainDefaults()
+INSTANCES = "instances"  # the layer of the objects' outlines: segment writes it, evaluate reads it by default
 SERVE_CACHE_MB = 512  # pointsam serve's embedding cache: a server keeps chips across many runs and clicks
 SERVE_MAX_PARALLEL = 1  # clicks running the encoder at once (each pass can hold hundreds of MB)
 

@@ -23,7 +23,8 @@ from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 from .catalog import Checkpoint, checkpoint, download_dir, file_digest, file_sha256, installed_path, model_dirs
-from .errors import Cancelled, ModelError, PointSamError
+from .errors import Cancelled, ModelError, OutputError, PointSamError
+from .output import write_text
 
 Progress = Callable[[float, str], None]
 BLOCK = 1 << 20
@@ -229,6 +230,6 @@ def record_sha256(path, digest: str) -> None:
     path = Path(path)
     stat = path.stat()
     try:
-        _record_path(path).write_text(json.dumps({"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
-    except OSError:
+        write_text(_record_path(path), json.dumps({"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+    except OutputError:
         pass

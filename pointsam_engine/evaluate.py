@@ -23,6 +23,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import transform as window_transform
 
+from .config import INSTANCES
 from .errors import PointsError, RasterError
 from .output import no_pam_sidecars
 
@@ -154,7 +155,7 @@ def summarize(images: Sequence[ImageScore]) -> dict:
     }
 
 
-def read_grid(pred_path, raster=None, pred_layer: str = "instances") -> Grid:
+def read_grid(pred_path, raster=None, pred_layer: str = INSTANCES) -> Grid:
     """The grid to compare on: ``raster`` when given, else the one the engine recorded in the GeoPackage."""
     if raster is not None:
         return Grid.from_raster(raster)
@@ -165,7 +166,7 @@ def read_grid(pred_path, raster=None, pred_layer: str = "instances") -> Grid:
 
 
 def evaluate_files(pred_path, truth_path, points_path=None, *, raster=None, truth_layer=None,
-                   points_layer=None, pred_layer: str = "instances") -> dict:
+                   points_layer=None, pred_layer: str = INSTANCES) -> dict:
     """Score a PointSAM GeoPackage against truth polygons; returns :func:`summarize` of the one image."""
     grid = read_grid(pred_path, raster, pred_layer)
     pred = gpd.read_file(pred_path, layer=pred_layer)
@@ -177,7 +178,7 @@ def evaluate_files(pred_path, truth_path, points_path=None, *, raster=None, trut
 
 
 def check_inputs(pred_path, truth_path, points_path=None, *, raster=None, truth_layer=None, points_layer=None,
-                 pred_layer: str = "instances") -> None:
+                 pred_layer: str = INSTANCES) -> None:
     """Refuse, in one line, inputs :func:`evaluate_files` cannot read: missing files or layers, no CRS,
     predictions without ``point_fid`` when the points are given, a raster GDAL cannot open."""
     layers = [("predictions", pred_path, pred_layer), ("truth", truth_path, truth_layer)]

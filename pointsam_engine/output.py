@@ -24,9 +24,10 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 import geopandas as gpd
 import pyogrio
 
+from .config import INSTANCES
 from .errors import OutputError
 
-LAYERS = ("instances", "boxes", "bboxes", "skipped")
+LAYERS = (INSTANCES, "boxes", "bboxes", "skipped")
 _GEOMETRY_TYPES = {"instances": "MultiPolygon", "boxes": "Polygon", "bboxes": "Polygon", "skipped": "Point"}
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _GPKG_APPLICATION_IDS = (b"GPKG", b"GP10", b"GP11")
@@ -253,6 +254,16 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     with scratch_path(path, suffix) as tmp:
         yield tmp
         os.replace(tmp, path)
+
+
+def write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_path` (a failure leaves the old file, or none)."""
+    try:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text)
+    except OSError as exc:
+        raise disk_error(exc, path) from None
+    return Path(path)
 
 
 def write_json(path, data) -> Path:

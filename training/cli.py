@@ -37,22 +37,35 @@ from .selftrain import SelfTrainOptions
               help="Share of buildings scenes drawn dense, with terraces of look-alike houses.")
 @click.option("--real-share", default=PretrainConfig.real_share, show_default=True, type=click.FloatRange(0, 1),
               help="Share of chips cropped from real labelled buildings in ../shared/data (Banepa's training chips, Atlanta).")
+@click.option("--real-zoom", default=",".join(str(z) for z in PretrainConfig.real_zoom), show_default=True,
+              help="Range of the factor real chips are resampled by, e.g. 0.35,1.8 (below 1: coarser pixels).")
 @click.option("--device", default=PretrainConfig.device, show_default=True)
 @click.option("--card/--no-card", default=True, show_default=True, help="Measure quality and write the model card.")
 def pretrain(output, steps, lr, seed, scenes_per_kind, objects_per_image, init, kind_share, focal_alpha, dense_share,
-             real_share, device, card) -> None:
+             real_share, real_zoom, device, card) -> None:
     """Train the small bundled SAM (pointsam-tiny) from scratch on generated scenes."""
     from .pretrain import pretrain as run_pretrain
 
     cfg = PretrainConfig(output=output, steps=steps, lr=lr, seed=seed, scenes_per_kind=scenes_per_kind,
                          objects_per_image=objects_per_image, init=init, device=device, focal_alpha=focal_alpha,
-                         kind_share=_shares(kind_share), dense_share=dense_share, real_share=real_share)
+                         kind_share=_shares(kind_share), dense_share=dense_share, real_share=real_share,
+                         real_zoom=_zoom(real_zoom))
     provenance = run_pretrain(cfg, echo=click.echo)
     if card:
         from .model_card import write_model_card
 
         path = write_model_card(output, provenance, echo=click.echo)
         click.echo(f"model card: {path}")
+
+
+def _zoom(text: str) -> tuple:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not two numbers like 0.5,1.8", param_hint="--real-zoom") from None
+    if not 0 < low <= high:
+        raise click.BadParameter(f"{text!r} needs 0 < low <= high, e.g. 0.5,1.8", param_hint="--real-zoom")
+    return (low, high)
 
 
 def _shares(text):

@@ -61,7 +61,8 @@ def plot(csv_path: Path, png: Path) -> None:
     bottom.set_xlabel("step")
     bottom.set_ylabel("validation")
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    with atomic_path(png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 

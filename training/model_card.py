@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pointsam_engine.demo.run import run_scene
+from pointsam_engine.output import write_text
 from pointsam_engine.sam.model import build_sam, file_sha256, save_pointsam_checkpoint
 
 from .data import DENSE
@@ -144,7 +145,7 @@ def write_model_card(model_path, provenance: dict, echo: Callable[[str], None] =
         lines += ["## Attribution", "", "Imagery: OpenAerialMap (HOTOSM and contributors), CC BY 4.0; SpaceNet 4 "
                   "Atlanta sample, CC BY-SA 4.0. Building footprints: © OpenStreetMap contributors, ODbL 1.0.", ""]
     card = model_path.with_suffix(".md")
-    card.write_text("\n".join(lines))
+    write_text(card, "\n".join(lines))
     echo("\n".join(lines))
     return card
 

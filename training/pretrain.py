@@ -54,6 +54,7 @@ class PretrainConfig:
     focal_alpha: float = 0.25
     dense_share: float = 0.0  # share of buildings scenes drawn dense, with terraces (training.data.DENSE)
     real_share: float = 0.0  # share of chips cropped from real labelled imagery (training.realdata.training_pool)
+    real_zoom: tuple = (0.5, 1.8)  # real chips are resampled by a factor in this range (log-uniform)
 
 
 def _lr_factor(step: int, cfg: PretrainConfig) -> float:
@@ -80,7 +81,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
     start = time.time()
     echo(f"rendering {cfg.scenes_per_kind} scenes per kind ({cfg.scene_size} px) ...")
     pool = ScenePool(("buildings", "ships"), cfg.scenes_per_kind, cfg.scene_size, cfg.seed, cfg.dense_share)
-    real = training_pool() if cfg.real_share > 0 else None
+    real = training_pool(zoom=tuple(cfg.real_zoom)) if cfg.real_share > 0 else None
     sam, earlier = build_sam(POINTSAM_TINY), None
     if cfg.init:
         payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
@@ -130,7 +131,7 @@ def _provenance(cfg: PretrainConfig, params: int, start: float, device, log: lis
         "parameters": params,
         "wall_minutes": round((time.time() - start) / 60, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}",
-        "data": "generated scenes (pointsam_engine.scenes): buildings 0.3 m RGB and ships 1.5 m SAR amplitude "
+        "data": "generated scenes (pointsam_engine.demo.scenes): buildings 0.3 m RGB and ships 1.5 m SAR amplitude "
                 "(linear and dB stretch), seeds below 10000" + (f"; {REAL_DATA}" if cfg.real_share else ""),
         "log": list(log),
     }

@@ -140,7 +140,7 @@ def jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def training_pool(root: Path = BUILDINGS) -> RealPool:
+def training_pool(root: Path = BUILDINGS, zoom: Tuple[float, float] = (0.5, 1.8)) -> RealPool:
     """The real training data: Banepa's training chips as one mosaic, and the Atlanta sample."""
     banepa, atlanta = root / "hotosm_oam_banepa", root / "spacenet4_atlanta"
     if not (banepa / "chips").is_dir():
@@ -149,7 +149,7 @@ def training_pool(root: Path = BUILDINGS) -> RealPool:
     if (atlanta / "sample_geotiff.tif").exists():
         images.append(load_raster(atlanta / "sample_geotiff.tif", gpd.read_file(atlanta / "geotiff_labels.geojson"),
                                   "atlanta"))
-    return RealPool(images)
+    return RealPool(images, scale=zoom)
 
 
 def chip_cases(chips: Sequence[Path], labels: gpd.GeoDataFrame, folder: Path, tag: str) -> Iterator[tuple]:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional, Sequence
 
 from fastapi import Depends, Request
 
-from ..config import SegmentConfig
+from ..config import SERVE_MAX_PARALLEL, SegmentConfig
 from ..jobs import JobRunner
 
 
@@ -19,8 +19,8 @@ class Engine:
     """What the server keeps between requests: the loaded models, their embedding cache, the click path and
     the jobs. ``adapter_dirs`` are folders, besides the model folders, whose adapters ``/v1/models`` lists."""
 
-    def __init__(self, config: SegmentConfig, model=None, adapter_dirs: Sequence[str] = (), max_parallel: int = 1,
-                 output_root: Optional[str] = None):
+    def __init__(self, config: SegmentConfig, model=None, adapter_dirs: Sequence[str] = (),
+                 max_parallel: int = SERVE_MAX_PARALLEL, output_root: Optional[str] = None):
         from ..interactive import ClickSegmenter
         from ..sam.cache import EmbeddingCache
         from .models import ModelPool

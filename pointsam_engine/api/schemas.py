@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..config import TRAIN, SegmentConfig, parse_bands, parse_stretch, stretch_text
+from ..config import INSTANCES, TRAIN, SegmentConfig, parse_bands, parse_stretch, stretch_text
 from ..options import CHOICES
 from ..options import NUMBERS as N
 
@@ -172,7 +172,7 @@ class EvaluateRequest(Strict):
     """``pointsam evaluate``: predictions (a PointSAM GeoPackage, or any layer with ``point_fid``) against truth."""
 
     pred: str = Field(min_length=1, max_length=4096, description="Predictions: a vector file on the engine's machine.")
-    pred_layer: str = Field("instances", min_length=1, max_length=500)
+    pred_layer: str = Field(INSTANCES, min_length=1, max_length=500)
     truth: str = Field(min_length=1, max_length=4096, description="Reference polygons.")
     truth_layer: Optional[str] = Field(None, min_length=1, max_length=500)
     points: Optional[str] = Field(None, min_length=1, max_length=4096,

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ..config import SegmentConfig
+from ..config import SERVE_MAX_PARALLEL, SegmentConfig
 from ..errors import OptionError
 from ..output import atomic_path
 
@@ -77,7 +77,8 @@ def write_connection_file(path: Path, info: dict) -> Path:
 
 def serve(config: SegmentConfig, *, host: str = "127.0.0.1", port: int = 0, token: Optional[str] = None,
           allow_remote: bool = False, connection_file: Optional[str] = None, adapter_dirs: Sequence[str] = (),
-          watch_parent: bool = False, max_parallel: int = 1, output_root: Optional[str] = None, echo=print) -> None:
+          watch_parent: bool = False, max_parallel: int = SERVE_MAX_PARALLEL, output_root: Optional[str] = None,
+          echo=print) -> None:
     """Load the model, announce ``{"url", "token", "pid", ...}`` and serve until interrupted.
 
     ``adapter_dirs``: folders whose ``*.adapter.pt`` files ``/v1/models`` offers, besides the model folders.

@@ -41,6 +41,7 @@ from qgis.PyQt.QtWidgets import (
 from .. import catalog, settings
 from ..background import BackgroundCall, in_background
 from ..client import EngineClient
+from ..defaults import SEGMENT
 from ..errors import PluginError
 from ..layers import skipped_reasons, write_layer
 from ..messages import in_plugin_terms, parse_bands, skipped_summary, stage_text
@@ -107,7 +108,7 @@ class PointSamDock(QgsDockWidget):
             self.fields[key] = combo
         self.model, self.adapter = QComboBox(), QComboBox()
         self.calibration = QCheckBox("Negative prompt calibration")
-        self.calibration.setChecked(True)
+        self.calibration.setChecked(SEGMENT["calibration"])
         self.sar_db = QCheckBox("SAR: stretch in dB")
         self.bands = QLineEdit()
         self.bands.setPlaceholderText("e.g. 3,2,1 or 1 (default: RGB)")

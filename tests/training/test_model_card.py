@@ -1,4 +1,8 @@
-"""The bundled model's card states what a fresh measurement gives: the bar of 0.75 mIoU on each kind."""
+"""The bundled model's card states what a fresh measurement gives, and the model keeps its generated-scene quality.
+
+The bundled model learnt real roofs on top of the generated-only model (issue 19); the bar on generated scenes
+is that model's card less 0.02 (buildings 0.880, ships 0.753), so learning real imagery may not cost more.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import pytest
 from pointsam_engine.sam.model import BUNDLED, BUNDLED_DIR
 from training.model_card import EVAL_SETS, measure
 
-BAR = 0.75
+GENERATED_ONLY = {"buildings": 0.880, "ships": 0.753}  # the card of the model trained on generated scenes only
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +22,8 @@ def measured():
 
 
 @pytest.mark.parametrize("kind", ["buildings", "ships"])
-def test_bundled_model_meets_the_bar_on_the_model_card_scenes(measured, kind):
-    assert measured[kind]["miou"] >= BAR, measured[kind]
+def test_bundled_model_keeps_its_generated_scene_quality(measured, kind):
+    assert measured[kind]["miou"] >= GENERATED_ONLY[kind] - 0.02, measured[kind]
 
 
 @pytest.mark.parametrize("kind", ["buildings", "ships"])
