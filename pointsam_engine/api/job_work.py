@@ -26,7 +26,8 @@ def segment_work(engine: Engine, body: schemas.SegmentJobRequest) -> Work:
     if (body.points is None) == (body.points_geojson is None):
         raise PointsError("give the points either as 'points' (a file path) or as 'points_geojson', not both or neither")
     check_segment_inputs(body.raster, body.points, body.output, cfg)
-    predictor = engine.predictor(engine.models.get(body.model, body.adapter))  # loads a new model: after cheap checks
+    # loads a new model: after the cheap checks
+    predictor = engine.predictor(engine.models.get(body.model, body.adapter, cfg.stretch, cfg.sar_db))
     inline = _inline_points(body.points_geojson, body.points_crs) if body.points_geojson is not None else None
 
     def work(progress, cancel):

@@ -56,9 +56,14 @@ class ModelPool:
         self._others: "OrderedDict[tuple, object]" = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, model: Optional[str] = None, adapter: Optional[str] = None):
+    def get(self, model: Optional[str] = None, adapter: Optional[str] = None, stretch=None, sar_db: bool = False):
         """The :class:`~pointsam_engine.sam.model.LoadedModel` for ``model`` (default: the server's base) and
-        ``adapter``; neither given: the server's own model (with its adapter, if it was started with one)."""
+        ``adapter``; neither given: the server's own model (with its adapter, if it was started with one).
+        With the request's ``stretch`` (and ``sar_db``), an adapter trained under another one is refused."""
+        if adapter is not None and stretch is not None:
+            from ..sam.adapter import check_normalization, read_adapter
+
+            check_normalization(read_adapter(adapter, mmap=True), adapter, stretch, sar_db)
         if model is None and adapter is None:
             return self.default
         key = self._key(model if model is not None else self.config.model, adapter)

@@ -22,10 +22,11 @@ _OUTPUT_TAKEN = {409: {"model": schemas.ErrorBody, "description": "The output Ge
 @router.post("/v1/predict", response_model=schemas.PredictResponse, responses=COMMON)
 def predict(body: schemas.PredictRequest, engine: EngineDep):
     start = time.perf_counter()
-    model = engine.models.get(body.model, body.adapter)
+    options = body.engine_options()
+    model = engine.models.get(body.model, body.adapter, options["stretch"], options["sar_db"])
     with engine.click_slots:
         r = engine.clicks.predict(body.raster, body.positive, body.negative, crs=body.crs, out_crs=body.out_crs,
-                                  predictor=engine.predictor(model), box=body.box, **body.engine_options())
+                                  predictor=engine.predictor(model), box=body.box, **options)
     props = {"score": r.score, "area_m2": r.area_m2, "length_m": r.length_m, "width_m": r.width_m,
              "angle_deg": r.angle_deg, "model": model.label}
     return schemas.PredictResponse(
@@ -37,10 +38,10 @@ def predict(body: schemas.PredictRequest, engine: EngineDep):
 @router.post("/v1/prefetch", response_model=schemas.PrefetchResponse, responses=COMMON)
 def prefetch(body: schemas.PrefetchRequest, engine: EngineDep):
     start = time.perf_counter()
-    predictor = engine.predictor(engine.models.get(body.model, body.adapter))
+    options = body.engine_options()
+    predictor = engine.predictor(engine.models.get(body.model, body.adapter, options["stretch"], options["sar_db"]))
     with engine.click_slots:
-        encoded = engine.clicks.prefetch(body.raster, body.point, crs=body.crs, predictor=predictor,
-                                         **body.engine_options())
+        encoded = engine.clicks.prefetch(body.raster, body.point, crs=body.crs, predictor=predictor, **options)
     return schemas.PrefetchResponse(encoded=encoded, seconds=round(time.perf_counter() - start, 4))
 
 

@@ -148,3 +148,16 @@ def test_adapters_are_named_by_the_one_rule(tiny_model, tmp_path):
     header = adapter_header(path)
     assert header["name"] == "kampala.v2" and header["base"]["name"] == "tiny-test"
     assert adapter_header(tiny_model) is None, "a model file is not listed as an adapter"
+
+
+def test_the_api_refuses_an_adapter_trained_under_another_stretch(tiny_model, tmp_path):
+    """Each request brings its own stretch, so the server checks the adapter against it, request by request."""
+    from pointsam_engine.api.models import ModelPool
+    from pointsam_engine.config import SegmentConfig
+    from pointsam_engine.errors import OptionError
+
+    path = _adapter_trained_with(tmp_path, tiny_model, sar_db=True)
+    pool = ModelPool(SegmentConfig(model=str(tiny_model), device="cpu"))
+    with pytest.raises(OptionError, match="trained with --stretch 2,98 --sar-db, but this run uses --stretch 2,98;"):
+        pool.get(adapter=str(path), stretch=(2.0, 98.0), sar_db=False)
+    assert pool.get(adapter=str(path), stretch=(2.0, 98.0), sar_db=True).adapter
