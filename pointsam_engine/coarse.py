@@ -59,7 +59,7 @@ def retry_coarser(raster, cfg, norm: Normalization, predictor, instances: Sequen
                 if cleaned is not None:
                     outline = trace(cleaned.mask, cleaned.row0 + chip.row0, cleaned.col0 + chip.col0)
                     found[i] = (scale(outline, COARSER, COARSER, origin=(0, 0)), cleaned.score)
-    _replace(run, found)
+    _replace(run, found, settle=not cfg.keep_overlaps)
     return {"coarse_retries": len(targets), "coarse_kept": len(found)}
 
 
@@ -71,9 +71,14 @@ def _on_chip(anchors: np.ndarray, chip, shape, exclude) -> np.ndarray:
     return np.flatnonzero(inside)
 
 
-def _replace(run: ChipRun, found: Dict[int, tuple]) -> None:
+def _replace(run: ChipRun, found: Dict[int, tuple], settle: bool = True) -> None:
     """Put the coarse outlines in place; each gives way to the objects that keep their fine outline, and
-    between two coarse ones the lower score gives way. One that gives way entirely keeps its fine outline."""
+    between two coarse ones the lower score gives way. One that gives way entirely keeps its fine outline.
+    Without ``settle`` (``--keep-overlaps``) each coarse outline is put in place whole."""
+    if not settle:
+        for i, (outline, score) in found.items():
+            run.polygons[i], run.scores[i], run.coarse[i] = outline, score, True
+        return
     fixed = np.array([None if i in found else g for i, g in enumerate(run.polygons)], dtype=object)
     tree = shapely.STRtree(fixed)
     placed: Dict[int, object] = {}

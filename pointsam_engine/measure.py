@@ -65,7 +65,10 @@ class Measurer:
         az, dist = az.reshape(2, -1), dist.reshape(2, -1)
         longer = np.argmax(dist, axis=0)
         pick = np.arange(len(boxes))
-        return az[longer, pick] % 180.0, dist[longer, pick], dist[1 - longer, pick]
+        angle, length, width = az[longer, pick] % 180.0, dist[longer, pick], dist[1 - longer, pick]
+        for values in (angle, length, width):
+            values[~live] = 0.0  # not a polygon: zeros, wherever (0, 0) falls in the CRS
+        return angle, length, width
 
 
 def grid_tolerances(ras, max_hole_area: Optional[float], simplify: Optional[float]) -> Tuple[float, float]:

@@ -158,10 +158,20 @@ def remove_overlaps(geoms: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def oriented_boxes(geoms: np.ndarray) -> np.ndarray:
     """Minimum-area rotated rectangles."""
-    boxes = shapely.oriented_envelope(np.asarray(geoms, dtype=object))
+    geoms = np.asarray(geoms, dtype=object)
+    boxes = shapely.oriented_envelope(geoms)
     flat = shapely.get_type_id(boxes) != 3  # a line or a point for a degenerate object: its envelope instead
-    boxes[flat] = [polygonal(b) or g.envelope for b, g in zip(boxes[flat], np.asarray(geoms, dtype=object)[flat])]
+    boxes[flat] = [polygonal(b) or g.envelope for b, g in zip(boxes[flat], geoms[flat])]
+    for k in np.flatnonzero(~shapely.covers(boxes, geoms) & ~shapely.is_missing(geoms)):
+        boxes[k] = _grown_to_cover(boxes[k], geoms[k])
     return boxes
+
+
+def _grown_to_cover(box, geom):
+    """``box`` pushed out, square corners kept, by the few nanometres GEOS's rotated rectangle can leave a
+    vertex of ``geom`` outside it, so the box always holds its object."""
+    gap = float(shapely.distance(shapely.points(shapely.get_coordinates(geom)), box).max())
+    return box.buffer(gap * 1.5 + 1e-12, join_style="mitre") if gap > 0 else box
 
 
 def axis_boxes(geoms: np.ndarray) -> np.ndarray:
@@ -189,11 +199,22 @@ def hold_clicks(geoms: np.ndarray, masks: np.ndarray, clicks: Sequence[np.ndarra
     held = shapely.covers(masks[owner], points)
     lost = np.flatnonzero(held & ~shapely.contains(geoms[owner], points) & ~shapely.is_missing(geoms[owner]))
     tree = shapely.STRtree(geoms) if len(lost) and settle else None
+    grown: set = set()  # outlines that took a pixel since the tree was built
     for k in lost:
         obj, square = owner[k], squares[k]
-        for j in tree.query(square) if tree is not None else []:
-            if j != obj and geoms[j] is not None and shapely.intersects(geoms[j], square):
-                geoms[j] = polygonal(geoms[j].difference(square))
+        near = set(tree.query(square)) | grown if tree is not None else set()
+        near = [j for j in near - {obj} if geoms[j] is not None and shapely.intersects(geoms[j], square)]
+        if any(_holds_pixel(squares[owner == j], square) for j in near):
+            continue  # two objects clicked in one pixel: it stays with the one whose outline has it
+        for j in near:
+            rest = polygonal(geoms[j].difference(square))
+            geoms[j] = None if rest is None or rest.is_empty else rest
         geoms[obj] = polygonal(shapely.union(geoms[obj], square))
+        grown.add(obj)
     holds = np.bincount(owner[held], minlength=len(geoms)) == np.bincount(owner, minlength=len(geoms))
     return geoms, holds
+
+
+def _holds_pixel(squares: np.ndarray, square) -> bool:
+    """Whether one of an object's click pixels (``squares``) is the pixel ``square``."""
+    return bool(shapely.equals(squares, square).any()) if len(squares) else False

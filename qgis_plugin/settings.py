@@ -67,9 +67,11 @@ def configured_python() -> str:
 def engine_args() -> Tuple[str, ...]:
     """``pointsam/engine_args`` split into arguments of ``pointsam serve``, then ``--output-root`` and
     ``--precision`` when set (the engine's default precision adds nothing)."""
-    root, precision = _value(KEY_OUTPUT_ROOT), _value(KEY_PRECISION)
-    return (*_value(KEY_ARGS).split(), *(("--output-root", os.path.expanduser(root)) if root else ()),
-            *(("--precision", precision) if precision and precision != CHOICES["precision"][0] else ()))
+    args, root, precision = _value(KEY_ARGS).split(), _value(KEY_OUTPUT_ROOT), _value(KEY_PRECISION)
+    if "--precision" in args or precision == CHOICES["precision"][0]:
+        precision = ""  # the user's own --precision wins; the engine's default needs no flag
+    return (*args, *(("--output-root", os.path.expanduser(root)) if root else ()),
+            *(("--precision", precision) if precision else ()))
 
 
 def engine_choice() -> Tuple[str, ...]:

@@ -100,7 +100,10 @@ class RealPool:
     """Labelled real images to crop training chips from, at random ground scales and with photometric jitter."""
 
     def __init__(self, images: Sequence[LabelledImage], scale: Tuple[float, float] = (0.5, 1.8)):
-        self.images, self.scale = list(images), scale
+        self.images = [img for img in images if (img.labels > 0).any()]
+        if not self.images:
+            raise ValueError("no footprint lies on the training images; check the footprints' CRS and extent")
+        self.scale = scale
         self.weights = np.array([float((img.labels > 0).sum()) for img in self.images])
         self.weights /= self.weights.sum()
 

@@ -55,18 +55,18 @@ class ModelPool:
         self._default_key = self._key(config.model, config.adapter)
         self._others: "OrderedDict[tuple, object]" = OrderedDict()
         self._lock = threading.Lock()
+        self._checked: set = set()  # (adapter file version, stretch, sar_db) found to match
 
     def get(self, model: Optional[str] = None, adapter: Optional[str] = None, stretch=None, sar_db: bool = False):
         """The :class:`~pointsam_engine.sam.model.LoadedModel` for ``model`` (default: the server's base) and
         ``adapter``; neither given: the server's own model (with its adapter, if it was started with one).
         With the request's ``stretch`` (and ``sar_db``), an adapter trained under another one is refused."""
-        if adapter is not None and stretch is not None:
-            from ..sam.adapter import check_normalization, read_adapter
-
-            check_normalization(read_adapter(adapter, mmap=True), adapter, stretch, sar_db)
+        key = self._key(model if model is not None else self.config.model, adapter)
+        in_effect = adapter if adapter is not None else (self.config.adapter if model is None else None)
+        if in_effect is not None and stretch is not None:
+            self._check_normalization(in_effect, stretch, sar_db)
         if model is None and adapter is None:
             return self.default
-        key = self._key(model if model is not None else self.config.model, adapter)
         if key == self._default_key:
             return self.default
         with self._lock:  # one load at a time: two requests for a new model load it once
@@ -89,6 +89,17 @@ class ModelPool:
             if value is not None:
                 check_path(what, value)
         return _file_key(resolve_model_path(model)), _file_key(adapter) if adapter else None
+
+    def _check_normalization(self, adapter: str, stretch, sar_db: bool) -> None:
+        """Refuse an adapter trained under another stretch than the request's; each file version and stretch
+        is checked once (the header is read from disk only then)."""
+        from ..config import stretch_text
+        from ..sam.adapter import check_normalization, read_adapter
+
+        key = (_file_key(adapter), stretch_text(stretch), bool(sar_db))
+        if key not in self._checked:
+            check_normalization(read_adapter(adapter, mmap=True), adapter, stretch, sar_db)
+            self._checked.add(key)
 
     def _load(self, model: Optional[str], adapter: Optional[str], model_type: Optional[str] = None):
         """Load without checking the adapter's normalization: each request brings its own stretch."""

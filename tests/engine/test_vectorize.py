@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+import shapely
 from affine import Affine
 
 from pointsam_engine.masks import MaskPatch
-from pointsam_engine.vectorize import clean_mask, overlapping, simplify_coverage, to_map, trace
+from pointsam_engine.vectorize import clean_mask, hold_clicks, overlapping, simplify_coverage, to_map, trace
 
 
 def test_clean_mask_keeps_the_clicked_part_and_fills_only_small_holes():
@@ -39,3 +40,18 @@ def test_coverage_simplification_keeps_neighbours_apart():
     assert overlapping(simplified) == []
     assert all(g.is_valid for g in simplified)
     assert sum(g.area for g in simplified) == pytest.approx(60 * 60, rel=0.02)
+
+
+def test_a_click_given_back_never_takes_a_neighbours_own_click_pixel():
+    """Two clicks in one pixel: the object that lost the pixel does not take it back from the other object's
+    click (no overlap); a pixel held by no other click is given back."""
+    a, b = shapely.box(0, 0, 4, 4), shapely.box(4, 0, 8, 4)
+    masks = np.array([shapely.box(0, 0, 5, 4), b], dtype=object)  # a's mask held the pixel (4..5, 1..2)
+    click = np.array([[4.5, 1.5]])
+    pixel = np.array([shapely.box(4, 1, 5, 2)], dtype=object)
+    geoms, holds = hold_clicks(np.array([a, b], dtype=object), masks, [click, click], [pixel, pixel])
+    assert geoms[1].equals(b) and geoms[0].equals(a)
+    assert holds.tolist() == [True, True]
+    alone, _ = hold_clicks(np.array([a, b], dtype=object), masks, [click, np.array([[6.5, 1.5]])],
+                           [pixel, np.array([shapely.box(6, 1, 7, 2)], dtype=object)])
+    assert alone[0].contains(shapely.points(click)[0]) and not alone[1].intersects(pixel[0].buffer(-0.1))

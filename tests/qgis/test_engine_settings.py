@@ -223,6 +223,8 @@ def test_no_engine_messages_offer_set_up_engine_and_the_options_page_sets_the_en
         assert settings.engine_choice() == ("process", python, "--cache-mb", "64", "--output-root", "/data/gis",
                                             "--precision", "bf16")
         assert SettingsPage(None, plugin.show_setup).precision.currentData() == "bf16"  # the page shows the setting
+        settings.set_value(settings.KEY_ARGS, "--precision int8")  # the user's own flag wins over the page's choice
+        assert settings.engine_args() == ("--precision", "int8", "--output-root", "/data/gis")
     finally:
         settings.set_value(settings.KEY_PYTHON, saved)
         settings.set_value(settings.KEY_ARGS, "")

@@ -161,3 +161,15 @@ def test_the_api_refuses_an_adapter_trained_under_another_stretch(tiny_model, tm
     with pytest.raises(OptionError, match="trained with --stretch 2,98 --sar-db, but this run uses --stretch 2,98;"):
         pool.get(adapter=str(path), stretch=(2.0, 98.0), sar_db=False)
     assert pool.get(adapter=str(path), stretch=(2.0, 98.0), sar_db=True).adapter
+
+
+def test_the_servers_own_adapter_is_checked_against_each_requests_stretch(tiny_model, tmp_path):
+    from pointsam_engine.api.models import ModelPool
+    from pointsam_engine.config import SegmentConfig
+    from pointsam_engine.errors import OptionError
+
+    path = _adapter_trained_with(tmp_path, tiny_model, sar_db=True)
+    pool = ModelPool(SegmentConfig(model=str(tiny_model), adapter=str(path), device="cpu"))
+    with pytest.raises(OptionError, match="pass --stretch 2,98 --sar-db to match it"):
+        pool.get(stretch=(2.0, 98.0), sar_db=False)
+    assert pool.get(stretch=(2.0, 98.0), sar_db=True) is pool.default
