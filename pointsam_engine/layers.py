@@ -43,6 +43,9 @@ def build_layers(ras, instances: Sequence[Instance], run: ChipRun, table: PointT
     pixel_m = pixel_metres(ras)
     geoms, iou_to_mask = regularize(geoms, masks, run.scores[live], cfg.regularize, ras.crs, pixel_m,
                                     min_hole_m2=hole_px * pixel_m ** 2, settle=not cfg.keep_overlaps)
+    if cfg.regularize != "none" and not cfg.keep_overlaps:
+        # the round trip through the metric frame can leave slivers in degrees: the lower score gives way
+        geoms = remove_overlaps(geoms, run.scores[live])
     clicks = [instances[i].pos for i in live]
     geoms, holds = hold_clicks(geoms, masks, clicks, _click_pixels(ras, clicks), settle=not cfg.keep_overlaps)
     live_areas = Measurer(ras.crs).areas(geoms)  # m², geodesic: min_area is m² whatever the CRS
