@@ -162,3 +162,19 @@ def work_until_cancelled():
 
     return work, started
 
+
+class Concurrency:
+    """Counts how many callers are inside ``with meter:`` at once; ``peak`` is the most seen."""
+
+    def __init__(self):
+        self._lock, self._running, self.peak = threading.Lock(), 0, 0
+
+    def __enter__(self):
+        with self._lock:
+            self._running += 1
+            self.peak = max(self.peak, self._running)
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._running -= 1
+

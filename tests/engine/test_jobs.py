@@ -9,7 +9,7 @@ import pytest
 
 from pointsam_engine.errors import OutputError
 from pointsam_engine.jobs import CANCELLED, FAILED, QUEUED, SUCCEEDED, JobRunner, TooLateToCancel
-from tests.conftest import work_until_cancelled
+from tests.conftest import Concurrency, work_until_cancelled
 
 
 @pytest.fixture
@@ -49,16 +49,12 @@ def test_progress_is_reported_never_goes_back_and_ends_at_one(runner):
 
 
 def test_one_worker_runs_the_jobs_one_at_a_time_in_submission_order(runner):
-    running, most, order, lock = [0], [0], [], threading.Lock()
+    meter, order = Concurrency(), []
 
     def work_of(name):
         def work(progress, cancel):
-            with lock:
-                running[0] += 1
-                most[0] = max(most[0], running[0])
-            time.sleep(0.02)
-            with lock:
-                running[0] -= 1
+            with meter:
+                time.sleep(0.02)
                 order.append(name)
             return {}
         return work
@@ -66,7 +62,7 @@ def test_one_worker_runs_the_jobs_one_at_a_time_in_submission_order(runner):
     jobs = [runner.submit("segment", work_of(i)) for i in range(5)]
     for job in jobs:
         _wait(job)
-    assert most[0] == 1 and order == list(range(5))
+    assert meter.peak == 1 and order == list(range(5))
     assert [j.id for j in runner.list()] == [j.id for j in jobs]
 
 

@@ -28,7 +28,7 @@ from pointsam_engine.jobs import CANCELLED, SUCCEEDED
 from pointsam_engine.options import NUMBERS
 from pointsam_engine.output import TEMP_MARK, check_inside, sweep_temps, temp_path, write_geopackage
 from pointsam_engine.pipeline import segment
-from tests.conftest import write_points, write_raster
+from tests.conftest import Concurrency, write_points, write_raster
 from tests.engine.test_output import sha256
 
 TOKEN = "validate-token"
@@ -338,15 +338,11 @@ def test_clicks_run_the_encoder_at_most_max_parallel_at_once(tiny_model, tiny_sc
 
     raster, _ = tiny_scene
     engine = Engine(SegmentConfig(model=str(tiny_model), device="cpu", cache_mb=16), max_parallel=max_parallel)
-    lock, running, peak = threading.Lock(), [0], [0]
+    meter = Concurrency()
 
     def slow_prefetch(*_a, **_k):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        time.sleep(0.2)
-        with lock:
-            running[0] -= 1
+        with meter:
+            time.sleep(0.2)
         return True
 
     engine.clicks.prefetch = slow_prefetch
@@ -361,7 +357,7 @@ def test_clicks_run_the_encoder_at_most_max_parallel_at_once(tiny_model, tiny_sc
         for thread in threads:
             thread.join(30)
     assert answers == [200] * 5  # the others waited their turn, none was refused
-    assert peak[0] == max_parallel
+    assert meter.peak == max_parallel
 
 
 def test_the_output_root_confines_outputs_through_links_too(tmp_path):
