@@ -1,25 +1,136 @@
-"""One click once its chip is encoded: ``POST /v1/predict`` from request to polygon, as the QGIS map tool sends it.
+"""One click once its chip is encoded: the decoder side by side with stock segment-anything, and the whole path
+from request to polygon through ``pointsam serve``, as the QGIS map tool sends it.
 
-Generates a buildings scene, starts the API in this process (FastAPI's test client: the same routes,
-validation and JSON as ``pointsam serve``, without the socket), and for each of ``--clicks`` building
-clicks sends the request twice: the first may run the encoder, the second finds the embedding cached
-and is timed. Prints the median and 90th percentile, and where the time of one cached click goes
-(cProfile of the route's work, top functions by cumulative time).
+In one run, on a generated 1024² buildings scene:
 
-    .venv/bin/python benchmarks/bench_click.py [--model vit_b-random|pointsam-tiny|PATH] [--precision auto] [--clicks 20]
+1. **Decoder per click** (in this process, the chip encoded once; median over ``--clicks`` building clicks):
+   stock segment-anything's ``SamPredictor.predict`` (its decoder, then every mask upsampled to the chip:
+   what samgeo and Geo-SAM run per click) against the engine's ``ChipPredictor.predict`` (its decoder,
+   the logits upsampled only around the kept mask), for ``--model`` and for the bundled model.
+2. **Request to polygon**: ``pointsam serve`` started as the plugin starts it, one keep-alive HTTP
+   connection, each click's ``POST /v1/predict`` sent twice (the first may run the encoder, the second
+   finds the embedding cached and is timed), for ``--model`` and for the bundled model.
+
+With random weights (the default ``vit_b-random``: the official layout, as in ``bench_encoder.py``) every
+mask covers the chip, so its polygons have tens of thousands of vertices and its request-to-polygon time
+measures tracing them. The work after the decoder depends on the mask, not on the model, so the run also
+prints ``--model``'s decoder plus the bundled model's work after its decoder (object-sized masks): the
+time a click takes with a trained model of ``--model``'s size, composed from the measured parts and
+labelled so.
+
+    .venv/bin/python benchmarks/bench_click.py [--model vit_b-random|NAME|PATH] [--precision auto] [--clicks 20]
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import pstats
-import statistics
+import http.client
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 OUT = Path(__file__).resolve().parent / "out"
+
+
+def _median_ms(seconds) -> float:
+    import numpy as np
+
+    return float(np.median(seconds) * 1000)
+
+
+def decoder_ms(model: str, precision: str, image, clicks) -> dict:
+    """Median ms per click from prompt to low-resolution logits and scores: stock segment-anything (its prompt
+    encoder and ``MaskDecoder``, as ``SamPredictor.predict`` runs them) against the engine's
+    :func:`~pointsam_engine.sam.decode.decode_groups` on the chip's decoder context; and stock
+    ``SamPredictor.predict`` whole (every mask then upsampled to the chip and thresholded)."""
+    import numpy as np
+    import torch
+    from segment_anything import SamPredictor
+
+    from pointsam_engine.masks import Prompt
+    from pointsam_engine.sam.decode import decode_groups
+    from pointsam_engine.sam.model import load_model
+    from pointsam_engine.sam.predict import ChipPredictor
+
+    loaded = load_model(model, device="cpu", precision=precision)
+    size = loaded.image_size  # one chip of the model's input size, the clicks folded into it
+    image, clicks = image[:size, :size], np.asarray(clicks) % size
+    engine = ChipPredictor(loaded)
+    engine.set_chip(image)
+    stock = SamPredictor(loaded.sam)  # the same weights; stock runs its encoder in fp32
+    stock.set_image(image)
+    sam, embedding = loaded.sam, stock.features
+
+    def stock_decoder(xy):
+        points = (torch.as_tensor(np.array([[xy]]) - 0.5, dtype=torch.float32), torch.ones(1, 1, dtype=torch.int))
+        sparse, dense = sam.prompt_encoder(points=points, boxes=None, masks=None)
+        sam.mask_decoder(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
+                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+
+    runs = {
+        "stock decoder": stock_decoder,
+        "engine decoder": lambda xy: decode_groups(sam, embedding, [Prompt(np.array([xy]), np.array([1]))],
+                                                   context=engine._context),
+        "stock predict": lambda xy: stock.predict(point_coords=np.array([xy]) - 0.5, point_labels=np.array([1])),
+    }
+    times = {name: [] for name in runs}
+    with torch.inference_mode():
+        for xy in clicks:
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run(xy)
+                times[name].append(time.perf_counter() - start)
+    return {name: _median_ms(seconds) for name, seconds in times.items()}
+
+
+class Served:
+    """``pointsam serve`` in a child process (stopped on exit) and one keep-alive connection to it."""
+
+    def __init__(self, model: str, precision: str):
+        command = [sys.executable, "-m", "pointsam_engine.cli", "serve", "--model", model, "--precision", precision,
+                   "--connection-file", str(OUT / f"serve-{os.getpid()}.json")]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        info = json.loads(self.process.stdout.readline())
+        self.model, url = info["model"], urlparse(info["url"])
+        self.connection = http.client.HTTPConnection(url.hostname, url.port)
+        self.headers = {"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"}
+
+    def click(self, raster: str, xy) -> dict:
+        self.connection.request("POST", "/v1/predict", json.dumps({"raster": raster, "positive": [list(xy)]}), self.headers)
+        response = self.connection.getresponse()
+        body = json.loads(response.read())
+        return body if response.status == 200 else {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.connection.close()
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def request_to_polygon_ms(model: str, precision: str, raster: str, map_clicks) -> dict:
+    """Median ms from request to polygon of cached clicks, and the median vertex count of their polygons."""
+    import numpy as np
+    import shapely
+
+    seconds, vertices = [], []
+    with Served(model, precision) as served:
+        for xy in map_clicks:
+            if not served.click(raster, xy):  # 422: the model found nothing there
+                continue
+            start = time.perf_counter()
+            answer = served.click(raster, xy)
+            seconds.append(time.perf_counter() - start)
+            assert not answer["encoded"], "the second click must find the embedding cached"
+            vertices.append(len(shapely.get_coordinates(shapely.geometry.shape(answer["object"]["geometry"]))))
+        label = served.model
+    return {"ms": _median_ms(seconds), "clicks": len(seconds), "vertices": int(np.median(vertices)), "label": label}
 
 
 def main() -> None:
@@ -28,73 +139,49 @@ def main() -> None:
                         help="vit_b-random (official layout, random weights, from bench_encoder.py), or a model name/path")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--clicks", type=int, default=20)
-    parser.add_argument("--size", type=int, default=1024, help="scene side in pixels")
     args = parser.parse_args()
 
     import numpy as np
     import pyogrio
+    import rasterio
     import shapely
-    from fastapi.testclient import TestClient
+    import torch
 
-    from pointsam_engine.api.app import create_app
-    from pointsam_engine.api.engine import Engine
-    from pointsam_engine.config import SegmentConfig
     from pointsam_engine.demo.scenes import generate
-    from pointsam_engine.errors import PointsError
+    from pointsam_engine.sam.model import DEFAULT_MODEL
 
     model = args.model
     if model == "vit_b-random":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from bench_encoder import _checkpoint
 
         model = str(_checkpoint("vit_b"))
-    scene = generate("buildings", OUT / "click_scene", size=args.size, seed=5)
-    engine = Engine(SegmentConfig(model=model, device="cpu", precision=args.precision))
-    client = TestClient(create_app(engine, token="bench"), base_url="http://127.0.0.1",
-                        headers={"Authorization": "Bearer bench"})
-    clicks = shapely.get_coordinates(pyogrio.read_dataframe(scene["points"]).geometry.values)[:args.clicks]
-
-    def click(xy):
-        response = client.post("/v1/predict", json={"raster": str(scene["raster"]), "positive": [list(map(float, xy))]})
-        if response.status_code != 200:
-            return None
-        return response.json()
-
-    seconds, encode, vertices = [], [], []
-    for xy in clicks:
-        start = time.perf_counter()
-        first = click(xy)
-        if first is None:  # e.g. the model found nothing there
-            continue
-        if first["encoded"]:
-            encode.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        answer = click(xy)
-        seconds.append(time.perf_counter() - start)
-        assert not answer["encoded"], "the second click must find the embedding cached"
-        vertices.append(len(shapely.get_coordinates(shapely.geometry.shape(answer["object"]["geometry"]))))
-    ms = np.array(seconds) * 1000
-    print(f"model {engine.model.label}, precision {engine.model.precision}, {len(ms)} clicks on a {args.size}² scene")
-    if encode:
-        print(f"first click on a chip (encoder ran): median {statistics.median(encode):.2f} s over {len(encode)}")
-    print(f"click with its chip encoded, request to polygon: median {np.median(ms):.1f} ms, "
-          f"90th percentile {np.percentile(ms, 90):.1f} ms, polygon vertices median {int(np.median(vertices))}")
-    work = []
-    for xy in clicks:  # the same clicks without HTTP and JSON: the route's work alone
-        start = time.perf_counter()
-        try:
-            engine.clicks.predict(str(scene["raster"]), [list(map(float, xy))], predictor=engine.predictor())
-        except PointsError:  # what the route answered 422 for (no object found there)
-            continue
-        work.append(time.perf_counter() - start)
-    print(f"the route's work alone (no HTTP, no JSON): median {np.median(work) * 1000:.1f} ms")
-    profile = cProfile.Profile()  # the route's work (it runs on a worker thread, which cProfile does not follow)
-    profile.enable()
-    for xy in clicks[:5]:
-        engine.clicks.predict(str(scene["raster"]), [list(map(float, xy))], predictor=engine.predictor())
-    profile.disable()
-    text = io.StringIO()
-    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(30)
-    print("\nfive cached clicks (the route's work), by cumulative time:\n" + text.getvalue())
+    scene = generate("buildings", OUT / "click_scene", size=1024, seed=5)
+    map_clicks = shapely.get_coordinates(pyogrio.read_dataframe(scene["points"]).geometry.values)[:args.clicks]
+    with rasterio.open(scene["raster"]) as src:
+        image = np.moveaxis(src.read([1, 2, 3]), 0, -1)
+        rows, cols = rasterio.transform.rowcol(src.transform, map_clicks[:, 0], map_clicks[:, 1])
+    chip_clicks = np.c_[cols, rows] + 0.5
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}, "
+          f"{len(map_clicks)} clicks on a generated 1024² buildings scene")
+    print("| model | decoder, stock (ms) | decoder, engine (ms) | stock SamPredictor.predict (ms) "
+          "| request to polygon, pointsam serve (ms) | polygon vertices (median) |")
+    print("|---|---|---|---|---|---|")
+    rows = {}
+    for name in dict.fromkeys([model, DEFAULT_MODEL]):
+        decoded = decoder_ms(name, args.precision, image, chip_clicks)
+        served = request_to_polygon_ms(name, args.precision, str(scene["raster"]), map_clicks)
+        rows[name] = {**decoded, **served}
+        print(f"| {served['label']} | {decoded['stock decoder']:.1f} | {decoded['engine decoder']:.1f} | "
+              f"{decoded['stock predict']:.1f} | {served['ms']:.1f} ({served['clicks']} clicks) | {served['vertices']} |",
+              flush=True)
+    if model != DEFAULT_MODEL:
+        bundled = rows[DEFAULT_MODEL]
+        after_decoder = bundled["ms"] - bundled["engine decoder"]
+        ours = rows[model]["engine decoder"]
+        print(f"\ncomposed, not measured as one: {rows[model]['label']}'s decoder ({ours:.1f} ms) + the work around "
+              f"the decoder on object-sized masks ({after_decoder:.1f} ms: the bundled model's request to polygon minus "
+              f"its decoder) = {ours + after_decoder:.1f} ms per click")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..masks import Prompt
+from .mask_decoder import ImageContext, image_context, predict_masks
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -63,8 +64,12 @@ class Decoded(NamedTuple):
         return self.iou.argmax(dim=1)
 
 
-def decode(sam, embedding: torch.Tensor, prompts: Sequence[Prompt]) -> Tuple[torch.Tensor, torch.Tensor]:
+def decode(sam, embedding: torch.Tensor, prompts: Sequence[Prompt],
+           context: Optional[ImageContext] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Low-resolution logits ``(n, k, h, w)`` and predicted IoUs ``(n, k)`` of prompts of one :func:`layout`.
+
+    ``context``: :func:`~pointsam_engine.sam.mask_decoder.image_context` of ``embedding``, when the caller keeps
+    it across calls (computed here otherwise).
 
     The decoder runs in float32 whatever the encoder's precision: a bf16 decoder was 1.3x faster but moved
     masks too much (mean IoU 0.975 with fp32's on the Kampala chips, against 0.994 with only the encoder in bf16).
@@ -76,15 +81,18 @@ def decode(sam, embedding: torch.Tensor, prompts: Sequence[Prompt]) -> Tuple[tor
         points = (coords, torch.as_tensor(np.stack([p.labels for p in prompts]), dtype=torch.int, device=device))
     if prompts[0].box is not None:
         boxes = torch.as_tensor(np.stack([p.box for p in prompts]) - 0.5, dtype=torch.float32, device=device)
-    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
-    logits, iou = sam.mask_decoder.predict_masks(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
-                                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+    sparse = sam.prompt_encoder(points=points, boxes=boxes, masks=None)[0]
     read = slice(1, 4) if multimask(prompts[0]) else slice(0, 1)
-    return logits[:, read], iou[:, read]
+    return predict_masks(sam, image_context(sam, embedding) if context is None else context, sparse, read)
 
 
-def decode_groups(sam, embedding: torch.Tensor, prompts: Sequence[Prompt], batch: Optional[int] = None) -> List[Decoded]:
-    """Every prompt decoded once, in batches of one :func:`layout` and at most ``batch`` prompts (None: no limit)."""
+def decode_groups(sam, embedding: torch.Tensor, prompts: Sequence[Prompt], batch: Optional[int] = None,
+                  context: Optional[ImageContext] = None) -> List[Decoded]:
+    """Every prompt decoded once, in batches of one :func:`layout` and at most ``batch`` prompts (None: no limit).
+
+    ``context``: as for :func:`decode`; computed once here otherwise, for all the batches.
+    """
+    context = image_context(sam, embedding) if context is None else context
     order = sorted(range(len(prompts)), key=lambda i: layout(prompts[i]))
     decoded = []
     for _, group in groupby(order, key=lambda i: layout(prompts[i])):
@@ -92,5 +100,5 @@ def decode_groups(sam, embedding: torch.Tensor, prompts: Sequence[Prompt], batch
         step = batch or len(group)
         for start in range(0, len(group), step):
             chunk = group[start:start + step]
-            decoded.append(Decoded(chunk, *decode(sam, embedding, [prompts[i] for i in chunk])))
+            decoded.append(Decoded(chunk, *decode(sam, embedding, [prompts[i] for i in chunk], context)))
     return decoded

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..masks import MASK_THRESHOLD, MaskPatch, Prompt
 from .cache import EmbeddingCache
 from .decode import decode_groups, embed
+from .mask_decoder import ImageContext, image_context
 from .model import LoadedModel
 from .precision import encoder_runner
 
@@ -60,6 +61,7 @@ class ChipPredictor:
         self.encoder_passes = 0
         self._encode = encoder_runner(model.sam, model.precision, model.device)
         self._embedding: Optional[torch.Tensor] = None
+        self._context: Optional[ImageContext] = None  # the decoder's per-chip work, done once in set_chip
         self._shape = (0, 0)
 
     @property
@@ -84,14 +86,16 @@ class ChipPredictor:
         """
         self._shape = image.shape[:2]
         cached = self.cache.get(key) if key else None
-        if cached is not None:
+        encoded = cached is None
+        if encoded:
+            self._embedding = embed(self.model.sam, image, valid, self._encode)
+            self.encoder_passes += 1
+            if key:
+                self.cache.put(key, self._embedding.cpu().numpy())
+        else:
             self._embedding = torch.from_numpy(cached).to(self.model.device)
-            return False
-        self._embedding = embed(self.model.sam, image, valid, self._encode)
-        self.encoder_passes += 1
-        if key:
-            self.cache.put(key, self._embedding.cpu().numpy())
-        return True
+        self._context = image_context(self.model.sam, self._embedding)
+        return encoded
 
     @torch.inference_mode()
     def predict(self, prompts: Sequence[Prompt]) -> List[Optional[MaskPatch]]:
@@ -104,7 +108,7 @@ class ChipPredictor:
         if self._embedding is None:
             raise RuntimeError("call set_chip() with an image before predict()")
         results: List[Optional[MaskPatch]] = [None] * len(prompts)
-        for batch in decode_groups(self.model.sam, self._embedding, prompts, self.decoder_batch):
+        for batch in decode_groups(self.model.sam, self._embedding, prompts, self.decoder_batch, self._context):
             factor = self.chip_size // batch.logits.shape[-1]
             for b, (i, k) in enumerate(zip(batch.indices, batch.kept().tolist())):
                 patch = upsample_region(batch.logits[b, k], factor, self._shape)

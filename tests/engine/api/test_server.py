@@ -161,3 +161,29 @@ def test_remote_host_needs_allow_remote_and_a_token(tmp_path):
                                          "--connection-file", str(tmp_path / "c.json")])
     assert no_token.exit_code == 2 and "--token" in no_token.output
     assert not (tmp_path / "c.json").exists()
+
+
+def test_served_connections_send_without_waiting_for_acks():
+    """Connections accepted on the engine's socket get TCP_NODELAY (else each response's body waits ~40 ms for
+    the client's delayed ACK of its headers)."""
+    import asyncio
+    import socket
+
+    from pointsam_engine.api.server import bind
+
+    async def accepted_nodelay() -> int:
+        sock, seen = bind("127.0.0.1", 0), asyncio.get_running_loop().create_future()
+
+        def connected(reader, writer):
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(connected, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        try:
+            return await asyncio.wait_for(seen, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
