@@ -10,7 +10,7 @@ import click
 
 from . import __version__
 from .commands import PluginGroup
-from .config import INSTANCES, SERVE_CACHE_MB, SERVE_MAX_PARALLEL, SegmentConfig, parse_bands, parse_stretch, stretch_text
+from .config import BATCH, INSTANCES, SERVE_CACHE_MB, SERVE_MAX_PARALLEL, SegmentConfig, parse_bands, parse_stretch, stretch_text
 from .demo import DEMO_FOLDER
 from .errors import PointSamError
 from .options import CHOICES, NUMBERS
@@ -40,6 +40,7 @@ class _OneLineErrors(PluginGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+_REPORT_HELP = "Write the run report (JSON) here; an existing file is replaced only with --overwrite."
 _PRECISION_HELP = ("Encoder arithmetic: auto (fastest accurate here: bf16 on CPUs with AVX512-BF16/AMX), fp32 (exact), "
                    "bf16, fp16 (GPU), int8 (CPU).")
 
@@ -47,6 +48,61 @@ _PRECISION_HELP = ("Encoder arithmetic: auto (fastest accurate here: bf16 on CPU
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"error: {' '.join(str(message).split())}", err=True)
     sys.exit(code)
+
+
+# the options of a segmentation run, shared by `segment` and `batch` (SegmentConfig's fields)
+_SEGMENT_OPTIONS = (
+    click.option("--overwrite", is_flag=True,
+                 help="Replace layers instances, boxes, bboxes, skipped if the GeoPackage has them (never other layers)."),
+    click.option("--model", default=None, help="SAM or SAM 2.1 checkpoint path (official vit_b/l/h, sam2.1_hiera_*.pt, "
+                 "or a PointSAM file) or a registered name."),
+    click.option("--model-type", type=CHOICES["model_type"].click_type(), default=None,
+                    help="Check the checkpoint is of this type."),
+    click.option("--adapter", default=None, help="Region adapter from pointsam train (for this --model)."),
+    click.option("--device", default=SegmentConfig.device, show_default=True, help="auto, cpu, cuda or mps."),
+    click.option("--precision", default=SegmentConfig.precision, show_default=True,
+                    type=CHOICES["encoder_precision"].click_type(), help=_PRECISION_HELP),
+    click.option("--bands", default=None, help="1-based bands for R,G,B (e.g. 4,3,2) or one band repeated (e.g. 1)."),
+    click.option("--stretch", default=stretch_text(SegmentConfig.stretch), show_default=True,
+                 help="Percentiles low,high; or minmax; or none."),
+    click.option("--nodata", type=NUMBERS["nodata"].click_type(), default=None,
+                    help="Nodata value (overrides the raster's tag)."),
+    click.option("--sar-db", is_flag=True, help="Apply 10*log10 to the values before stretching (SAR)."),
+    click.option("--assume-crs", default=None, help="CRS for a raster that has none, e.g. EPSG:32633."),
+    click.option("--layer", default=None, help="Layer of a multi-layer point file."),
+    click.option("--instance-field", default=None, help="Field whose equal values join points into one object."),
+    click.option("--label-field", default=None, help="Field with 1 (positive) or 0 (negative) per point."),
+    click.option("--class-field", default=None, help="Field carried to the output as 'class'."),
+    click.option("--chip-scale", type=NUMBERS["chip_scale"].click_type(), default=SegmentConfig.chip_scale, show_default=True,
+                 help="Source pixels per chip pixel (2 = half resolution), 0.25 to 64."),
+    click.option("--no-calibration", is_flag=True, help="Skip negative prompt calibration."),
+    click.option("--calibration-iou", type=NUMBERS["calibration_iou"].click_type(), default=SegmentConfig.calibration_iou,
+                 show_default=True, help="Mask IoU above which neighbours become negatives."),
+    click.option("--keep-overlaps", is_flag=True,
+                 help="Keep each object's own mask where masks overlap (default: a shared pixel goes to the higher logit)."),
+    click.option("--min-area", type=NUMBERS["min_area"].click_type(), default=SegmentConfig.min_area, show_default=True,
+                 help="Drop objects smaller than this (m², any CRS)."),
+    click.option("--max-hole-area", type=NUMBERS["max_hole_area"].click_type(), default=SegmentConfig.max_hole_area,
+                 help="Fill holes smaller than this (m², any CRS; default 25 pixels)."),
+    click.option("--simplify", type=NUMBERS["simplify"].click_type(), default=SegmentConfig.simplify,
+                 help="Simplification tolerance in metres, any CRS (default one pixel; 0 = none)."),
+    click.option("--regularize", type=CHOICES["regularize"].click_type(), default=SegmentConfig.regularize, show_default=True,
+                 help="buildings: right-angled footprints; ships: hulls smoothed inside their box; none: traced outlines."),
+    click.option("--out-crs", default=None, help="CRS of the output layers (default: the raster's)."),
+    click.option("--cache-dir", default=None, help="Keep image embeddings on disk here (a folder)."),
+)
+
+
+def _segment_options(command):
+    for option in reversed(_SEGMENT_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _segment_config(bands, stretch, no_calibration, **options) -> SegmentConfig:
+    """The :class:`SegmentConfig` of the shared segment options, as click hands them over."""
+    return SegmentConfig(bands=parse_bands(bands), stretch=parse_stretch(stretch), calibration=not no_calibration,
+                         **options)
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,43 +116,8 @@ def main() -> None:
 @click.argument("points")
 @click.option("-o", "--output", required=True,
               help="GeoPackage to write; an existing one keeps its other layers and styles.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace layers instances, boxes, bboxes, skipped if the GeoPackage has them (never other layers).")
-@click.option("--model", default=None, help="SAM checkpoint path (official vit_b/l/h or PointSAM file) or a registered name.")
-@click.option("--model-type", type=CHOICES["model_type"].click_type(), default=None, help="Check the checkpoint is of this type.")
-@click.option("--adapter", default=None, help="Region adapter from pointsam train (for this --model).")
-@click.option("--device", default=SegmentConfig.device, show_default=True, help="auto, cpu, cuda or mps.")
-@click.option("--precision", default=SegmentConfig.precision, show_default=True, type=CHOICES["encoder_precision"].click_type(),
-              help=_PRECISION_HELP)
-@click.option("--bands", default=None, help="1-based bands for R,G,B (e.g. 4,3,2) or one band repeated (e.g. 1).")
-@click.option("--stretch", default=stretch_text(SegmentConfig.stretch), show_default=True,
-              help="Percentiles low,high; or minmax; or none.")
-@click.option("--nodata", type=NUMBERS["nodata"].click_type(), default=None, help="Nodata value (overrides the raster's tag).")
-@click.option("--sar-db", is_flag=True, help="Apply 10*log10 to the values before stretching (SAR).")
-@click.option("--assume-crs", default=None, help="CRS for a raster that has none, e.g. EPSG:32633.")
-@click.option("--layer", default=None, help="Layer of a multi-layer point file.")
-@click.option("--instance-field", default=None, help="Field whose equal values join points into one object.")
-@click.option("--label-field", default=None, help="Field with 1 (positive) or 0 (negative) per point.")
-@click.option("--class-field", default=None, help="Field carried to the output as 'class'.")
-@click.option("--chip-scale", type=NUMBERS["chip_scale"].click_type(), default=SegmentConfig.chip_scale, show_default=True,
-              help="Source pixels per chip pixel (2 = half resolution), 0.25 to 64.")
-@click.option("--no-calibration", is_flag=True, help="Skip negative prompt calibration.")
-@click.option("--calibration-iou", type=NUMBERS["calibration_iou"].click_type(), default=SegmentConfig.calibration_iou,
-              show_default=True, help="Mask IoU above which neighbours become negatives.")
-@click.option("--keep-overlaps", is_flag=True,
-              help="Keep each object's own mask where masks overlap (default: a shared pixel goes to the higher logit).")
-@click.option("--min-area", type=NUMBERS["min_area"].click_type(), default=SegmentConfig.min_area, show_default=True,
-              help="Drop objects smaller than this (m², any CRS).")
-@click.option("--max-hole-area", type=NUMBERS["max_hole_area"].click_type(), default=SegmentConfig.max_hole_area,
-              help="Fill holes smaller than this (m², any CRS; default 25 pixels).")
-@click.option("--simplify", type=NUMBERS["simplify"].click_type(), default=SegmentConfig.simplify,
-              help="Simplification tolerance in metres, any CRS (default one pixel; 0 = none).")
-@click.option("--regularize", type=CHOICES["regularize"].click_type(), default=SegmentConfig.regularize, show_default=True,
-              help="buildings: right-angled footprints; ships: hulls smoothed inside their box; none: traced outlines.")
-@click.option("--out-crs", default=None, help="CRS of the output layers (default: the raster's).")
-@click.option("--cache-dir", default=None, help="Keep image embeddings on disk here (a folder).")
-@click.option("--report", "report_path", default=None,
-              help="Write the run report (JSON) here; an existing file is replaced only with --overwrite.")
+@_segment_options
+@click.option("--report", "report_path", default=None, help=_REPORT_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, and the summary on stderr.")
 @click.option("--progress", "force_progress", is_flag=True, help="A progress bar even when stderr is not a terminal.")
 def segment(raster, points, output, overwrite, model, model_type, adapter, device, precision, bands, stretch, nodata, sar_db,
@@ -105,34 +126,81 @@ def segment(raster, points, output, overwrite, model, model_type, adapter, devic
             force_progress) -> None:
     """Segment one object per point of POINTS over RASTER into a GeoPackage."""
     def run():
-        config = SegmentConfig(
-            bands=parse_bands(bands), stretch=parse_stretch(stretch), nodata=nodata, sar_db=sar_db,
+        config = _segment_config(
+            bands, stretch, no_calibration, nodata=nodata, sar_db=sar_db,
             assume_crs=assume_crs, layer=layer, instance_field=instance_field, label_field=label_field,
             class_field=class_field, chip_scale=chip_scale, model=model, model_type=model_type, adapter=adapter,
-            device=device, precision=precision,
-            cache_dir=cache_dir, calibration=not no_calibration, calibration_iou=calibration_iou, keep_overlaps=keep_overlaps,
-            min_area=min_area, max_hole_area=max_hole_area, simplify=simplify, regularize=regularize, out_crs=out_crs,
-            overwrite=overwrite)
+            device=device, precision=precision, cache_dir=cache_dir, calibration_iou=calibration_iou,
+            keep_overlaps=keep_overlaps, min_area=min_area, max_hole_area=max_hole_area, simplify=simplify,
+            regularize=regularize, out_crs=out_crs, overwrite=overwrite)
         from .pipeline import check_segment_inputs
         from .pipeline import segment as run_segment
 
         check_segment_inputs(raster, points, output, config, reports={"--report": report_path})
-        new_file = not os.path.isfile(output) or os.path.getsize(output) == 0
+        new_file = _new_file(output)
         with _ProgressBar(disable=_no_bar(quiet, force_progress)) as bar:
             result = run_segment(raster, points, output, config, progress=bar.update)
-        if report_path:
-            from .output import write_json
-
-            try:
-                write_json(report_path, result.report)
-            except PointSamError:  # e.g. the disk filled up: a GeoPackage this run created goes too
-                if new_file:
-                    os.unlink(output)
-                raise
+        _write_report(report_path, result.report, output, new_file)
         r = result.report
         click.echo(f"{r['instances']} instances, {r['skipped']} skipped, {r['encoder_passes']} encoder passes "
                    f"for {r['objects']} objects -> {result.output}", err=quiet)
     guard(run)
+
+
+@main.command()
+@click.argument("points")
+@click.option("-o", "--output", required=True, help="Merged GeoPackage to write (tasks go to OUTPUT.work/ beside it).")
+@click.option("--rasters", "raster_specs", required=True, multiple=True,
+              help="A folder, a glob ('tiles/*.tif'), a list file (.txt, one path a line) or a mosaic .vrt; repeatable.")
+@_segment_options
+@click.option("--workers", type=NUMBERS["workers"].click_type(), default=BATCH.workers,
+              help="Worker processes of the local Dask cluster (default: one per core).")
+@click.option("--scheduler", default=None, help="Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786.")
+@click.option("--resume", is_flag=True, help="Keep the tasks an earlier run finished (OUTPUT.work/); run the others.")
+@click.option("--report", "report_path", default=None, help=_REPORT_HELP)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, and the summary on stderr.")
+@click.option("--progress", "force_progress", is_flag=True, help="A progress bar even when stderr is not a terminal.")
+def batch(points, output, raster_specs, workers, scheduler, resume, report_path, quiet, force_progress, bands, stretch,
+          no_calibration, **options) -> None:
+    """Segment the objects of POINTS over many rasters on Dask into one GeoPackage (resumable)."""
+    from .batch.run import cancelled_message
+
+    def run():
+        from .batch import batch_segment, check_batch_inputs
+
+        config = _segment_config(bands, stretch, no_calibration, **options)
+        check_batch_inputs(points, output, raster_specs, config, resume=resume, workers=workers, scheduler=scheduler,
+                           reports={"--report": report_path})
+        new_file = _new_file(output)
+        with _ProgressBar(disable=_no_bar(quiet, force_progress)) as bar:
+            result = batch_segment(points, output, raster_specs, config, workers=workers, scheduler=scheduler,
+                                   resume=resume, progress=bar.update,
+                                   echo=lambda line: None if quiet else click.echo(line, err=True))
+        _write_report(report_path, result.report, output, new_file)
+        r = result.report
+        click.echo(f"{r['instances']} instances, {r['skipped']} skipped, {r['failed']} failed tasks, "
+                   f"{r['ran']} of {r['tasks']} tasks run -> {result.output}", err=quiet)
+    guard(run, interrupted=cancelled_message(output))
+
+
+def _new_file(output) -> bool:
+    """Whether ``output`` is a GeoPackage this run creates (removed again when its report cannot be written)."""
+    return not os.path.isfile(output) or os.path.getsize(output) == 0
+
+
+def _write_report(report_path, report: dict, output, new_file: bool) -> None:
+    """``--report``: the run report as JSON, after the GeoPackage; if it cannot be written (e.g. the disk filled
+    up), a GeoPackage this run created goes too."""
+    if not report_path:
+        return
+    from .output import write_json
+
+    try:
+        write_json(report_path, report)
+    except PointSamError:
+        if new_file:
+            os.unlink(output)
+        raise
 
 
 @main.command()
@@ -283,7 +351,8 @@ def models_list() -> None:
 @click.argument("name")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def models_pull(name, quiet) -> None:
-    """Download the official checkpoint NAME (vit_b, vit_l or vit_h) into the model folder, checking its sha256."""
+    """Download the official checkpoint NAME (vit_b, vit_l, vit_h; SAM 2.1: hiera_t, hiera_s, hiera_b+, hiera_l) into
+    the model folder, checking its sha256."""
     def run():
         from tqdm import tqdm
 

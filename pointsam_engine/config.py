@@ -117,6 +117,22 @@ class TrainDefaults:
 
 
 TRAIN = TrainDefaults()
+
+
+@dataclass(frozen=True)
+class BatchDefaults:
+    """``pointsam batch``'s defaults (pointsam_engine.batch): how tasks are cut and run on Dask."""
+
+    workers: Optional[int] = None  # LocalCluster worker processes; None: one per core (benchmarks/bench_batch.py)
+    threads_per_worker: Optional[int] = None  # tasks a worker runs at once; None: the cores left per worker (>= 1)
+    torch_threads: int = 1  # each task's torch threads: workers x threads tasks at once never oversubscribe the cores
+    band_px: int = 16384  # a raster taller than this (working pixels) becomes bands of this many rows, a task each
+    allowed_failures: int = 1  # a task whose worker dies more often than this ("lost twice") lands in `failed`
+    work_suffix: str = ".work"  # OUT.gpkg's tasks are written into OUT.work/ beside it, one file each
+
+
+BATCH = BatchDefaults()
+FAILED = "failed"  # the layer of tasks that failed, with their one-line reason (pointsam batch)
 INSTANCES = "instances"  # the layer of the objects' outlines: segment writes it, evaluate reads it by default
 SERVE_CACHE_MB = 512  # pointsam serve's embedding cache: a server keeps chips across many runs and clicks
 SERVE_MAX_PARALLEL = 1  # clicks running the encoder at once (each pass can hold hundreds of MB)

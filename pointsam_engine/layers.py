@@ -47,7 +47,7 @@ def build_layers(ras, instances: Sequence[Instance], run: ChipRun, table: PointT
         # the round trip through the metric frame can leave slivers in degrees: the lower score gives way
         geoms = remove_overlaps(geoms, run.scores[live])
     clicks = [instances[i].pos for i in live]
-    geoms, holds = hold_clicks(geoms, masks, clicks, _click_pixels(ras, clicks), settle=not cfg.keep_overlaps)
+    geoms, holds = hold_clicks(geoms, masks, clicks, click_pixels(ras, clicks), settle=not cfg.keep_overlaps)
     live_areas = Measurer(ras.crs).areas(geoms)  # m², geodesic: min_area is m² whatever the CRS
     small = [g is None or a < cfg.min_area for g, a in zip(geoms, live_areas)]
     for i, is_small in zip(live, small):
@@ -78,7 +78,7 @@ def build_layers(ras, instances: Sequence[Instance], run: ChipRun, table: PointT
     return {"instances": inst, "boxes": boxes, "bboxes": bboxes, "skipped": skipped}, counts
 
 
-def _click_pixels(ras: Raster, clicks: Sequence[np.ndarray]) -> List[np.ndarray]:
+def click_pixels(ras: Raster, clicks: Sequence[np.ndarray]) -> List[np.ndarray]:
     """The working-grid pixel of each click as a square in map coordinates (one array per object)."""
     flat = np.vstack(clicks) if clicks else np.zeros((0, 2))
     corner = np.floor(ras.to_working(flat))

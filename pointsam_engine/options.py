@@ -116,6 +116,8 @@ NUMBERS: Dict[str, Number] = {n.name: n for n in (
     Number("cache_mb", int, ge=1, le=1_000_000, unit="MB", example="512"),
     Number("decoder_batch", int, ge=1, le=1024, example="8"),
     Number("max_parallel", int, ge=1, le=64, example="1"),
+    # batch (CLI, API jobs)
+    Number("workers", int, ge=1, le=4096, example="2"),
     # train (CLI, API jobs)
     Number("steps", int, ge=1, le=1_000_000, example="400"),
     Number("lr", float, gt=0, le=1, example="1e-4"),

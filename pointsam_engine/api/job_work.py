@@ -44,6 +44,25 @@ def segment_work(engine: Engine, body: schemas.SegmentJobRequest) -> Work:
     return work
 
 
+def batch_work(engine: Engine, body: schemas.BatchJobRequest) -> Work:
+    """A batch job: inputs and output checked before it is queued; the tasks run on Dask, not on the server's model."""
+    from ..batch import batch_segment, check_batch_inputs
+
+    cfg = body.config(engine.config)
+    engine.check_output(body.output)
+    if body.points_geojson is not None:
+        raise PointsError("a batch takes its points as 'points' (a file path), not 'points_geojson'")
+    check_batch_inputs(body.points, body.output, body.rasters, cfg, resume=body.resume, workers=body.workers,
+                       scheduler=body.scheduler)
+
+    def work(progress, cancel):
+        result = batch_segment(body.points, body.output, body.rasters, cfg, workers=body.workers,
+                               scheduler=body.scheduler, resume=body.resume, progress=progress, cancel=cancel)
+        return {"output": str(result.output), "report": json.loads(json.dumps(result.report, default=str))}
+
+    return work
+
+
 def train_work(engine: Engine, body: schemas.TrainJobRequest) -> Work:
     """The train job from the ``pointsam.jobs`` entry point (``training``), on ``body.model`` or the server's base."""
     from importlib.metadata import entry_points

@@ -119,6 +119,28 @@ class SegmentJobRequest(RasterOptions, ModelChoice):
                             out_crs=self.out_crs, overwrite=self.overwrite)
 
 
+class BatchJobRequest(SegmentJobRequest):
+    """``pointsam batch`` as a job: ``points`` over ``rasters`` on Dask (``raster`` and ``points_geojson`` unused)."""
+
+    raster: str = Field("", max_length=0, description="Not used by a batch: give rasters.")
+    rasters: List[str] = Field(min_length=1, max_length=100_000,
+                               description="Raster files, folders, globs, list files (.txt) or mosaic VRTs.")
+    points: str = Field(min_length=1, max_length=4096, description="Path of a point layer.")
+    workers: Optional[int] = N["workers"].field(None, description="Worker processes of a local Dask cluster "
+                                                                  "(default: one per core).")
+    scheduler: Optional[str] = Field(None, max_length=2000, description="Address of a running Dask scheduler.")
+    resume: bool = Field(False, description="Keep the tasks an earlier run finished (OUTPUT.work/).")
+
+    _batch_strings = field_validator("scheduler")(_no_nul)
+
+    @field_validator("rasters")
+    @classmethod
+    def _rasters_no_nul(cls, values: List[str]) -> List[str]:
+        for value in values:
+            _no_nul(value)
+        return values
+
+
 class TrainJobRequest(Strict):
     """``pointsam train`` as a job: rasters paired with point layers, on ``model`` (default: the server's base)."""
 
@@ -242,7 +264,8 @@ class Models(BaseModel):
 
 
 class ModelName(Strict):
-    name: str = Field(min_length=1, max_length=100, description="An official checkpoint: vit_b, vit_l or vit_h.")
+    name: str = Field(min_length=1, max_length=100, description="An official checkpoint: vit_b, vit_l, vit_h (SAM) or "
+                                                                "hiera_t, hiera_s, hiera_b+, hiera_l (SAM 2.1).")
 
 
 class VerifyResult(BaseModel):

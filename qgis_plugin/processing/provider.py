@@ -9,6 +9,7 @@ from .. import catalog
 from .evaluate import Evaluate
 from .finetune import FineTune
 from .segment_points import PointsToBoxes, SegmentPoints
+from .segment_rasters import SegmentRasters
 
 
 class PointSamProvider(QgsProcessingProvider):
@@ -26,7 +27,7 @@ class PointSamProvider(QgsProcessingProvider):
         return "PointSAM: point-prompted SAM segmentation"
 
     def loadAlgorithms(self) -> None:  # noqa: N802
-        for algorithm in (SegmentPoints(), PointsToBoxes(), FineTune(), Evaluate()):
+        for algorithm in (SegmentPoints(), PointsToBoxes(), SegmentRasters(), FineTune(), Evaluate()):
             self.addAlgorithm(algorithm)
 
     def unload(self) -> None:

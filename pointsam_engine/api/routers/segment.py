@@ -1,5 +1,6 @@
 """Segmentation: a click (``/v1/predict``), encoding ahead of it (``/v1/prefetch``), a whole point layer as a
-job (``/v1/jobs/segment``), and scoring a segmentation against the truth (``/v1/evaluate``)."""
+job (``/v1/jobs/segment``) or over many rasters
+(``/v1/jobs/batch``), and scoring a segmentation against the truth (``/v1/evaluate``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fastapi import APIRouter
 from .. import schemas
 from ..engine import EngineDep
 from ..errors import COMMON, OUTSIDE_ROOT
-from ..job_work import segment_work
+from ..job_work import batch_work, segment_work
 
 router = APIRouter()
 
@@ -49,6 +50,13 @@ def prefetch(body: schemas.PrefetchRequest, engine: EngineDep):
              responses={**COMMON, **OUTSIDE_ROOT, **_OUTPUT_TAKEN})
 def segment_job(body: schemas.SegmentJobRequest, engine: EngineDep):
     return engine.jobs.submit("segment", segment_work(engine, body)).to_dict()
+
+
+@router.post("/v1/jobs/batch", response_model=schemas.JobView, status_code=202,
+             responses={**COMMON, **OUTSIDE_ROOT, **_OUTPUT_TAKEN})
+def batch_job(body: schemas.BatchJobRequest, engine: EngineDep):
+    """``pointsam batch``: one point layer over many rasters on Dask, one merged GeoPackage."""
+    return engine.jobs.submit("batch", batch_work(engine, body)).to_dict()
 
 
 @router.post("/v1/evaluate", response_model=schemas.Evaluation, responses=COMMON)
