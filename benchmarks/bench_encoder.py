@@ -6,14 +6,18 @@ encodes the same chip ``--passes`` times after one warm-up pass (vit_l and vit_h
 warm-up, unless ``--passes`` says otherwise) and reports seconds per pass (median), peak RSS and the
 embedding's cosine similarity with stock segment-anything's.
 
-- ``stock fp32``: ``segment_anything.sam_model_registry[...]`` as is, what samgeo and Geo-SAM run;
+- ``stock fp32``: ``segment_anything.sam_model_registry[...]`` as is, what samgeo and Geo-SAM run; for the SAM 2.1
+  sizes (``hiera_t``, ``hiera_s``, ``hiera_b+``, ``hiera_l``; the ``sam2`` extra), ``SAM2ImagePredictor.set_image``
+  on a model from ``sam2.build_sam.build_sam2`` (its timing includes its own resize and normalisation of the chip);
 - ``engine fp32``: ``pointsam_engine.load_model(..., precision="fp32")`` (fused attention);
 - ``engine bf16`` / ``int8`` (CPU) or ``fp16`` / ``bf16`` (GPU): the other precisions the device runs.
 
 The fp32 floor is the encoder's FLOPs (counted by ``torch.utils.flop_counter`` on the meta device) over
-the fp32 matmul throughput measured here (a 4096² matmul, best of several) just before the runs.
+the fp32 matmul throughput measured here (a 4096² matmul, best of several) just before the runs. A SAM 2.1
+embedding is three tensors (the image embedding and two high-resolution maps): its cosine is over all three.
 
-    .venv/bin/python benchmarks/bench_encoder.py [--models vit_b,vit_l,vit_h] [--passes 3] [--device cpu]
+    .venv/bin/python benchmarks/bench_encoder.py [--models vit_b,vit_l,vit_h,hiera_t,hiera_s,hiera_b+,hiera_l]
+        [--passes 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -41,6 +45,15 @@ def _checkpoint(model_type: str) -> Path:
     import torch
 
     from pointsam_engine.sam.model import OFFICIAL_ARCHS, build_sam
+    from pointsam_engine.sam.sam2_backend import SAM2_ARCHS, build_sam2_model
+
+    if model_type in SAM2_ARCHS:
+        path = OUT / f"sam2.1_{model_type}_random.pt"
+        if not path.exists():
+            OUT.mkdir(parents=True, exist_ok=True)
+            torch.manual_seed(0)
+            torch.save({"model": build_sam2_model(SAM2_ARCHS[model_type]).state_dict()}, path)
+        return path
 
     path = OUT / f"sam_{model_type}_random.pth"
     if not path.exists():
@@ -66,6 +79,9 @@ def _run(model_type: str, variant: str, device: str, passes: int, warmup: bool, 
     import torch
 
     path = _checkpoint(model_type)
+    if variant == "stock fp32" and model_type.startswith("hiera"):
+        queue.put(_run_stock_sam2(model_type, path, device, passes, warmup))
+        return
     if variant == "stock fp32":
         from segment_anything import sam_model_registry
 
@@ -89,7 +105,39 @@ def _run(model_type: str, variant: str, device: str, passes: int, warmup: bool, 
             if i >= int(warmup):
                 seconds.append(time.perf_counter() - start)
     # a numpy array travels by value (a tensor would travel as a handle the exiting child takes with it)
-    queue.put({"seconds": seconds, "peak_mb": _peak_mb(), "embedding": embedding.float().cpu().flatten().numpy()})
+    queue.put({"seconds": seconds, "peak_mb": _peak_mb(), "embedding": _flat(embedding)})
+
+
+def _flat(embedding):
+    """An embedding (SAM's tensor, or SAM 2.1's tensors in ``SAM2ImagePredictor``'s order) as one numpy vector."""
+    import torch
+
+    parts = [embedding] if isinstance(embedding, torch.Tensor) else list(embedding)
+    return torch.cat([t.float().cpu().flatten() for t in parts]).numpy()
+
+
+def _run_stock_sam2(model_type: str, path: Path, device: str, passes: int, warmup: bool) -> dict:
+    """``SAM2ImagePredictor.set_image`` on the same chip (as uint8 HWC), on a model built by ``sam2`` itself."""
+    import torch
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from pointsam_engine.sam.sam2_backend import SAM2_ARCHS
+
+    predictor = SAM2ImagePredictor(build_sam2(SAM2_ARCHS[model_type].config, str(path), device=device))
+    image = _chip("cpu")[0].permute(1, 2, 0).numpy().astype("uint8")
+    seconds = []
+    with torch.inference_mode():
+        for i in range(passes + int(warmup)):
+            start = time.perf_counter()
+            predictor.set_image(image)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i >= int(warmup):
+                seconds.append(time.perf_counter() - start)
+    features = predictor._features
+    return {"seconds": seconds, "peak_mb": _peak_mb(),
+            "embedding": _flat([features["image_embed"], *features["high_res_feats"]])}
 
 
 def encoder_gflop(model_type: str) -> float:
@@ -99,7 +147,14 @@ def encoder_gflop(model_type: str) -> float:
 
     from pointsam_engine.sam.encoder import use_fused_attention
     from pointsam_engine.sam.model import OFFICIAL_ARCHS, build_sam
+    from pointsam_engine.sam.sam2_backend import SAM2_ARCHS, build_sam2_model
 
+    if model_type in SAM2_ARCHS:  # hiera cannot be built on the meta device: built on the CPU, then moved there
+        model = build_sam2_model(SAM2_ARCHS[model_type]).to("meta")
+        counter = FlopCounterMode(display=False)
+        with counter, torch.inference_mode():
+            model.encode_image(torch.empty(1, 3, 1024, 1024, device="meta"))
+        return counter.get_total_flops() / 1e9
     with torch.device("meta"):
         encoder = use_fused_attention(build_sam(OFFICIAL_ARCHS[model_type])).image_encoder
         counter = FlopCounterMode(display=False)
@@ -132,7 +187,8 @@ def variants(device: str) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="vit_b,vit_l,vit_h", help="comma-separated model types")
+    parser.add_argument("--models", default="vit_b,vit_l,vit_h",
+                        help="comma-separated model types: vit_b, vit_l, vit_h; hiera_t, hiera_s, hiera_b+, hiera_l (SAM 2.1)")
     parser.add_argument("--passes", type=int, default=None, help="timed passes (default: vit_b 3, vit_l/vit_h 1)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

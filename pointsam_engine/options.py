@@ -136,7 +136,7 @@ CHOICES: Dict[str, Choice] = {c.name: c for c in (
     Choice("accelerator", ("auto", "cpu", "gpu", "cuda", "mps")),
     Choice("precision", ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
                          "64-true", "64")),
-    Choice("model_type", ("vit_b", "vit_l", "vit_h")),
+    Choice("model_type", ("vit_b", "vit_l", "vit_h", "hiera_t", "hiera_s", "hiera_b+", "hiera_l")),  # SAM, SAM 2.1
     # segment and serve: the image encoder's arithmetic (pointsam_engine.sam.precision); flag --precision
     Choice("encoder_precision", ("auto", "fp32", "bf16", "fp16", "int8")),
     # segment: how outlines are drawn (pointsam_engine.regularize)

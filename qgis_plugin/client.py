@@ -62,7 +62,8 @@ class EngineClient:
         return self.request("POST", f"/v1/jobs/{kind}", body)
 
     def pull(self, name: str) -> dict:
-        """Start downloading the official checkpoint ``name`` (vit_b, vit_l, vit_h): a job to :meth:`follow`."""
+        """Start downloading the official checkpoint ``name`` (vit_b ... vit_h, SAM 2.1's hiera_t ... hiera_l): a job to
+        :meth:`follow`."""
         return self.submit("pull", name=name)
 
     def verify_model(self, name: str) -> dict:

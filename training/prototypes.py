@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from pointsam_engine.sam.decode import image_embedding
+
 from .finch import cluster_means, coarsest_partition
 
 __all__ = ["PrototypeBank", "PrototypeRegularizer", "assign_prototypes", "instance_features", "match_prototypes",
@@ -60,7 +62,7 @@ def instance_features(embedding: torch.Tensor, masks: torch.Tensor,
     """Mask-average pooled embedding features, one per instance; differentiable in ``embedding``.
 
     Args:
-        embedding: (B, C, h, w) image-encoder output.
+        embedding: (B, C, h, w) image-encoder output (a SAM 2.1 embedding: its image embedding).
         masks: (N, H, W) bool or float masks over the same extent as the embedding (the padded
             model-input frame), at any resolution; they are area-resized to (h, w).
         image_index: the image of each mask in the batch, an int or an (N,) integer tensor.
@@ -69,6 +71,7 @@ def instance_features(embedding: torch.Tensor, masks: torch.Tensor,
         (N, C) features, the weighted mean of the embedding under each resized mask. An empty
         mask gives a zero row, which :class:`PrototypeBank` and :func:`prototype_loss` ignore.
     """
+    embedding = image_embedding(embedding)  # SAM 2.1's: its image embedding, not its high-resolution maps
     n = masks.shape[0]
     weights = F.adaptive_avg_pool2d(masks.to(embedding.dtype)[:, None], embedding.shape[-2:])[:, 0]
     per_image = torch.einsum("nhw,bchw->nbc", weights, embedding)  # (N, B, C); B is small

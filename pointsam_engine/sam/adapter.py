@@ -28,6 +28,7 @@ from ..errors import ModelError, OptionError, OutputError
 from ..output import atomic_path
 from .lora import add_lora, load_lora_state_dict, lora_config, lora_state_dict, merge_lora
 from .model import LoadedModel, file_sha256, load_model, save_pointsam_checkpoint
+from .sam2_backend import is_sam2, save_sam2_checkpoint
 
 ADAPTER_FORMAT = "pointsam-adapter"
 ADAPTER_SUFFIX = ".adapter.pt"
@@ -160,16 +161,17 @@ def load_adapted_model(model: Optional[str] = None, adapter: Optional[str] = Non
 
 
 def export_merged(model: LoadedModel, path) -> Path:
-    """Fold an applied adapter into the base weights and write a self-describing PointSAM model file."""
+    """Fold an applied adapter into the base weights and write a self-describing PointSAM model file (SAM 2.1: the
+    engine's SAM 2.1 format, :func:`~pointsam_engine.sam.sam2_backend.save_sam2_checkpoint`)."""
     if model.adapter is None:
         raise ModelError("no adapter to merge; pass --adapter")
     merge_lora(model.sam)
     path = Path(path)
     provenance = {**model.provenance, "merged_from": model.label}
+    save = save_sam2_checkpoint if is_sam2(model.sam) else save_pointsam_checkpoint
     try:
         with atomic_path(path) as tmp:
-            save_pointsam_checkpoint(model.sam.cpu(), model.arch, tmp, name=path.name.split(".")[0],
-                                     provenance=provenance)
+            save(model.sam.cpu(), model.arch, tmp, name=path.name.split(".")[0], provenance=provenance)
     except OSError as exc:
         raise OutputError(f"cannot write {path} ({exc.strerror}); choose a writable -o path") from None
     return path

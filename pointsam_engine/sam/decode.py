@@ -9,6 +9,8 @@ engine (:class:`~pointsam_engine.sam.predict.ChipPredictor`) and by training (``
   engine keeps the one the IoU head ranks first (:meth:`Decoded.kept`); any other prompt gets mask 0.
 - Coordinates: prompts are chip pixels with pixel centres at ``i + 0.5`` (x = column, y = row); SAM's are
   pixel indices, so every coordinate is shifted by -0.5 here and nowhere else.
+- SAM 2.1 models take the same calls: :func:`embed` and :func:`decode` hand them to
+  :mod:`~pointsam_engine.sam.sam2_backend` first thing (same shapes, rule and shift; its embedding is three tensors).
 
 Gradients flow: callers choose ``torch.no_grad`` / ``torch.inference_mode`` themselves.
 """
@@ -16,15 +18,18 @@ Gradients flow: callers choose ``torch.no_grad`` / ``torch.inference_mode`` them
 from __future__ import annotations
 
 from itertools import groupby
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..masks import Prompt
+from . import sam2_backend
 from .mask_decoder import ImageContext, image_context, predict_masks
+from .sam2_backend import Sam2Embedding, is_sam2
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
+Embedding = Union[torch.Tensor, Sam2Embedding]  # SAM's (1, C, h, w), or SAM 2.1's three tensors
 
 
 def embed(sam, image: np.ndarray, valid: Optional[np.ndarray] = None, encode: Optional[Encoder] = None) -> torch.Tensor:
@@ -33,7 +38,10 @@ def embed(sam, image: np.ndarray, valid: Optional[np.ndarray] = None, encode: Op
     ``valid`` (``HxW`` bool) marks pixels that hold data; the others are shown to SAM as its padding (the
     pixel mean). ``encode`` runs the image encoder on the preprocessed batch (e.g. in another precision,
     :func:`~pointsam_engine.sam.precision.encoder_runner`); default: ``sam.image_encoder`` as it is.
+    A SAM 2.1 model gives a :class:`~pointsam_engine.sam.sam2_backend.Sam2Embedding` instead.
     """
+    if is_sam2(sam):
+        return sam2_backend.embed(sam, image, valid, encode)
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
     if valid is not None and not valid.all():
         x[:, torch.from_numpy(~valid)] = sam.pixel_mean.cpu().reshape(3, 1)
@@ -74,6 +82,8 @@ def decode(sam, embedding: torch.Tensor, prompts: Sequence[Prompt],
     The decoder runs in float32 whatever the encoder's precision: a bf16 decoder was 1.3x faster but moved
     masks too much (mean IoU 0.975 with fp32's on the Kampala chips, against 0.994 with only the encoder in bf16).
     """
+    if is_sam2(sam):  # SAM 2.1's decoder reads the embedding's high-resolution maps too: no context
+        return sam2_backend.decode(sam, embedding, prompts, multimask(prompts[0]))
     device = embedding.device
     points, boxes = None, None
     if len(prompts[0].points):
@@ -102,3 +112,21 @@ def decode_groups(sam, embedding: torch.Tensor, prompts: Sequence[Prompt], batch
             chunk = group[start:start + step]
             decoded.append(Decoded(chunk, *decode(sam, embedding, [prompts[i] for i in chunk], context)))
     return decoded
+
+
+def embedding_to_numpy(embedding: Embedding) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
+    """An embedding as the cache keeps it: one array (SAM), or a tuple of arrays (SAM 2.1)."""
+    return embedding.to_numpy() if isinstance(embedding, Sam2Embedding) else embedding.cpu().numpy()
+
+
+def embedding_from_numpy(cached: Union[np.ndarray, Tuple[np.ndarray, ...]], device) -> Embedding:
+    """The embedding :func:`embedding_to_numpy` gave, on ``device``."""
+    if isinstance(cached, tuple):
+        return Sam2Embedding.from_numpy(cached, device)
+    return torch.from_numpy(cached).to(device)
+
+
+def image_embedding(embedding: Embedding) -> torch.Tensor:
+    """The ``(B, C, h, w)`` image embedding itself (SAM 2.1's without its high-resolution maps): what the
+    prototypes pool."""
+    return embedding.image_embed if isinstance(embedding, Sam2Embedding) else embedding

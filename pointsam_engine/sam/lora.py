@@ -1,8 +1,9 @@
 """LoRA adapters on the q and v projections of SAM's image-encoder attention; everything else frozen.
 
 segment-anything's ``Attention`` (and the engine's ``FusedAttention``) projects tokens with one fused
-``qkv = Linear(dim, 3 * dim)``. :class:`LoRAQKV` replaces it and adds low-rank updates to the q and
-v slices only, as PointSAM (and WeSAM) do:
+``qkv = Linear(dim, 3 * dim)``; SAM 2.1's hiera ``MultiScaleAttention`` likewise with ``qkv = Linear(dim,
+3 * dim_out)`` (``dim_out`` doubles at a stage's first block). :class:`LoRAQKV` replaces it and adds low-rank
+updates to the q and v slices only, as PointSAM (and WeSAM) do:
 
     q += scale * B_q A_q x,    v += scale * B_v A_v x,    k unchanged,    scale = alpha / rank.
 
@@ -18,7 +19,8 @@ with ``strict=False`` (the only missing keys are the LoRA ones). Per adapted blo
     image_encoder.blocks.{i}.attn.qkv.lora_v_a.weight   (rank, dim)
     image_encoder.blocks.{i}.attn.qkv.lora_v_b.weight   (dim, rank)
 
-which are exactly what :func:`lora_state_dict` returns. :func:`merge_lora` folds the updates into
+(SAM 2.1: ``image_encoder.trunk.blocks.{i}...``, the ``_b`` weights ``(dim_out, rank)``), which are exactly
+what :func:`lora_state_dict` returns. :func:`merge_lora` folds the updates into
 ``qkv.weight`` and puts plain ``nn.Linear`` layers back, so the merged model's state dict has the
 stock key layout. Rank and alpha are not tensors: save :func:`lora_config` next to the adapter.
 """
@@ -26,8 +28,9 @@ stock key layout. Rank and alpha are not tensors: save :func:`lora_config` next 
 from __future__ import annotations
 
 import math
+import re
 from contextlib import contextmanager
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -42,34 +45,35 @@ class LoRAQKV(nn.Linear):
     """A fused qkv ``Linear`` plus low-rank updates on its q and v slices.
 
     Args:
-        base: the ``Linear(dim, 3 * dim)`` to adapt; its weight and bias are shared, not copied.
+        base: the ``Linear(dim, 3 * dim_out)`` to adapt; its weight and bias are shared, not copied.
         rank: rank of each update.
         alpha: the updates are scaled by ``alpha / rank``.
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        if base.out_features != 3 * base.in_features:
-            raise OptionError(f"LoRA expects a fused qkv Linear(dim, 3*dim), got Linear({base.in_features}, "
+        if base.out_features % 3:
+            raise OptionError(f"LoRA expects a fused qkv Linear(dim, 3*dim_out), got Linear({base.in_features}, "
                               f"{base.out_features})")
         weight = base.weight
         super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
         self.weight, self.bias = base.weight, base.bias
         self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
-        dim, kwargs = base.in_features, dict(bias=False, device=weight.device, dtype=weight.dtype)
-        self.lora_q_a, self.lora_q_b = nn.Linear(dim, rank, **kwargs), nn.Linear(rank, dim, **kwargs)
-        self.lora_v_a, self.lora_v_b = nn.Linear(dim, rank, **kwargs), nn.Linear(rank, dim, **kwargs)
+        dim, out, kwargs = base.in_features, base.out_features // 3, dict(bias=False, device=weight.device,
+                                                                            dtype=weight.dtype)
+        self.lora_q_a, self.lora_q_b = nn.Linear(dim, rank, **kwargs), nn.Linear(rank, out, **kwargs)
+        self.lora_v_a, self.lora_v_b = nn.Linear(dim, rank, **kwargs), nn.Linear(rank, out, **kwargs)
         for a, b in ((self.lora_q_a, self.lora_q_b), (self.lora_v_a, self.lora_v_b)):
             nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))  # as in the LoRA reference code and peft
             nn.init.zeros_(b.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = F.linear(x, self.weight, self.bias).split(self.in_features, dim=-1)
+        q, k, v = F.linear(x, self.weight, self.bias).split(self.out_features // 3, dim=-1)
         q = q + self.lora_q_b(self.lora_q_a(x)) * self.scale
         v = v + self.lora_v_b(self.lora_v_a(x)) * self.scale
         return torch.cat([q, k, v], dim=-1)
 
     def delta_weight(self) -> torch.Tensor:
-        """The (3*dim, dim) update that :func:`merge_lora` adds to ``weight``."""
+        """The (3*dim_out, dim) update that :func:`merge_lora` adds to ``weight``."""
         dq = self.lora_q_b.weight @ self.lora_q_a.weight
         dv = self.lora_v_b.weight @ self.lora_v_a.weight
         return torch.cat([dq, torch.zeros_like(dq), dv]) * self.scale
@@ -82,12 +86,22 @@ def _adapted(sam: nn.Module) -> Dict[str, LoRAQKV]:
     return {name: m for name, m in sam.named_modules() if isinstance(m, LoRAQKV)}
 
 
+def _encoder_blocks(sam: nn.Module) -> Tuple[str, nn.ModuleList]:
+    """The image encoder's transformer blocks and their module path: SAM's ``image_encoder.blocks``, SAM 2.1's
+    hiera ``image_encoder.trunk.blocks``."""
+    trunk = getattr(sam.image_encoder, "trunk", None)
+    if trunk is not None:
+        return "image_encoder.trunk.blocks", trunk.blocks
+    return "image_encoder.blocks", sam.image_encoder.blocks
+
+
 def add_lora(sam: nn.Module, rank: int = 4, alpha: Optional[float] = None,
              blocks: Optional[Iterable[int]] = None) -> List[str]:
     """Adapt the qkv projections of chosen image-encoder blocks and freeze every other parameter.
 
     Args:
-        sam: a segment-anything ``Sam`` (anything with ``image_encoder.blocks``), changed in place.
+        sam: a segment-anything ``Sam`` (anything with ``image_encoder.blocks``) or a SAM 2.1 model (hiera
+            blocks), changed in place.
         rank: LoRA rank (PointSAM: 4).
         alpha: scale numerator; defaults to ``rank`` (scale 1, as PointSAM).
         blocks: encoder block indices to adapt; default all but the first (PointSAM on WHU and
@@ -96,7 +110,7 @@ def add_lora(sam: nn.Module, rank: int = 4, alpha: Optional[float] = None,
     Returns:
         The module names of the adapted qkv layers, e.g. ``image_encoder.blocks.1.attn.qkv``.
     """
-    encoder_blocks = sam.image_encoder.blocks
+    prefix, encoder_blocks = _encoder_blocks(sam)
     blocks = sorted(set(range(1, len(encoder_blocks)) if blocks is None else blocks))
     if rank < 1:
         raise OptionError(f"LoRA rank must be at least 1, got {rank}")
@@ -110,7 +124,7 @@ def add_lora(sam: nn.Module, rank: int = 4, alpha: Optional[float] = None,
     for i in blocks:
         attn = encoder_blocks[i].attn
         attn.qkv = LoRAQKV(attn.qkv, rank, rank if alpha is None else alpha)
-        names.append(f"image_encoder.blocks.{i}.attn.qkv")
+        names.append(f"{prefix}.{i}.attn.qkv")
     return names
 
 
@@ -120,7 +134,7 @@ def lora_config(sam: nn.Module) -> dict:
     if not adapted:
         raise ModelError("this model has no LoRA adapters; call add_lora first")
     first = next(iter(adapted.values()))
-    blocks = [int(name.split(".")[2]) for name in adapted]
+    blocks = [int(re.search(r"blocks\.(\d+)\.attn", name).group(1)) for name in adapted]
     return {"rank": first.rank, "alpha": first.alpha, "blocks": blocks}
 
 

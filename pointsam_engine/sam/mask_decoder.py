@@ -49,7 +49,10 @@ def _attend(attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 
 
 def image_context(sam, embedding: torch.Tensor) -> ImageContext:
-    """The prompt-independent part of decoding on ``embedding`` ``(1, C, h, w)``."""
+    """The prompt-independent part of decoding on ``embedding`` ``(1, C, h, w)``; None for a SAM 2.1 model, whose
+    decoder (:mod:`~pointsam_engine.sam.sam2_backend`) takes the embedding as it is."""
+    if getattr(sam, "is_sam2", False):
+        return None
     _, c, h, w = embedding.shape
     dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, c, 1, 1)
     tokens = (embedding + dense).flatten(2).transpose(1, 2)

@@ -4,8 +4,9 @@ Official checkpoints (``sam_vit_b_01ec64.pth`` and friends) are bare state dicts
 (vit_b / vit_l / vit_h) is read from the tensor shapes. The engine's own format is a dict with
 ``format: "pointsam-sam"`` that records the architecture, the pixel normalisation it expects and
 its provenance, so nothing has to be guessed. Models are always built from segment-anything's own
-classes. Like the rest of :mod:`pointsam_engine.sam`, and nothing else in the engine, it imports torch
-(``tests/engine/test_torch_boundary.py``).
+classes. SAM 2.1 checkpoints (a hiera image encoder) load through :mod:`~pointsam_engine.sam.sam2_backend`,
+with the optional ``sam2`` package's classes, into the same :class:`LoadedModel`. Like the rest of
+:mod:`pointsam_engine.sam`, and nothing else in the engine, it imports torch (``tests/engine/test_torch_boundary.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
@@ -24,6 +25,7 @@ from ..catalog import CATALOG, file_sha256, installed_path, model_dirs  # noqa: 
 from ..errors import ModelError, OptionError
 from .encoder import use_fused_attention
 from .precision import resolve_precision
+from .sam2_backend import SAM2_ARCHS, Sam2Arch, is_sam2_payload, load_payload
 
 POINTSAM_FORMAT = "pointsam-sam"
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -72,13 +74,13 @@ DEFAULT_MODEL = "pointsam-tiny"
 
 @dataclass
 class LoadedModel:
-    """A SAM in eval mode on its device, with what identifies it in outputs and caches."""
+    """A SAM (or SAM 2.1) in eval mode on its device, with what identifies it in outputs and caches."""
 
-    sam: Sam
+    sam: Sam  # or sam2_backend's SAM 2.1 model, which answers to the same names
     name: str
     sha256: str
     model_type: str
-    arch: SamArch
+    arch: Union[SamArch, Sam2Arch]
     device: str
     provenance: dict = field(default_factory=dict)
     adapter: Optional[str] = None  # ``name@sha256-prefix`` of an applied region adapter
@@ -160,7 +162,7 @@ def resolve_model_path(model: Optional[str]) -> Path:
             raise ModelError(f"the bundled model {model} is not in {BUNDLED_DIR}; reinstall pointsam "
                              "or pass --model with an official SAM checkpoint")
         return path
-    key = model.removeprefix("sam_")
+    key = model.removeprefix("sam2.1_").removeprefix("sam_")
     if key in REGISTERED and not os.path.exists(model):
         path = installed_path(key)
         if path is None:
@@ -214,14 +216,16 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
     """Load a SAM from a checkpoint path or a registered name, ready for inference.
 
     Args:
-        model: path to an official SAM state dict or a PointSAM model file, or a registered name.
-        model_type: ``vit_b``, ``vit_l`` or ``vit_h``; checked against the weights when given.
+        model: path to an official SAM or SAM 2.1 checkpoint or a PointSAM model file, or a registered name.
+        model_type: ``vit_b``, ``vit_l``, ``vit_h`` or a SAM 2.1 ``hiera_t``, ``hiera_s``, ``hiera_b+``,
+            ``hiera_l``; checked against the weights when given.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         precision: the image encoder's arithmetic at inference: ``auto``, ``fp32``, ``bf16``, ``fp16`` or
             ``int8`` (see :mod:`pointsam_engine.sam.precision`); weights stay float32, so training is unaffected.
     """
-    if model_type is not None and model_type not in OFFICIAL_ARCHS:
-        raise OptionError(f"--model-type {model_type!r} is not known; use one of {', '.join(OFFICIAL_ARCHS)}")
+    if model_type is not None and model_type not in (*OFFICIAL_ARCHS, *SAM2_ARCHS):
+        raise OptionError(f"--model-type {model_type!r} is not known; use one of "
+                          f"{', '.join((*OFFICIAL_ARCHS, *SAM2_ARCHS))}")
     device = pick_device(device)
     precision = resolve_precision(precision, device)
     path = resolve_model_path(model)
@@ -233,6 +237,11 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
     if not isinstance(payload, dict):
         raise ModelError(f"{path} is not a SAM checkpoint (no state dict inside); "
                          "pass an official file such as sam_vit_b_01ec64.pth")
+    if is_sam2_payload(payload):
+        sam2, arch, name, provenance = load_payload(payload, path, model_type)
+        sam2.eval().to(device)
+        return LoadedModel(sam=sam2, name=name, sha256=file_sha256(path), model_type=arch.model_type, arch=arch,
+                           device=device, provenance=provenance, precision=precision)
     if payload.get("format") == POINTSAM_FORMAT:
         try:
             arch = SamArch.from_dict(payload["arch"])

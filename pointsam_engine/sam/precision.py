@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import warnings
 from collections.abc import Callable
@@ -61,12 +62,15 @@ def resolve_precision(precision: str = "auto", device: str = "cpu") -> str:
 
 
 def encoder_runner(sam, precision: str, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function mapping a preprocessed chip batch to SAM's image embedding (float32) in ``precision``.
+    """A function mapping a preprocessed chip batch to SAM's image embedding (float32) in ``precision``
+    (for SAM 2.1, its :class:`~pointsam_engine.sam.sam2_backend.Sam2Embedding`).
 
     The model's own weights stay float32 (adapters and training use them); ``int8`` runs a quantized copy of
     the encoder, made once and made again only when the weights change.
     """
     encoder = int8_encoder(sam.image_encoder) if precision == "int8" else sam.image_encoder
+    if getattr(sam, "is_sam2", False):  # SAM 2.1: the hiera encoder, then its features as SAM2ImagePredictor takes them
+        encoder = functools.partial(sam.encode_image, image_encoder=encoder)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with autocast(precision, device):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..masks import MASK_THRESHOLD, MaskPatch, Prompt
 from .cache import EmbeddingCache
-from .decode import decode_groups, embed
+from .decode import decode_groups, embed, embedding_from_numpy, embedding_to_numpy
 from .mask_decoder import ImageContext, image_context
 from .model import LoadedModel
 from .precision import encoder_runner
@@ -91,9 +91,9 @@ class ChipPredictor:
             self._embedding = embed(self.model.sam, image, valid, self._encode)
             self.encoder_passes += 1
             if key:
-                self.cache.put(key, self._embedding.cpu().numpy())
+                self.cache.put(key, embedding_to_numpy(self._embedding))
         else:
-            self._embedding = torch.from_numpy(cached).to(self.model.device)
+            self._embedding = embedding_from_numpy(cached, self.model.device)
         self._context = image_context(self.model.sam, self._embedding)
         return encoded
 

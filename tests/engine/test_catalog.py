@@ -1,4 +1,4 @@
-"""The table of official SAM checkpoints, and how names find their files in the model folders."""
+"""The table of official SAM and SAM 2.1 checkpoints, and how names find their files in the model folders."""
 
 from __future__ import annotations
 
@@ -11,20 +11,27 @@ from pointsam_engine import catalog
 from pointsam_engine.catalog import CATALOG, OFFICIAL_BASE_URL, checkpoint, download_dir, installed_path, model_dirs
 from pointsam_engine.errors import ModelError
 from pointsam_engine.sam.model import OFFICIAL_ARCHS, REGISTERED, resolve_model_path
+from pointsam_engine.sam.sam2_backend import SAM2_ARCHS
 
 
 def test_the_table_holds_the_official_checkpoints(monkeypatch):
     monkeypatch.delenv(catalog.BASE_URL_VARIABLE, raising=False)
-    assert set(CATALOG) == set(OFFICIAL_ARCHS)
+    assert set(CATALOG) == set(OFFICIAL_ARCHS) | set(SAM2_ARCHS)
     assert REGISTERED == {name: entry.file for name, entry in CATALOG.items()}
+    sam2_files = {"hiera_t": "tiny", "hiera_s": "small", "hiera_b+": "base_plus", "hiera_l": "large"}
     for name, entry in CATALOG.items():
         assert entry.name == name
         assert re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
-        assert re.fullmatch(rf"sam_{name}_[0-9a-f]{{6}}\.pth", entry.file)
-        assert entry.url == entry.official_url == f"{OFFICIAL_BASE_URL}/{entry.file}"
+        if name in SAM2_ARCHS:
+            assert entry.file == f"sam2.1_hiera_{sam2_files[name]}.pt" and entry.family == "SAM 2.1"
+            assert entry.url == entry.official_url == f"{catalog.SAM2_BASE_URL}/{entry.file}"
+        else:
+            assert re.fullmatch(rf"sam_{name}_[0-9a-f]{{6}}\.pth", entry.file) and entry.family == "SAM"
+            assert entry.url == entry.official_url == f"{OFFICIAL_BASE_URL}/{entry.file}"
         assert entry.url.startswith("https://")
-    sizes = [CATALOG[name].size for name in ("vit_b", "vit_l", "vit_h")]
-    assert sizes == sorted(sizes) and sizes[0] > 300e6
+    for names in (("vit_b", "vit_l", "vit_h"), ("hiera_t", "hiera_s", "hiera_b+", "hiera_l")):
+        sizes = [CATALOG[name].size for name in names]
+        assert sizes == sorted(sizes) and sizes[0] > 150e6
 
 
 def test_the_base_url_can_be_replaced(monkeypatch):
@@ -35,7 +42,9 @@ def test_the_base_url_can_be_replaced(monkeypatch):
 
 def test_names_are_looked_up_and_an_unknown_one_is_refused_in_one_line():
     assert checkpoint("vit_l") is checkpoint("sam_vit_l") is CATALOG["vit_l"]
-    with pytest.raises(ModelError, match=r"^'vit_t' is not an official SAM checkpoint; use one of vit_b, vit_l, vit_h$"):
+    assert checkpoint("hiera_b+") is checkpoint("sam2.1_hiera_b+") is CATALOG["hiera_b+"]
+    with pytest.raises(ModelError, match=r"^'vit_t' is not an official SAM or SAM 2\.1 checkpoint; use one of vit_b, "
+                                         r"vit_l, vit_h, hiera_t, hiera_s, hiera_b\+, hiera_l$"):
         checkpoint("vit_t")
 
 

@@ -155,7 +155,8 @@ def test_cli_pull_list_verify_remove(file_server, models_dir):
 def test_cli_refuses_an_unknown_name_in_one_line(models_dir, command):
     result = run_cli(command, "vit_x")
     assert result.exit_code == 2
-    assert result.stderr == "error: 'vit_x' is not an official SAM checkpoint; use one of vit_b, vit_l, vit_h\n"
+    assert result.stderr == ("error: 'vit_x' is not an official SAM or SAM 2.1 checkpoint; use one of vit_b, vit_l, "
+                             "vit_h, hiera_t, hiera_s, hiera_b+, hiera_l\n")
 
 
 def test_cli_pull_offline_exits_2_with_one_line(file_server, models_dir, monkeypatch):

@@ -57,7 +57,8 @@ def wait_until_finished(client: EngineClient, job: dict) -> dict:
 def test_models_lists_the_catalogue_and_the_model_folder(client, models_dir):
     listing = client.models()
     assert listing["model_dir"] == str(models_dir)
-    assert [entry["name"] for entry in listing["catalog"]] == ["vit_b", "vit_l", "vit_h"]
+    assert [entry["name"] for entry in listing["catalog"]] == ["vit_b", "vit_l", "vit_h", "hiera_t", "hiera_s", "hiera_b+",
+                                                               "hiera_l"]  # SAM's, then SAM 2.1's
     vit_b = listing["catalog"][0]
     assert vit_b["installed"] is False and vit_b["path"] is None and vit_b["sha256_state"] == "not installed"
     assert vit_b["sha256"] == hashlib.sha256(PAYLOAD).hexdigest() and vit_b["size"] == len(PAYLOAD)
@@ -119,7 +120,8 @@ def test_an_unknown_name_answers_422_in_one_line_and_starts_no_job(http, method,
     answer = http.request(method, path, json=body)
     assert answer.status_code == 422
     assert answer.json() == {"error": "ModelError",
-                             "message": "'vit_x' is not an official SAM checkpoint; use one of vit_b, vit_l, vit_h"}
+                             "message": "'vit_x' is not an official SAM or SAM 2.1 checkpoint; use one of vit_b, vit_l, "
+                                        "vit_h, hiera_t, hiera_s, hiera_b+, hiera_l"}
     assert len(http.get("/v1/jobs").json()["jobs"]) == jobs_before
 
 
