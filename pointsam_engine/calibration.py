@@ -42,7 +42,7 @@ def shared_pixels(a: Optional[MaskPatch], b: Optional[MaskPatch]) -> int:
     if a is None or b is None:
         return 0
     win = _window(a, b)
-    return 0 if win is None else int(((_view(a, win) > 0) & (_view(b, win) > 0)).sum())
+    return 0 if win is None else np.count_nonzero((_view(a, win) > 0) & (_view(b, win) > 0))
 
 
 def mask_iou(a: Optional[MaskPatch], b: Optional[MaskPatch]) -> float:
@@ -87,11 +87,11 @@ def find_neighbours(patches: Sequence[Optional[MaskPatch]], positives: Sequence[
         for t, k in zip(which, point):
             candidates[targets[t]].add(int(owners[k]))
     found: Dict[int, List[int]] = {}
-    areas: Dict[int, int] = {}
+    overlap = _Overlap(patches)
     for i in targets:
         others = sorted(candidates[i] - {i})
         held = _holds_each(patches[i], [positives[j] for j in others])
-        js = [j for j, holds in zip(others, held) if holds or _iou(patches, i, j, areas) > iou_threshold]
+        js = [j for j, holds in zip(others, held) if holds or overlap.iou(i, j) > iou_threshold]
         if js:
             found[i] = js
     return found
@@ -111,15 +111,37 @@ def _holds_each(patch: MaskPatch, clicks: Sequence[np.ndarray]) -> np.ndarray:
     return np.bincount(group[hit], minlength=len(clicks)) > 0
 
 
-def _iou(patches: Sequence[Optional[MaskPatch]], i: int, j: int, areas: Dict[int, int]) -> float:
-    """:func:`mask_iou` of patches i and j, with each mask's pixel count computed once (``areas``)."""
-    inter = shared_pixels(patches[i], patches[j])
-    if inter == 0:
-        return 0.0
-    for k in (i, j):
-        if k not in areas:
-            areas[k] = int((patches[k].logits > 0).sum())
-    return inter / (areas[i] + areas[j] - inter)
+class _Overlap:
+    """:func:`mask_iou` of pairs of ``patches``, each mask thresholded and counted once, each pair measured once
+    (a chip's first-pass masks can each meet hundreds of others)."""
+
+    def __init__(self, patches: Sequence[Optional[MaskPatch]]):
+        self.patches = patches
+        self._masks: Dict[int, np.ndarray] = {}
+        self._areas: Dict[int, int] = {}
+        self._ious: Dict[Tuple[int, int], float] = {}
+
+    def _mask(self, k: int) -> np.ndarray:
+        if k not in self._masks:
+            self._masks[k] = self.patches[k].logits > 0
+            self._areas[k] = np.count_nonzero(self._masks[k])
+        return self._masks[k]
+
+    def iou(self, i: int, j: int) -> float:
+        key = (min(i, j), max(i, j))
+        if key not in self._ious:
+            self._ious[key] = self._measure(*key)
+        return self._ious[key]
+
+    def _measure(self, i: int, j: int) -> float:
+        a, b = self.patches[i], self.patches[j]
+        win = None if a is None or b is None else _window(a, b)
+        if win is None:
+            return 0.0
+        r0, r1, c0, c1 = win
+        inter = np.count_nonzero(self._mask(i)[r0 - a.row0:r1 - a.row0, c0 - a.col0:c1 - a.col0]
+                                 & self._mask(j)[r0 - b.row0:r1 - b.row0, c0 - b.col0:c1 - b.col0])
+        return inter / (self._areas[i] + self._areas[j] - inter) if inter else 0.0
 
 
 def _boxes(patches: Sequence[Optional[MaskPatch]], which: Sequence[int]) -> np.ndarray:
@@ -186,7 +208,8 @@ def _candidate_pairs(patches: Sequence[Optional[MaskPatch]], among: Optional[int
 
 def overlapping_pairs(patches: Sequence[Optional[MaskPatch]]) -> Set[Tuple[int, int]]:
     """Index pairs ``(i, j)``, ``i < j``, whose masks share at least one pixel."""
-    return {(i, j) for i, j in _candidate_pairs(patches) if shared_pixels(patches[i], patches[j])}
+    overlap = _Overlap(patches)
+    return {(i, j) for i, j in _candidate_pairs(patches) if overlap.iou(i, j) > 0}
 
 
 def resolve_overlaps(patches: List[Optional[MaskPatch]], among: Optional[int] = None) -> Set[Tuple[int, int]]:
