@@ -10,7 +10,8 @@ embedding's cosine similarity with stock segment-anything's.
   sizes (``hiera_t``, ``hiera_s``, ``hiera_b+``, ``hiera_l``; the ``sam2`` extra), ``SAM2ImagePredictor.set_image``
   on a model from ``sam2.build_sam.build_sam2`` (its timing includes its own resize and normalisation of the chip);
 - ``engine fp32``: ``pointsam_engine.load_model(..., precision="fp32")`` (fused attention);
-- ``engine bf16`` / ``int8`` (CPU) or ``fp16`` / ``bf16`` (GPU): the other precisions the device runs.
+- ``engine bf16`` / ``int8`` / ``openvino`` (CPU; openvino for SAM's encoders only, its first call, the
+  conversion, untimed) or ``fp16`` / ``bf16`` (GPU): the other precisions the device runs.
 
 The fp32 floor is the encoder's FLOPs (counted by ``torch.utils.flop_counter`` on the meta device) over
 the fp32 matmul throughput measured here (a 4096² matmul, best of several) just before the runs. A SAM 2.1
@@ -97,6 +98,7 @@ def _run(model_type: str, variant: str, device: str, passes: int, warmup: bool, 
     seconds = []
     with torch.inference_mode():
         x = sam.preprocess(_chip(device))
+        warmup = warmup or variant == "engine openvino"  # its first call converts (then kept on disk): not a pass
         for i in range(passes + int(warmup)):
             start = time.perf_counter()
             embedding = encode(x)
@@ -178,10 +180,12 @@ def fp32_gflops(device: str, size: int = 4096, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def variants(device: str) -> list:
-    """Stock and engine fp32, then every other precision the engine keeps for this device."""
+def variants(device: str, model_type: str) -> list:
+    """Stock and engine fp32, then every other precision the engine keeps for this device and model."""
     kind = device.split(":")[0]
-    reduced = {"cpu": ["bf16", "int8"], "cuda": ["fp16", "bf16"]}.get(kind, [])
+    reduced = {"cpu": ["bf16", "int8", "openvino"], "cuda": ["fp16", "bf16"]}.get(kind, [])
+    if model_type.startswith("hiera"):  # OpenVINO runs SAM's encoders only
+        reduced = [p for p in reduced if p != "openvino"]
     return ["stock fp32", "engine fp32"] + [f"engine {p}" for p in reduced]
 
 
@@ -209,7 +213,7 @@ def main() -> None:
         multi = model_type not in ONE_PASS
         passes = args.passes or (3 if multi else 1)
         stock = None
-        for variant in variants(args.device):
+        for variant in variants(args.device, model_type):
             queue = ctx.Queue()
             proc = ctx.Process(target=_run, args=(model_type, variant, args.device, passes, multi, queue))
             proc.start()

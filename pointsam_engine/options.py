@@ -138,7 +138,7 @@ CHOICES: Dict[str, Choice] = {c.name: c for c in (
                          "64-true", "64")),
     Choice("model_type", ("vit_b", "vit_l", "vit_h", "hiera_t", "hiera_s", "hiera_b+", "hiera_l")),  # SAM, SAM 2.1
     # segment and serve: the image encoder's arithmetic (pointsam_engine.sam.precision); flag --precision
-    Choice("encoder_precision", ("auto", "fp32", "bf16", "fp16", "int8")),
+    Choice("encoder_precision", ("auto", "fp32", "bf16", "fp16", "int8", "openvino")),
     # segment: how outlines are drawn (pointsam_engine.regularize)
     Choice("regularize", ("none", "buildings", "ships")),
 )}

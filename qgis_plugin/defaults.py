@@ -28,5 +28,5 @@ TRAIN = {
 
 CHOICES = {
     "regularize": ["none", "buildings", "ships"],
-    "precision": ["auto", "fp32", "bf16", "fp16", "int8"],
+    "precision": ["auto", "fp32", "bf16", "fp16", "int8", "openvino"],
 }

@@ -220,14 +220,14 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
         model_type: ``vit_b``, ``vit_l``, ``vit_h`` or a SAM 2.1 ``hiera_t``, ``hiera_s``, ``hiera_b+``,
             ``hiera_l``; checked against the weights when given.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        precision: the image encoder's arithmetic at inference: ``auto``, ``fp32``, ``bf16``, ``fp16`` or
-            ``int8`` (see :mod:`pointsam_engine.sam.precision`); weights stay float32, so training is unaffected.
+        precision: the image encoder's arithmetic at inference: ``auto``, ``fp32``, ``bf16``, ``fp16``, ``int8`` or
+            ``openvino`` (see :mod:`pointsam_engine.sam.precision`); weights stay float32, so training is unaffected.
     """
     if model_type is not None and model_type not in (*OFFICIAL_ARCHS, *SAM2_ARCHS):
         raise OptionError(f"--model-type {model_type!r} is not known; use one of "
                           f"{', '.join((*OFFICIAL_ARCHS, *SAM2_ARCHS))}")
     device = pick_device(device)
-    precision = resolve_precision(precision, device)
+    requested, precision = precision, resolve_precision(precision, device)
     path = resolve_model_path(model)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -241,7 +241,7 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
         sam2, arch, name, provenance = load_payload(payload, path, model_type)
         sam2.eval().to(device)
         return LoadedModel(sam=sam2, name=name, sha256=file_sha256(path), model_type=arch.model_type, arch=arch,
-                           device=device, provenance=provenance, precision=precision)
+                           device=device, provenance=provenance, precision=resolve_precision(requested, device, sam2=True))
     if payload.get("format") == POINTSAM_FORMAT:
         try:
             arch = SamArch.from_dict(payload["arch"])

@@ -20,7 +20,7 @@ from ..defaults import CHOICES
 
 PRECISIONS = {"fp32": "fp32 (exact)", "auto": "auto (the fastest this CPU or GPU runs accurately)",
               "bf16": "bf16 (CPUs with AVX512-BF16 or AMX, GPUs)", "fp16": "fp16 (GPUs)",
-              "int8": "int8 (any CPU)"}
+              "int8": "int8 (any CPU)", "openvino": "openvino (OpenVINO's CPU runtime; SAM models)"}
 
 TITLE = "PointSAM"
 

@@ -158,11 +158,12 @@ def test_a_file_put_there_by_hand_is_hashed_once_and_shown_verified(client, mode
 def tiny_adapter(tiny_model, tmp_path_factory):
     """An adapter trained (in form) for the tiny test model, not for the server's bundled one."""
 
+    from pointsam_engine.config import SegmentConfig
     from pointsam_engine.sam.adapter import save_adapter
     from pointsam_engine.sam.lora import add_lora
     from pointsam_engine.sam.model import load_model
 
-    base = load_model(str(tiny_model), device="cpu")
+    base = load_model(str(tiny_model), device="cpu", precision=SegmentConfig.precision)  # as the servers load it
     add_lora(base.sam, rank=2)
     folder = tmp_path_factory.mktemp("adapters")
     return save_adapter(base.sam, folder / "tinyregion.adapter.pt", base=base, config={"steps": 1}, history=[]), base

@@ -26,25 +26,29 @@ from pointsam_engine.sam.model import DEFAULT_MODEL, OFFICIAL_ARCHS, build_sam, 
 from pointsam_engine.sam.precision import cpu_has_native_bf16, encoder_runner, resolve_precision
 from tests.conftest import SHARED_DATA, write_points
 
-REDUCED = ("bf16", "int8")  # the CPU precisions checked against fp32
+REDUCED = ("bf16", "int8", "openvino")  # the CPU precisions checked against fp32
 SCENE_SEEDS = {"buildings": 41011, "ships": 41012}  # never used in training (below 10000) nor elsewhere in tests
 KAMPALA = SHARED_DATA / "A_buildings_georef" / "hotosm_oam_kampala"
 
 
 # -- which precision runs where ------------------------------------------------------------------
 
-@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
-def test_auto_takes_bf16_only_on_a_cpu_that_computes_it_natively(monkeypatch, native, expected):
+@pytest.mark.parametrize("openvino, native, expected", [(True, True, "openvino"), (True, False, "openvino"),
+                                                       (False, True, "bf16"), (False, False, "fp32")])
+def test_auto_takes_openvino_then_bf16_only_on_a_cpu_that_computes_it_natively(monkeypatch, openvino, native, expected):
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(precision_module, "openvino_available", lambda: openvino)
     assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("auto", "cpu", sam2=True) == ("bf16" if native else "fp32"), "SAM 2.1 stays in torch"
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("int8", "cpu") == "int8"
 
 
-@pytest.mark.parametrize("precision, device, named", [("fp16", "cpu", "GPUs only"), ("int8", "cuda", "CPU only"),
-                                                      ("half", "cpu", "auto, fp32, bf16, fp16, int8")])
-def test_a_precision_the_device_cannot_run_is_refused_in_one_line(precision, device, named):
+@pytest.mark.parametrize("precision, device, sam2, named", [
+    ("fp16", "cpu", False, "GPUs only"), ("int8", "cuda", False, "CPU only"), ("openvino", "cuda", False, "CPU only"),
+    ("openvino", "cpu", True, "SAM's encoders"), ("half", "cpu", False, "auto, fp32, bf16, fp16, int8, openvino")])
+def test_a_precision_the_device_cannot_run_is_refused_in_one_line(precision, device, sam2, named):
     with pytest.raises(OptionError, match="--precision") as err:
-        resolve_precision(precision, device)
+        resolve_precision(precision, device, sam2=sam2)
     assert named in str(err.value) and "\n" not in str(err.value)
 
 
@@ -84,6 +88,51 @@ def test_int8_runs_a_quantized_copy_and_leaves_the_model_trainable():
         sam.image_encoder.blocks[0].attn.qkv.weight.mul_(2)  # weights change, as in training
     with torch.inference_mode():
         assert not encoder_runner(sam, "int8", "cpu")(x).equal(first), "changed weights are quantized again"
+
+
+def test_openvino_converts_once_per_set_of_weights_and_keeps_it_on_disk(monkeypatch, tmp_path):
+    import openvino
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    sam = load_model(DEFAULT_MODEL, device="cpu", precision="fp32").sam
+    x = torch.rand(1, 3, 256, 256)
+    with torch.inference_mode():
+        first = encoder_runner(sam, "openvino", "cpu")(x)
+        reference = encoder_runner(sam, "fp32", "cpu")(x)
+    assert first.dtype == torch.float32 and first.shape == reference.shape
+    assert float(torch.nn.functional.cosine_similarity(first.flatten(), reference.flatten(), dim=0)) >= 0.999
+    saved = sorted(p.name for p in (tmp_path / "pointsam" / "openvino").iterdir())
+    assert len(saved) == 2 and {p.rsplit(".", 1)[1] for p in saved} == {"xml", "bin"}
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(openvino, "convert_model", no_conversion)
+    again = load_model(DEFAULT_MODEL, device="cpu", precision="fp32").sam  # another process, the same weights
+    with torch.inference_mode():
+        assert encoder_runner(again, "openvino", "cpu")(x).equal(first), "read back from disk"
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with torch.no_grad():
+        again.image_encoder.blocks[0].attn.qkv.weight.mul_(2)  # an adapter's or training's weights
+    with torch.inference_mode():
+        assert not encoder_runner(again, "openvino", "cpu")(x).equal(first), "changed weights are converted again"
+    assert len(list((tmp_path / "pointsam" / "openvino").iterdir())) == 4
+
+
+def test_openvino_serves_threads_at_once_each_its_own_answer(monkeypatch, tmp_path):
+    """Dask workers and the API encode on several threads with one model: answers never mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    sam = load_model(DEFAULT_MODEL, device="cpu", precision="fp32").sam
+    chips = [torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(k)) for k in range(6)]
+    run = encoder_runner(sam, "openvino", "cpu")
+    alone = [run(x) for x in chips]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(run, chips))
+    assert all(a.equal(b) for a, b in zip(alone, together))
+    assert not alone[0].equal(alone[1]), "each answer is its own (not a buffer the next call overwrites)"
 
 
 # -- accuracy against fp32 -----------------------------------------------------------------------
