@@ -41,8 +41,8 @@ class _OneLineErrors(PluginGroup):
 
 
 _REPORT_HELP = "Write the run report (JSON) here; an existing file is replaced only with --overwrite."
-_PRECISION_HELP = ("Encoder arithmetic: auto (fastest accurate here: bf16 on CPUs with AVX512-BF16/AMX), fp32 (exact), "
-                   "bf16, fp16 (GPU), int8 (CPU).")
+_PRECISION_HELP = ("Encoder arithmetic: auto (fastest accurate here: OpenVINO for SAM on a CPU, else bf16 where the CPU has "
+                   "it), fp32 (exact), bf16, fp16 (GPU), int8 (CPU), openvino (CPU, SAM).")
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -104,15 +104,20 @@ def autocast(precision: str, device: str):
     return torch.autocast(str(device).split(":")[0], dtype=_AUTOCAST[precision])
 
 
+_MAKING = threading.Lock()  # one copy made at a time: clicks at once on a new model would make it twice (and
+# OpenVINO's conversion, tracing the encoder, is not safe on two threads at once)
+
+
 def _derived(encoder: torch.nn.Module, kind: str, make: Callable[[torch.nn.Module], object]):
     """``make(encoder)``, made once and kept on ``encoder`` for as long as its weights are unchanged."""
-    weights = tuple((id(p), p._version) for p in encoder.parameters())
     attribute = f"_{kind}_copy"
-    cached = getattr(encoder, attribute, None)  # a plain attribute (a tuple): not a submodule, not saved
-    if cached is None or cached[0] != weights:
-        setattr(encoder, attribute, None)  # the stale copy is not kept (nor deep-copied) while making the new one
-        cached = (weights, make(encoder))
-        setattr(encoder, attribute, cached)
+    with _MAKING:
+        weights = tuple((id(p), p._version) for p in encoder.parameters())
+        cached = getattr(encoder, attribute, None)  # a plain attribute (a tuple): not a submodule, not saved
+        if cached is None or cached[0] != weights:
+            setattr(encoder, attribute, None)  # the stale copy is not kept (nor deep-copied) while making the new one
+            cached = (weights, make(encoder))
+            setattr(encoder, attribute, cached)
     return cached[1]
 
 
