@@ -216,7 +216,7 @@ def test_no_engine_messages_offer_set_up_engine_and_the_options_page_sets_the_en
         page.fields[settings.KEY_PYTHON].setText(python)
         page.fields[settings.KEY_ARGS].setText("--cache-mb 64")
         page.fields[settings.KEY_OUTPUT_ROOT].setText("/data/gis")
-        assert page.precision.currentData() == "fp32"  # the engine's default, first
+        assert page.precision.currentData() == "auto"  # the engine's default, first
         page.precision.setCurrentIndex(page.precision.findData("bf16"))
         assert page.python_state.text() == ""
         page.apply()

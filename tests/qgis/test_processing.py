@@ -23,6 +23,7 @@ def test_plugin_registers_the_provider_and_its_algorithms(plugin):
     assert provider is not None and provider.name() == "PointSAM"
     names = {alg.id(): alg.displayName() for alg in provider.algorithms()}
     assert names == {"pointsam:segmentpoints": "Segment points", "pointsam:pointstoboxes": "Points to boxes",
+                     "pointsam:segmentrasters": "Segment points over many rasters",
                      "pointsam:finetune": "Fine-tune from points",
                      "pointsam:evaluate": "Evaluate against reference polygons"}
 
