@@ -55,14 +55,60 @@ def image_context(sam, embedding: torch.Tensor) -> ImageContext:
         return None
     _, c, h, w = embedding.shape
     dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, c, 1, 1)
-    tokens = (embedding + dense).flatten(2).transpose(1, 2)
-    pe = sam.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
+    # rows laid out contiguously once here: every prompt reads them, and reading a transposed view is 4x slower
+    tokens = (embedding + dense).flatten(2).transpose(1, 2).contiguous()
+    pe = sam.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2).contiguous()
     first = sam.mask_decoder.transformer.layers[0]
     to_image, to_tokens = first.cross_attn_token_to_image, first.cross_attn_image_to_token
     keyed = tokens + pe
     return ImageContext(tokens, pe, _heads(to_image.k_proj(keyed), to_image.num_heads),
                         _heads(to_image.v_proj(tokens), to_image.num_heads),
                         _heads(to_tokens.q_proj(keyed), to_tokens.num_heads), (h, w))
+
+
+def _tokens_to_image(attention, tokens: torch.Tensor, image_keyed: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """segment-anything's ``Attention(q=tokens, k=image_keyed, v=image)`` with the image's key and value projections
+    folded into the tokens' side: each head's query is taken back through ``k_proj`` to the embedding width
+    (``q W_k``; ``k_proj``'s bias adds a constant to each query's scores, which the softmax ignores), and the
+    attention-weighted image rows are projected by ``v_proj`` after the sum (the weights sum to 1, so its bias
+    passes through). A few prompt tokens then cost two products with the image rows, not two projections of them."""
+    heads, (b, n, width) = attention.num_heads, tokens.shape
+    per_head = attention.internal_dim // heads
+    q = _heads(attention.q_proj(tokens), heads) * per_head ** -0.5  # (B, heads, n, c), scaled as the stock scores
+    folded = (q @ attention.k_proj.weight.reshape(heads, per_head, width)).reshape(b, heads * n, width)
+    weights = torch.softmax(folded @ image_keyed.transpose(1, 2), dim=-1)  # (B, heads * n, HW)
+    mixed = (weights @ image).reshape(b, heads, n, width)
+    out = mixed @ attention.v_proj.weight.reshape(heads, per_head, width).transpose(1, 2)
+    out = out + attention.v_proj.bias.reshape(heads, 1, per_head)
+    return attention.out_proj(out.transpose(1, 2).reshape(b, n, heads * per_head))
+
+
+def _image_to_tokens(attention, image: torch.Tensor, image_keyed: torch.Tensor, tokens_keyed: torch.Tensor,
+                     tokens: torch.Tensor, image_queries: torch.Tensor = None) -> torch.Tensor:
+    """``image`` plus segment-anything's ``Attention(q=image_keyed, k=tokens_keyed, v=tokens)`` (the block's
+    residual sum), with the image's query and output projections folded into the tokens' side: each head's keys
+    are taken back through ``q_proj`` (its bias becomes one score per key) and each head's values forward
+    through its slice of ``out_proj``, so the image rows meet the few tokens in two products instead of being
+    projected twice. ``out_proj``'s bias rides on the values (each head's weights sum to 1) and the residual
+    is the product's starting value, so the image rows are written once. ``image_queries``: the image's
+    projected queries ``(1, heads, HW, c)`` when the caller has them (:class:`ImageContext`)."""
+    heads, (b, n, width) = attention.num_heads, tokens.shape
+    per_head = attention.internal_dim // heads
+    k = _heads(attention.k_proj(tokens_keyed), heads) * per_head ** -0.5  # (B, heads, n, c)
+    v = _heads(attention.v_proj(tokens), heads)
+    if image_queries is None:
+        folded = (k @ attention.q_proj.weight.reshape(heads, per_head, width)).reshape(b, heads * n, width)
+        bias = (k @ attention.q_proj.bias.reshape(heads, per_head, 1)).reshape(b, heads * n, 1)
+        scores = torch.baddbmm(bias, folded, image_keyed.transpose(1, 2)) if len(image_keyed) == b else \
+            folded @ image_keyed.transpose(1, 2) + bias
+    else:
+        scores = (k @ image_queries.transpose(-1, -2)).flatten(1, 2)
+    # scores (B, heads * n, HW): the softmax over each head's n keys runs along a strided axis, which torch
+    # vectorizes over the contiguous HW (softmax over a last axis of a few keys is 15x slower)
+    weights = torch.softmax(scores.unflatten(1, (heads, n)), dim=2).flatten(1, 2)
+    out_weight = attention.out_proj.weight.reshape(width, heads, per_head).permute(1, 2, 0)  # (heads, c, C)
+    values = (v @ out_weight).reshape(b, heads * n, width) + attention.out_proj.bias / heads
+    return torch.baddbmm(image, weights.transpose(1, 2), values)
 
 
 def _layer(layer, queries, keys, query_pe, key_pe, context=None):
@@ -79,17 +125,15 @@ def _layer(layer, queries, keys, query_pe, key_pe, context=None):
     q = queries + query_pe
     if context is None:
         keyed = keys + key_pe
-        k_image, v_image = _heads(to_image.k_proj(keyed), to_image.num_heads), _heads(to_image.v_proj(keys), to_image.num_heads)
-        q_image = _heads(to_tokens.q_proj(keyed), to_tokens.num_heads)
+        attn_out = _tokens_to_image(to_image, q, keyed, keys)
     else:
-        k_image, v_image, q_image = context.keys, context.values, context.queries
-    queries = layer.norm2(queries + _attend(to_image, _heads(to_image.q_proj(q), to_image.num_heads), k_image, v_image))
+        keyed = None
+        attn_out = _attend(to_image, _heads(to_image.q_proj(q), to_image.num_heads), context.keys, context.values)
+    queries = layer.norm2(queries + attn_out)
     queries = layer.norm3(queries + layer.mlp(queries))
 
     q = queries + query_pe
-    attn_out = _attend(to_tokens, q_image, _heads(to_tokens.k_proj(q), to_tokens.num_heads),
-                       _heads(to_tokens.v_proj(queries), to_tokens.num_heads))
-    keys = layer.norm4(keys + attn_out)
+    keys = layer.norm4(_image_to_tokens(to_tokens, keys, keyed, q, queries, None if context is None else context.queries))
     return queries, keys
 
 
@@ -99,10 +143,7 @@ def _transformer(transformer, context: ImageContext, prompt_tokens: torch.Tensor
     for i, layer in enumerate(transformer.layers):
         queries, keys = _layer(layer, queries, keys, prompt_tokens, context.pe, context if i == 0 else None)
     final = transformer.final_attn_token_to_image
-    q = queries + prompt_tokens
-    attn_out = _attend(final, _heads(final.q_proj(q), final.num_heads),
-                       _heads(final.k_proj(keys + context.pe), final.num_heads),
-                       _heads(final.v_proj(keys), final.num_heads))
+    attn_out = _tokens_to_image(final, queries + prompt_tokens, keys + context.pe, keys)
     return transformer.norm_final_attn(queries + attn_out), keys.expand(len(queries), -1, -1)
 
 
