@@ -23,6 +23,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from ..catalog import CATALOG, file_sha256, installed_path, model_dirs  # noqa: F401 (file_sha256, model_dirs: imported from here too)
 from ..errors import ModelError, OptionError
+from .allocator import reuse_freed_buffers
 from .encoder import use_fused_attention
 from .precision import resolve_precision
 from .sam2_backend import SAM2_ARCHS, Sam2Arch, is_sam2_payload, load_payload
@@ -227,6 +228,8 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
         raise OptionError(f"--model-type {model_type!r} is not known; use one of "
                           f"{', '.join((*OFFICIAL_ARCHS, *SAM2_ARCHS))}")
     device = pick_device(device)
+    if device == "cpu":
+        reuse_freed_buffers()
     requested, precision = precision, resolve_precision(precision, device)
     path = resolve_model_path(model)
     try:
