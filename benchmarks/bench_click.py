@@ -53,6 +53,7 @@ def decoder_ms(model: str, precision: str, image, clicks) -> dict:
 
     from pointsam_engine.masks import Prompt
     from pointsam_engine.sam.decode import decode_groups
+    from pointsam_engine.sam.mask_decoder import image_context
     from pointsam_engine.sam.model import load_model
     from pointsam_engine.sam.predict import ChipPredictor
 
@@ -64,6 +65,7 @@ def decoder_ms(model: str, precision: str, image, clicks) -> dict:
     stock = SamPredictor(loaded.sam)  # the same weights; stock runs its encoder in fp32
     stock.set_image(image)
     sam, embedding = loaded.sam, stock.features
+    context = image_context(sam, embedding)  # the engine's per-chip decoder work, once (as set_chip does)
 
     def stock_decoder(xy):
         points = (torch.as_tensor(np.array([[xy]]) - 0.5, dtype=torch.float32), torch.ones(1, 1, dtype=torch.int))
@@ -74,7 +76,7 @@ def decoder_ms(model: str, precision: str, image, clicks) -> dict:
     runs = {
         "stock decoder": stock_decoder,
         "engine decoder": lambda xy: decode_groups(sam, embedding, [Prompt(np.array([xy]), np.array([1]))],
-                                                   context=engine._context),
+                                                   context=context),
         "stock predict": lambda xy: stock.predict(point_coords=np.array([xy]) - 0.5, point_labels=np.array([1])),
     }
     times = {name: [] for name in runs}

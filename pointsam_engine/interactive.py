@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -147,9 +148,11 @@ class ClickSegmenter:
 
     @staticmethod
     def _set_chip(predictor, ras: Raster, norm: Normalization, row0: int, col0: int, size: int) -> bool:
-        image, valid = ras.read_chip(row0, col0, size, norm)
         key = embedding_key(raster=ras.fingerprint(), stretch=norm.to_dict(), window=(row0, col0, size),
                             scale=ras.scale, model=predictor.label)
+        if predictor.set_cached_chip(key, ras.chip_shape(row0, col0, size)):
+            return False
+        image, valid = ras.read_chip(row0, col0, size, norm)
         return bool(predictor.set_chip(image, valid, key))
 
 
@@ -255,7 +258,7 @@ def _to_raster_crs(xy: np.ndarray, crs: Optional[str], ras: Raster) -> np.ndarra
         raise OptionError(f"crs {crs!r} is not a CRS; give one like EPSG:4326 or EPSG:32633") from None
     if source == ras.crs:
         return xy
-    x, y = Transformer.from_crs(source, ras.crs, always_xy=True).transform(xy[:, 0], xy[:, 1])
+    x, y = _transformer(source, ras.crs).transform(xy[:, 0], xy[:, 1])
     return np.column_stack([x, y])
 
 
@@ -278,11 +281,18 @@ def _result(geom, raster_crs: CRS, out_crs: Optional[str], score: float, encoded
         geom = shapely.transform(geom, _reprojector(raster_crs, target))
     geoms = np.array([geom], dtype=object)
     box = oriented_boxes(geoms)
-    angle, length, width = Measurer(target).box_dimensions(box)
-    return ClickResult(geom, box[0], axis_boxes(geoms)[0], target, float(score), float(Measurer(target).areas(geoms)[0]),
+    measure = Measurer.of(target)
+    angle, length, width = measure.box_dimensions(box)
+    return ClickResult(geom, box[0], axis_boxes(geoms)[0], target, float(score), float(measure.areas(geoms)[0]),
                        float(length[0]), float(width[0]), float(angle[0]), encoded, tuple(int(v) for v in chip))
 
 
+@lru_cache(maxsize=32)
+def _transformer(source: CRS, target: CRS) -> Transformer:
+    """``source`` to ``target``, x/y order, made once per pair (about a millisecond each, on every click otherwise)."""
+    return Transformer.from_crs(source, target, always_xy=True)
+
+
 def _reprojector(source: CRS, target: CRS):
-    transformer = Transformer.from_crs(source, target, always_xy=True)
+    transformer = _transformer(source, target)
     return lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))

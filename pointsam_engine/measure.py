@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Optional, Tuple
 
 import numpy as np
@@ -20,6 +21,13 @@ class Measurer:
         geographic = crs.geodetic_crs
         self._to_lonlat = Transformer.from_crs(crs, geographic, always_xy=True)
         self._geod = geographic.get_geod() or Geod(ellps="WGS84")
+
+    @classmethod
+    @lru_cache(maxsize=32)
+    def of(cls, crs) -> "Measurer":
+        """The measurer of ``crs``, made once per CRS: making its transformer costs about as much as measuring a
+        click's object (the map tool measures one object per click)."""
+        return cls(crs)
 
     def _lonlat(self, geom):
         return shapely.transform(geom, lambda xy: np.column_stack(self._to_lonlat.transform(xy[:, 0], xy[:, 1])))
@@ -88,4 +96,4 @@ def pixel_metres(ras) -> float:
     """Ground metres one pixel of ``ras``'s working grid spans, at the raster's centre (any CRS)."""
     rows, cols = ras.working_shape
     x, y = (float(v) for v in apply_affine(ras.working_transform, cols / 2, rows / 2))
-    return Measurer(ras.crs).metres_per_unit(x, y, ras.pixel_size) * ras.pixel_size
+    return Measurer.of(ras.crs).metres_per_unit(x, y, ras.pixel_size) * ras.pixel_size

@@ -225,14 +225,18 @@ class Raster:
         values = np.concatenate([to_amplitude(raw, sar_db).reshape(3, -1) for raw in raws], axis=1)
         return values, valid & np.isfinite(values).all(axis=0)
 
+    def chip_shape(self, row0: int, col0: int, size: int) -> Tuple[int, int]:
+        """``(H, W)`` of the image :meth:`read_chip` gives for this chip: the part of it on the raster."""
+        rows, cols = self.working_shape
+        return min(size, rows - row0), min(size, cols - col0)
+
     def read_chip(self, row0: int, col0: int, size: int, norm: Normalization) -> Tuple[np.ndarray, np.ndarray]:
         """Read the part of a ``size``² working-grid chip that lies on the raster.
 
         Returns ``(image, valid)``: ``HxWx3`` uint8 and ``HxW`` bool for the chip's top-left
         ``H x W`` pixels that fall on the raster (``H, W <= size``); the model pads the rest.
         """
-        rows, cols = self.working_shape
-        h, w = min(size, rows - row0), min(size, cols - col0)
+        h, w = self.chip_shape(row0, col0, size)
         s = self.scale
         window = Window(col0 * s, row0 * s, min(w * s, self.width - col0 * s), min(h * s, self.height - row0 * s))
         raw = self._read(window, None if s == 1.0 else (h, w))

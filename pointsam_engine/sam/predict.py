@@ -10,7 +10,7 @@ Coordinates are chip pixels with pixel centres at ``i + 0.5`` (x = column, y = r
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ class ChipPredictor:
         self._encode = encoder_runner(model.sam, model.precision, model.device)
         self._embedding: Optional[torch.Tensor] = None
         self._context: Optional[ImageContext] = None  # the decoder's per-chip work, done once in set_chip
+        self._key: Optional[str] = None  # the embedding cache's key of the chip held
         self._shape = (0, 0)
 
     @property
@@ -84,18 +85,35 @@ class ChipPredictor:
         ``valid`` (``HxW`` bool) marks pixels that hold data; others are shown to SAM as its padding
         (the pixel mean). Returns True when the encoder ran, False when ``key`` hit the cache.
         """
+        if self.set_cached_chip(key, image.shape[:2]):
+            return False
         self._shape = image.shape[:2]
-        cached = self.cache.get(key) if key else None
-        encoded = cached is None
-        if encoded:
-            self._embedding = embed(self.model.sam, image, valid, self._encode)
-            self.encoder_passes += 1
-            if key:
-                self.cache.put(key, embedding_to_numpy(self._embedding))
-        else:
-            self._embedding = embedding_from_numpy(cached, self.model.device)
-        self._context = image_context(self.model.sam, self._embedding)
-        return encoded
+        embedding = embed(self.model.sam, image, valid, self._encode)
+        self.encoder_passes += 1
+        if key:
+            self.cache.put(key, embedding_to_numpy(embedding))
+        self._hold(embedding, key)
+        return True
+
+    @torch.inference_mode()
+    def set_cached_chip(self, key: Optional[str], shape: Tuple[int, int]) -> bool:
+        """Set the chip ``key`` names without its pixels, when it is the chip set last or the embedding cache holds
+        it (True); False otherwise, and nothing changes: then read the chip and :meth:`set_chip` it. ``shape``:
+        the ``(H, W)`` its image has. The map tool's clicks on one chip cost neither a read nor a cache lookup."""
+        if not key:
+            return False
+        if key != self._key:
+            cached = self.cache.get(key)
+            if cached is None:
+                return False
+            self._hold(embedding_from_numpy(cached, self.model.device), key)
+        self._shape = tuple(shape)
+        return True
+
+    def _hold(self, embedding, key: Optional[str]) -> None:
+        """Make ``embedding`` the chip's, with the decoder's per-chip work done once here."""
+        self._embedding, self._key = embedding, key
+        self._context = image_context(self.model.sam, embedding)
 
     @torch.inference_mode()
     def predict(self, prompts: Sequence[Prompt]) -> List[Optional[MaskPatch]]:

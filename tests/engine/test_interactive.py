@@ -217,3 +217,20 @@ def test_a_box_smaller_than_a_pixel_is_refused_with_one_line(blocks_scene):
     xmax, ymin = grid_to_map(transform, col + 0.9, row + 0.9)
     with pytest.raises(PointsError, match="found no object"):
         ClickSegmenter(BoxPredictor()).predict(raster, [], box=[xmin, ymin, xmax, ymax])
+
+
+def test_clicks_on_a_chip_already_encoded_do_not_read_the_raster_again(blocks_scene, tiny_model, monkeypatch):
+    from pointsam_engine.raster import Raster
+    from pointsam_engine.sam.model import load_model
+    from pointsam_engine.sam.predict import ChipPredictor
+
+    reads = []
+    read_chip = Raster.read_chip
+    monkeypatch.setattr(Raster, "read_chip", lambda self, *args: reads.append(args) or read_chip(self, *args))
+    segmenter = ClickSegmenter(ChipPredictor(load_model(str(tiny_model), device="cpu")))
+    raster, _, transform, centres = blocks_scene
+    (row, col) = centres[0]
+    first = segmenter.predict(str(raster), [grid_to_map(transform, col + 0.5, row + 0.5)])
+    again = segmenter.predict(str(raster), [grid_to_map(transform, col + 1.5, row + 0.5)])
+    assert first.encoded and not again.encoded
+    assert len(reads) == 1

@@ -103,3 +103,19 @@ def test_box_prompts_batch_apart_from_clicks_and_decode_as_sam_does(predictor):
         sparse, dense = sam.prompt_encoder(points=None, boxes=torch.tensor([box - 0.5]), masks=None)
         low, iou = sam.mask_decoder.predict_masks(predictor._embedding, sam.prompt_encoder.get_dense_pe(), sparse, dense)
     assert batched[1].score == pytest.approx(float(iou[0, 0]), abs=1e-5), "a box uses the single-mask output"
+
+
+def test_a_chip_set_last_or_cached_is_set_again_from_its_key_alone(predictor):
+    click = [Prompt(np.array([[100.5, 90.5]]), np.array([1]))]
+    assert predictor.set_cached_chip("k1", (256, 256)) is False  # nothing held or cached yet
+    predictor.set_chip(_image(), key="k1")
+    first = predictor.predict(click)[0]
+    predictor.set_chip(_image(1), key="k2")
+    other = predictor.predict(click)[0]
+    assert predictor.set_cached_chip("k3", (256, 256)) is False  # unknown: the chip held stays
+    np.testing.assert_array_equal(predictor.predict(click)[0].logits, other.logits)
+    assert predictor.set_cached_chip("k1", (256, 256)) is True  # from the cache, no pixels, no encoder
+    np.testing.assert_array_equal(predictor.predict(click)[0].logits, first.logits)
+    assert predictor.set_cached_chip("k1", (100, 100)) is True  # the chip held; its image's shape bounds masks
+    assert predictor.predict([Prompt(np.array([[90.5, 90.5]]), np.array([1]))])[0].mask.shape[0] <= 100
+    assert predictor.encoder_passes == 2
