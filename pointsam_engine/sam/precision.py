@@ -38,6 +38,7 @@ import torch
 
 from ..errors import OptionError
 from ..options import CHOICES
+from . import openvino_convert
 
 PRECISIONS = CHOICES["encoder_precision"].values  # auto, fp32, bf16, fp16, int8, openvino
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -143,6 +144,9 @@ def openvino_available() -> bool:
     return True
 
 
+_OPENVINO_GRAPH = "rel-pos-as-keys fp16-weights"  # part of a converted encoder's name: a change to the graph converted gets new files
+
+
 def openvino_cache_dir() -> Path:
     """Where converted encoders are kept: ``$XDG_CACHE_HOME/pointsam/openvino`` (default ``~/.cache/...``)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -162,20 +166,14 @@ def _compile_openvino(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torc
     import numpy as np
     import openvino as ov
 
-    size = encoder.img_size
-    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
+    digest = hashlib.blake2b(f"{encoder.img_size} {_OPENVINO_GRAPH}".encode(), digest_size=16)
     for tensor in itertools.chain(encoder.state_dict().values()):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     xml = openvino_cache_dir() / f"encoder-{digest.hexdigest()}.xml"
-    core = ov.Core()
     if xml.exists() and xml.with_suffix(".bin").exists():
-        model = core.read_model(xml)
+        compiled = ov.Core().compile_model(xml, "CPU")
     else:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracing warns about Python control flow on shapes (fixed here)
-            model = ov.convert_model(encoder, example_input=torch.zeros(1, 3, size, size))
-        _save_openvino(ov, model, xml)
-    compiled = core.compile_model(model, "CPU")
+        compiled = _converted_and_compiled(ov, encoder, xml)
     requests = threading.local()  # an infer request runs one inference at a time: one per thread (Dask, the API)
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -187,13 +185,13 @@ def _compile_openvino(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torc
     return run
 
 
-def _save_openvino(ov, model, xml: Path) -> None:
-    """Write the model's two files beside each other, the ``.xml`` last: a reader finds both or none."""
+def _converted_and_compiled(ov, encoder: torch.nn.Module, xml: Path):
+    """``encoder`` converted into the cache as ``xml`` and compiled; where the cache cannot be written, converted
+    into a temporary folder, removed once compiled (the next process converts again)."""
     try:
-        xml.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=xml.parent) as tmp:
-            ov.save_model(model, str(Path(tmp) / xml.name), compress_to_fp16=False)
-            os.replace(Path(tmp) / xml.with_suffix(".bin").name, xml.with_suffix(".bin"))
-            os.replace(Path(tmp) / xml.name, xml)
-    except OSError:  # a read-only or full cache only costs the conversion next time
-        pass
+        openvino_convert.convert(encoder, xml)
+        return ov.Core().compile_model(xml, "CPU")
+    except OSError:
+        with tempfile.TemporaryDirectory(prefix="pointsam-openvino-") as tmp:
+            openvino_convert.convert(encoder, Path(tmp) / xml.name)
+            return ov.Core().compile_model(Path(tmp) / xml.name, "CPU")

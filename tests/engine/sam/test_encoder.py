@@ -40,3 +40,26 @@ def test_fused_attention_gives_the_stock_gradients(stock_sam):
     assert grads[0]["blocks.1.attn.rel_pos_h"].abs().sum() > 0
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_relative_positions_as_key_dimensions_give_the_stock_embedding_on_this_thread_only(stock_sam):
+    """What OpenVINO converts: the same arithmetic with no mask."""
+    import threading
+
+    x = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        stock = stock_sam.image_encoder(x)
+        fused = use_fused_attention(stock_sam).image_encoder
+        attention = fused.blocks[1].attn
+        calls = []
+        masked = attention._with_rel_pos
+        attention._with_rel_pos = lambda *args: calls.append(threading.get_ident()) or masked(*args)
+        with encoder.rel_pos_as_keys():
+            as_keys = fused(x)
+            other = threading.Thread(target=fused, args=(x,))
+            other.start()
+            other.join()
+        assert calls == [other.ident]  # the other thread kept the mask
+        torch.testing.assert_close(as_keys, stock, rtol=1e-5, atol=1e-5)
+        fused(x)
+        assert len(calls) == 2  # and so does this one after the block

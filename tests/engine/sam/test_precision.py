@@ -90,10 +90,17 @@ def test_int8_runs_a_quantized_copy_and_leaves_the_model_trainable():
         assert not encoder_runner(sam, "int8", "cpu")(x).equal(first), "changed weights are quantized again"
 
 
-def test_openvino_converts_once_per_set_of_weights_and_keeps_it_on_disk(monkeypatch, tmp_path):
+def _never(*args, **kwargs):
+    raise AssertionError("called in this process")
+
+
+def test_openvino_converts_once_per_set_of_weights_in_a_child_and_keeps_it_on_disk(monkeypatch, tmp_path):
     import openvino
 
+    from pointsam_engine.sam import openvino_convert
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(openvino, "convert_model", _never)  # the tracing's peak memory stays out of this process
     sam = load_model(DEFAULT_MODEL, device="cpu", precision="fp32").sam
     x = torch.rand(1, 3, 256, 256)
     with torch.inference_mode():
@@ -104,20 +111,38 @@ def test_openvino_converts_once_per_set_of_weights_and_keeps_it_on_disk(monkeypa
     saved = sorted(p.name for p in (tmp_path / "pointsam" / "openvino").iterdir())
     assert len(saved) == 2 and {p.rsplit(".", 1)[1] for p in saved} == {"xml", "bin"}
 
-    def no_conversion(*args, **kwargs):
-        raise AssertionError("converted again")
-
-    monkeypatch.setattr(openvino, "convert_model", no_conversion)
+    monkeypatch.setattr(openvino_convert, "convert", _never)
     again = load_model(DEFAULT_MODEL, device="cpu", precision="fp32").sam  # another process, the same weights
     with torch.inference_mode():
         assert encoder_runner(again, "openvino", "cpu")(x).equal(first), "read back from disk"
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(openvino, "convert_model", _never)
     with torch.no_grad():
         again.image_encoder.blocks[0].attn.qkv.weight.mul_(2)  # an adapter's or training's weights
     with torch.inference_mode():
         assert not encoder_runner(again, "openvino", "cpu")(x).equal(first), "changed weights are converted again"
     assert len(list((tmp_path / "pointsam" / "openvino").iterdir())) == 4
+
+
+def test_openvino_converts_without_a_writable_cache_and_a_failed_conversion_is_one_line(monkeypatch, tmp_path):
+    from pointsam_engine.errors import ModelError
+    from pointsam_engine.sam import openvino_convert
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    sam = load_model(DEFAULT_MODEL, device="cpu", precision="fp32").sam
+    x = torch.rand(1, 3, 256, 256)
+    with torch.inference_mode():
+        assert encoder_runner(sam, "openvino", "cpu")(x).shape == encoder_runner(sam, "fp32", "cpu")(x).shape
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(openvino_convert.sys, "executable", "/bin/false")
+    with torch.no_grad():
+        sam.image_encoder.blocks[0].attn.qkv.weight.mul_(2)
+    with pytest.raises(ModelError, match=r"^converting the image encoder to OpenVINO failed \(exit status 1\); "
+                                         r"run with --precision bf16 or fp32$"):
+        encoder_runner(sam, "openvino", "cpu")
+    assert not list((tmp_path / "cache").rglob("*.xml")) and not list((tmp_path / "cache").rglob("*.pt"))
 
 
 def test_openvino_serves_threads_at_once_each_its_own_answer(monkeypatch, tmp_path):
