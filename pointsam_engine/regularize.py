@@ -1,10 +1,14 @@
 """Outlines an analyst keeps: regularized building footprints and smoothed ship hulls.
 
-``buildings``: right angles, edges aligned to the footprint's dominant direction (and rotated onto the
-neighbours' direction where it is within 10°), notches narrower than two pixels removed, holes below the
-hole threshold filled. The edge work is the field's maintained library, ``buildingregulariser`` (the one
-samgeo and TerraLab use), run without 45° edges and without circles; this module only chooses its
-tolerances from the pixel size, removes notches first and puts the footprints back together afterwards.
+``buildings``: right angles, edges along the footprint's dominant direction (the direction whose best-fitting
+rectangle fits the outline best, turned onto a neighbour's where that is within 10° and costs little), notches
+narrower than two pixels closed, jogs flattened, holes below the hole threshold filled. Each footprint becomes
+the simplest of its best rectangle and its right-angled outline with jogs flattened at several widths that
+fits its outline well (IoU less a cost per vertex), so a simple roof is 4 vertices. Each edge lies where
+it fits the outline's area best, so the regularized outlines are neither grown nor shrunk on average.
+``buildingregulariser`` (the library samgeo and TerraLab use) was used first and is not any more: it took its
+direction from the staircase, tilting rectangles by a few degrees, kept pixel jogs (12-16 vertices where
+the OSM footprints have 4) and lowered mIoU against them by 0.013-0.020 (``benchmarks/bench_outlines.py``).
 
 ``ships``: the staircase smoothed to the hull (corner cutting), kept inside the mask's oriented box, so the
 ``boxes`` layer is the one the mask gives.
@@ -21,24 +25,27 @@ is geographic), where a right angle on the ground is a right angle in coordinate
 
 from __future__ import annotations
 
-import threading
-import warnings
-from contextlib import contextmanager
-from typing import Iterator, Tuple
+from typing import Tuple
 
-import geopandas as gpd
 import numpy as np
 import shapely
 from pyproj import CRS, Transformer
+from scipy import ndimage
 from shapely import affinity
 
 from .measure import Measurer
-from .vectorize import oriented_boxes, overlapping, polygonal
+from .vectorize import oriented_boxes, overlapping, polygonal, trace
 
 MODES = ("none", "buildings", "ships")
-_ALIGNMENT_LOCK = threading.Lock()
 NOTCH_PX = 1.0  # notches and spikes up to two pixels wide are removed (a morphological closing and opening)
-JOG_PX = 3.0  # walls closer than three pixels are put on one line
+JOG_PX = 3.0  # walls closer than three pixels are always put on one line
+JOG_SHARES = (0.05, 0.1, 0.15, 0.2, 0.3)  # and wider jogs tried, as shares of the footprint's size (sqrt of area)
+VERTEX_COST = 0.016  # the IoU with its outline a footprint's vertex must buy (bench_outlines.py chose it)
+NEIGHBOUR_PX = 10.0  # footprints closer than ten pixels are neighbours; ...
+NEIGHBOUR_DEG = 10.0  # ... those whose directions differ by less than 10° take one direction ...
+ALIGN_LOSS = 0.02  # ... where the smaller one's rectangle loses at most this IoU by it
+GRID_CELLS = 80  # an outline is resampled on half-pixel cells, or this many across where that is coarser
+MIN_SAMPLES = 16  # footprints with fewer half-pixel cells are kept as they are
 WALL_PX = 2.0  # neighbours that shared a wall in their masks and lie closer than this share it again
 
 
@@ -79,64 +86,144 @@ def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: s
 
 
 def regularize_buildings(geoms: np.ndarray, pixel: float, min_hole_area: float = 0.0) -> np.ndarray:
-    """Right-angled footprints with ``buildingregulariser`` (metric, conformal coordinates; ``pixel`` in them)."""
-    from buildingregulariser import regularize_geodataframe
+    """Right-angled footprints (metric, conformal coordinates; ``pixel`` in them).
 
-    jog = JOG_PX * pixel
-    cleaned = np.array([_without_notches(g, NOTCH_PX * pixel) for g in geoms], dtype=object)
-    live = np.flatnonzero([g is not None for g in cleaned])
+    Each footprint's direction is the one whose best-fitting rectangle fits its outline best (turned onto a
+    neighbour's within 10° when that costs little); the outline is resampled on a grid in that direction,
+    notches are closed, and of the rectangle and the grid outline with its jogs flattened at several widths
+    the one with the best IoU with the outline, less :data:`VERTEX_COST` per vertex, is kept.
+    """
     out = np.array(geoms, dtype=object)
-    if len(live) == 0:
-        return out
-    frame = gpd.GeoDataFrame({"object": live}, geometry=list(cleaned[live]))
-    with warnings.catch_warnings(), _neighbour_alignment_in_process():
-        warnings.simplefilter("ignore")  # it warns, and keeps the input, when an outline cannot be regularized
-        done = regularize_geodataframe(
-            frame, parallel_threshold=2 * pixel, simplify=True, simplify_tolerance=2 * pixel,
-            allow_45_degree=False, allow_circles=False, num_cores=1,  # no process pool inside a server
-            neighbor_alignment=True, neighbor_search_distance=10 * pixel, neighbor_max_rotation=10)
-    for obj, part in done.groupby("object").geometry:
-        shape = polygonal(shapely.union_all([_without_jogs(p, jog) for p in part.values]))
+    samples = {i: _samples(g, pixel) for i, g in enumerate(geoms) if g is not None and not g.is_empty}
+    samples = {i: s for i, s in samples.items() if len(s[0]) >= MIN_SAMPLES}
+    angles = {i: _dominant_angle(*s) for i, s in samples.items()}
+    angles = _align_neighbours(geoms, samples, angles, NEIGHBOUR_PX * pixel)
+    for i, (angle, _) in angles.items():
+        shape = polygonal(_outline(geoms[i], angle, samples[i][1], pixel))
         if shape is not None:
-            out[obj] = _fill_holes(_same_area(shape, geoms[obj], 2 * pixel), min_hole_area)
+            out[i] = _fill_holes(shape, min_hole_area)
     return out
 
 
-def _same_area(shape, mask, most: float):
-    """``shape`` moved out (or in) along its normals, square corners kept, to the mask's area.
+def _samples(geom, pixel: float) -> Tuple[np.ndarray, float]:
+    """Points (Nx2) inside ``geom`` on a grid of half a pixel (coarser for footprints over
+    :data:`GRID_CELLS` cells across, so the cost per footprint is bounded), and the grid's cell."""
+    x0, y0, x1, y1 = geom.bounds
+    cell = max(0.5 * pixel, max(x1 - x0, y1 - y0) / GRID_CELLS)
+    xs, ys = np.meshgrid(np.arange(x0 + cell / 2, x1, cell), np.arange(y0 + cell / 2, y1, cell))
+    inside = shapely.contains_xy(geom, xs, ys)
+    return np.column_stack([xs[inside], ys[inside]]), cell
 
-    The library fits its edges through a simplified staircase whose corners are cut, so its outlines sit
-    about a pixel inside the mask (8 % of the area of a 10 m house at 0.3 m); one mitred offset of
-    (mask area - area) / perimeter, at most ``most``, puts the walls back where the mask had them.
+
+def _occupancy(points: np.ndarray, angle: float, cell: float) -> np.ndarray:
+    """How much of each cell of a grid turned by ``angle`` (degrees) the sampled points fill (rows: y)."""
+    c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+    q = (points - points.mean(0)) @ np.array([[c, -s], [s, c]])  # coordinates in the turned frame
+    lo = q.min(0) - cell
+    n = np.ceil((q.max(0) + cell - lo) / cell).astype(int)
+    hist, _, _ = np.histogram2d(q[:, 1], q[:, 0], bins=(n[1], n[0]),
+                                range=((lo[1], lo[1] + n[1] * cell), (lo[0], lo[0] + n[0] * cell)))
+    return np.minimum(hist, 1.0)
+
+
+def _best_rectangle(fill: np.ndarray, rounds: int = 4) -> Tuple[Tuple[int, int, int, int], float]:
+    """The axis-aligned rectangle of cells ``(row0, row1, col0, col1)`` with the best IoU with ``fill``, and that IoU.
+
+    Widening a rectangle by a strip raises its IoU exactly when the strip is filled by more than IoU / (1 + IoU),
+    so each round puts the columns, then the rows, at that share of the current rectangle's span.
     """
-    offset = float(np.clip((mask.area - shape.area) / max(shape.length, 1e-12), -most, most))
-    moved = polygonal(shape.buffer(offset, join_style="mitre", mitre_limit=5.0)) if offset else shape
-    return moved if moved is not None and not moved.is_empty else shape
+    total = fill.sum()
+    r0, r1, c0, c1 = 0, fill.shape[0], 0, fill.shape[1]
+    for _ in range(rounds + 1):
+        inter = fill[r0:r1, c0:c1].sum()
+        iou_now = inter / (total + (r1 - r0) * (c1 - c0) - inter)
+        share = iou_now / (1 + iou_now)
+        cols = np.flatnonzero(fill[r0:r1].mean(0) > share)
+        c0, c1 = (cols[0], cols[-1] + 1) if len(cols) else (c0, c1)
+        rows = np.flatnonzero(fill[:, c0:c1].mean(1) > share)
+        r0, r1 = (rows[0], rows[-1] + 1) if len(rows) else (r0, r1)
+    return (r0, r1, c0, c1), iou_now
+
+
+def _dominant_angle(points: np.ndarray, cell: float) -> Tuple[float, float]:
+    """``(angle, iou)``: the direction (degrees, mod 90) whose best rectangle fits the points best, and its IoU;
+    searched every 3° then every 0.5° on cells twice the sampling's (a bounded, cheap estimate)."""
+    def fit(angle):
+        return _best_rectangle(_occupancy(points, angle, 2 * cell), rounds=2)[1]
+
+    coarse = np.arange(0.0, 90.0, 3.0)
+    best = coarse[int(np.argmax([fit(a) for a in coarse]))]
+    fine = best + np.arange(-2.5, 2.6, 0.5)
+    scores = [fit(a) for a in fine]
+    return float(fine[int(np.argmax(scores))] % 90), float(max(scores))
+
+
+def _align_neighbours(geoms, samples: dict, angles: dict, distance: float) -> dict:
+    """Neighbours closer than ``distance`` whose directions differ by less than :data:`NEIGHBOUR_DEG` take one
+    direction: the larger footprint's, where the smaller one's rectangle fits it within :data:`ALIGN_LOSS` as well."""
+    live = np.array(sorted(angles), dtype=int)
+    if len(live) < 2:
+        return angles
+    left, right = shapely.STRtree(geoms[live]).query(geoms[live], predicate="dwithin", distance=distance)
+    angles = dict(angles)
+    for a, b in sorted({(min(i, j), max(i, j)) for i, j in zip(live[left], live[right]) if i != j},
+                       key=lambda p: -max(geoms[p[0]].area, geoms[p[1]].area)):
+        big, small = (a, b) if geoms[a].area >= geoms[b].area else (b, a)
+        turn = (angles[big][0] - angles[small][0] + 45) % 90 - 45
+        if 0 < abs(turn) < NEIGHBOUR_DEG:
+            fit = _best_rectangle(_occupancy(samples[small][0], angles[big][0], 2 * samples[small][1]), rounds=2)[1]
+            if fit >= angles[small][1] - ALIGN_LOSS:
+                angles[small] = (angles[big][0], fit)
+    return angles
+
+
+def _outline(geom, angle: float, cell: float, pixel: float):
+    """The right-angled outline of ``geom`` along ``angle``: its best rectangle or its grid outline with jogs
+    flattened, whichever has the best IoU with ``geom`` less :data:`VERTEX_COST` per vertex."""
+    origin = tuple(np.asarray(geom.centroid.coords[0]))
+    flat = affinity.rotate(geom, -angle, origin=origin)
+    x0, y0, x1, y1 = flat.bounds
+    x0, y0 = x0 - cell, y0 - cell
+    xs, ys = np.meshgrid(np.arange(x0 + cell / 2, x1 + cell, cell), np.arange(y0 + cell / 2, y1 + cell, cell))
+    inside = shapely.contains_xy(flat, xs, ys)
+    (r0, r1, c0, c1), _ = _best_rectangle(inside.astype(float))
+    candidates = [shapely.box(x0 + c0 * cell, y0 + r0 * cell, x0 + c1 * cell, y0 + r1 * cell)]
+    traced = trace(_without_notches_grid(inside, int(round(2 * NOTCH_PX * pixel / cell)) + 1), 0, 0)
+    if traced is not None:
+        traced = affinity.affine_transform(traced, [cell, 0, 0, cell, x0, y0])
+        size = np.sqrt(geom.area)
+        for share in JOG_SHARES:
+            parts = [_without_jogs(p, max(JOG_PX * pixel, share * size)) for p in shapely.get_parts(traced)]
+            if all(p is not None for p in parts):
+                candidates.append(polygonal(shapely.union_all(parts)))
+    candidates = np.array([c for c in candidates if c is not None], dtype=object)
+    fits = iou(candidates, np.full(len(candidates), flat, dtype=object)) - VERTEX_COST * vertex_counts(candidates)
+    return affinity.rotate(candidates[int(np.argmax(fits))], angle, origin=origin)
+
+
+def _without_notches_grid(inside: np.ndarray, width: int) -> np.ndarray:
+    """``inside`` closed then opened with a ``width``-cell square: notches and spikes narrower than it go."""
+    square = np.ones((width, width), dtype=bool)
+    padded = np.pad(inside, width)
+    return ndimage.binary_opening(ndimage.binary_closing(padded, square), square)[width:-width, width:-width]
 
 
 def _without_jogs(polygon, width: float):
-    """A right-angled polygon with walls less than ``width`` apart (jogs, shallow notches) moved onto one line.
+    """An axis-aligned polygon with walls less than ``width`` apart (jogs, shallow steps) moved onto one line,
+    or None where that folds it (less than half its area left).
 
-    In the frame of the polygon's longest edge every edge runs along x or y; the positions of the walls along
-    each axis are grouped where consecutive ones lie within ``width`` and each group takes its length-weighted
-    mean. What the library leaves as a staircase of small offsets becomes one straight wall.
+    The positions of the walls along each axis are grouped (a group wider than ``width`` is split at its
+    largest gap) and each group takes its length-weighted mean, so a staircase of small offsets becomes one
+    straight wall.
     """
-    if polygon is None or polygon.is_empty or width <= 0:
-        return polygon
-    xy = np.asarray(polygon.exterior.coords)
-    d = np.diff(xy, axis=0)
-    k = int(np.argmax(np.hypot(d[:, 0], d[:, 1])))
-    angle = np.degrees(np.arctan2(d[k, 1], d[k, 0]))
-    origin = tuple(xy[0])
-    flat = affinity.rotate(polygon, -angle, origin=origin)
-    rings = [_snap_ring(np.asarray(r.coords), width) for r in (flat.exterior, *flat.interiors)]
-    if len(rings[0]) < 4:  # the ring collapsed: nothing but jogs
-        return polygon
-    snapped = polygonal(shapely.Polygon(rings[0], [r for r in rings[1:] if len(r) >= 4]))
-    if snapped is None or snapped.area < 0.5 * polygon.area:
-        return polygon
-    snapped = shapely.simplify(shapely.remove_repeated_points(snapped, 1e-9 * width), 1e-6 * width)
-    return affinity.rotate(snapped, angle, origin=origin)
+    rings = [_snap_ring(np.asarray(r.coords), width) for r in (polygon.exterior, *polygon.interiors)]
+    shape = polygonal(shapely.Polygon(rings[0]))
+    for ring in rings[1:]:
+        hole = polygonal(shapely.Polygon(ring))
+        shape = polygonal(shape.difference(hole)) if shape is not None and hole is not None else shape
+    if shape is None or shape.area < 0.5 * polygon.area:
+        return None
+    return shapely.simplify(shapely.remove_repeated_points(shape, 1e-9 * width), 1e-6 * width)
 
 
 def _snap_ring(closed: np.ndarray, width: float) -> np.ndarray:
@@ -150,18 +237,28 @@ def _snap_ring(closed: np.ndarray, width: float) -> np.ndarray:
         pos = 0.5 * (xy[where, axis] + xy[(where + 1) % n, axis])
         length = np.abs(d[where, 1 - axis]) + 1e-12
         order = np.argsort(pos)
-        group = np.concatenate([[0], np.cumsum(np.diff(pos[order]) > width)])
+        group = _groups(pos[order], width)
         mean = np.bincount(group, pos[order] * length[order]) / np.bincount(group, length[order])
         new = np.empty_like(pos)
         new[order] = mean[group]
         xy[where, axis] = new
         xy[(where + 1) % n, axis] = new
-    xy = np.vstack([xy, xy[:1]])
-    ring = xy[:-1][np.r_[True, np.any(np.abs(np.diff(xy[:-1], axis=0)) > 1e-9 * width, axis=1)]]
-    a, b = np.roll(ring, 1, axis=0) - ring, np.roll(ring, -1, axis=0) - ring
-    turn = np.abs(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) > 1e-9 * width ** 2  # drop straight-through vertices
-    ring = ring[turn] if turn.sum() >= 3 else ring
-    return np.vstack([ring, ring[:1]])
+    return np.vstack([xy, xy[:1]])
+
+
+def _groups(ordered: np.ndarray, width: float) -> np.ndarray:
+    """Group labels of sorted positions: one group, split at its largest gap while wider than ``width``."""
+    cuts, spans = [], [(0, len(ordered))]
+    while spans:
+        a, b = spans.pop()
+        if b - a > 1 and ordered[b - 1] - ordered[a] > width:
+            k = a + 1 + int(np.argmax(np.diff(ordered[a:b])))
+            cuts.append(k)
+            spans += [(a, k), (k, b)]
+    group = np.zeros(len(ordered), dtype=int)
+    for k in cuts:
+        group[k:] += 1
+    return group
 
 
 def smooth_hulls(geoms: np.ndarray, pixel: float, rounds: int = 3) -> np.ndarray:
@@ -247,15 +344,6 @@ def _rings(geom):
     return [ring for p in shapely.get_parts(geom) for ring in (p.exterior, *p.interiors)]
 
 
-def _without_notches(geom, width: float):
-    """Close then open with a square, mitred buffer: notches and spikes up to ``2 * width`` go, corners stay square."""
-    if geom is None:
-        return None
-    kw = {"join_style": "mitre", "mitre_limit": 5.0}
-    cleaned = polygonal(geom.buffer(width, **kw).buffer(-2 * width, **kw).buffer(width, **kw))
-    return cleaned if cleaned is not None and cleaned.area > 0.5 * geom.area else geom
-
-
 def _fill_holes(geom, min_area: float):
     if min_area <= 0:
         return geom
@@ -301,34 +389,3 @@ def _metric_frame(crs, geoms: np.ndarray):
                                            lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
 
     return move(crs, local), move(local, crs), 1.0
-
-
-class _InProcessPool:
-    """Stands in for ``multiprocessing.Pool`` in buildingregulariser's neighbour alignment: maps in this process."""
-
-    def __init__(self, processes=None):
-        pass
-
-    def __enter__(self) -> "_InProcessPool":
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        return False
-
-    def map(self, function, items, chunksize=None) -> list:
-        return list(map(function, items))
-
-
-@contextmanager
-def _neighbour_alignment_in_process() -> Iterator[None]:
-    """buildingregulariser's neighbour alignment forks a process pool even when asked for one core (its
-    coordinator does not); a fork inside the engine's threaded server can deadlock (a segment job hung in
-    ``Pool.terminate``), so while the engine regularizes, that step maps in this process."""
-    from buildingregulariser import neighbor_alignment
-
-    with _ALIGNMENT_LOCK:
-        pool, neighbor_alignment.Pool = neighbor_alignment.Pool, _InProcessPool
-        try:
-            yield
-        finally:
-            neighbor_alignment.Pool = pool

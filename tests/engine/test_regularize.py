@@ -76,22 +76,48 @@ def test_two_touching_regularized_squares_do_not_overlap():
 
 
 def test_regularizing_starts_no_process_even_in_a_threaded_server(monkeypatch):
-    """buildingregulariser's neighbour alignment forks a pool even for one core; a fork in the engine's threaded
-    server can hang a job, so the engine's call must run in this process and leave the library as it was."""
+    """A fork in the engine's threaded server can hang a job, so regularizing must run in this process."""
     import multiprocessing.process
-
-    from buildingregulariser import neighbor_alignment
 
     def start(process):
         raise AssertionError("regularizing started a process")
 
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start)
-    pool = neighbor_alignment.Pool
     left = affinity.rotate(shapely.box(20, 30, 60.5, 80), 12, origin=(60, 55))
     right = affinity.rotate(shapely.box(59.5, 30, 100, 80), 12, origin=(60, 55))
     outs, _ = run(staircase(left, right), "buildings", scores=[0.9, 0.8])
     assert len(outs) == 2
-    assert neighbor_alignment.Pool is pool
+
+
+def test_a_ragged_rectangle_becomes_a_rectangle_closer_to_the_truth_than_its_mask():
+    rng = np.random.default_rng(3)
+    rect = affinity.rotate(shapely.box(25, 40, 95, 80), 17, origin=(60, 60))
+    ragged = rect
+    for _ in range(40):  # bumps and bites of one to three pixels along the walls, as a model's mask has them
+        x, y = np.asarray(rect.exterior.interpolate(rng.uniform(0, rect.length)).coords[0])
+        bite = shapely.box(x - 1.5, y - 1.5, x + 1.5, y + 1.5).buffer(rng.uniform(0, 1.5))
+        ragged = ragged.union(bite) if rng.random() < 0.5 else ragged.difference(bite)
+    mask = staircase(ragged)
+    (out,), _ = run(mask, "buildings")
+    assert vertex_counts([out])[0] == 4 and right_angle_share([out]) == 1.0
+    right = truth(rect)
+    assert out.intersection(right).area / out.union(right).area > mask[0].intersection(right).area / mask[0].union(right).area
+
+
+def test_neighbours_a_few_degrees_apart_take_one_direction():
+    big = affinity.rotate(shapely.box(10, 30, 60, 90), 20, origin=(35, 60))
+    small = affinity.rotate(shapely.box(72, 45, 92, 70), 22, origin=(82, 57))  # 2° off, four pixels away
+    outs, _ = run(staircase(big, small), "buildings")
+
+    def direction(geom):
+        xy = np.asarray(geom.exterior.coords)
+        d = np.diff(xy, axis=0)
+        k = int(np.argmax(np.hypot(d[:, 0], d[:, 1])))
+        return np.degrees(np.arctan2(d[k, 1], d[k, 0])) % 90
+
+    turn = (direction(outs[0]) - direction(outs[1]) + 45) % 90 - 45
+    assert abs(turn) < 0.5
+    assert all(vertex_counts([o])[0] == 4 for o in outs)
 
 
 def test_the_overlap_goes_to_the_object_whose_mask_held_it():
