@@ -23,7 +23,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from ..catalog import CATALOG, file_sha256, installed_path, model_dirs  # noqa: F401 (file_sha256, model_dirs: imported from here too)
 from ..errors import ModelError, OptionError
-from .allocator import reuse_freed_buffers
+from ..memory import reuse_freed_buffers
 from .encoder import use_fused_attention
 from .precision import resolve_precision
 from .sam2_backend import SAM2_ARCHS, Sam2Arch, is_sam2_payload, load_payload

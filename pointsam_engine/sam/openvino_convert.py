@@ -6,8 +6,9 @@ high-water mark of a long run or of ``pointsam serve``. The child is a plain ``p
 worker, being a daemon, may not fork children of its own) that reads the encoder module as the parent saved
 it (adapters' layers included) and writes the ``.xml`` and ``.bin`` beside each other, the ``.xml`` last, so a
 reader finds both or none, its weights stored as float16 (half the file and the memory it maps; the runtime
-computes in bf16 on CPUs with native bf16, a coarser rounding still, else in float32). Global attention is traced with its relative positions as key dimensions
-(:func:`~pointsam_engine.sam.encoder.rel_pos_as_keys`): OpenVINO keeps no ``tokens x tokens`` mask alive then.
+computes in bf16 on CPUs with native bf16, a coarser rounding still, else in float32). Global attention is
+traced with its relative positions as key dimensions (:func:`~pointsam_engine.sam.encoder.rel_pos_as_keys`):
+OpenVINO keeps no ``tokens x tokens`` mask alive then.
 
     python -m pointsam_engine.sam.openvino_convert ENCODER.pt OUT.xml
 """

@@ -144,7 +144,7 @@ def openvino_available() -> bool:
     return True
 
 
-_OPENVINO_GRAPH = "rel-pos-as-keys fp16-weights"  # part of a converted encoder's name: a change to the graph converted gets new files
+_OPENVINO_GRAPH = "rel-pos-as-keys fp16-weights"  # in a converted encoder's name: a new graph gets new files
 
 
 def openvino_cache_dir() -> Path:

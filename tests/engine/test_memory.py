@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 # from run to run)
 _FAULTS = """
 import resource, sys, torch
-from pointsam_engine.sam.allocator import reuse_freed_buffers
+from pointsam_engine.memory import reuse_freed_buffers
 if sys.argv[1] == "reuse":
     assert reuse_freed_buffers()
 else:
@@ -41,7 +41,7 @@ def test_freed_decoder_buffers_are_reused_instead_of_faulted_in_again():
 
 
 def test_loading_a_model_on_the_cpu_applies_it(tiny_model):
-    from pointsam_engine.sam.allocator import reuse_freed_buffers
+    from pointsam_engine.memory import reuse_freed_buffers
     from pointsam_engine.sam.model import load_model
 
     reuse_freed_buffers.cache_clear()
