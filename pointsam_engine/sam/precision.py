@@ -156,8 +156,9 @@ def openvino_cache_dir() -> Path:
 def openvino_encoder(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``encoder`` compiled by OpenVINO for the CPU: a function from a preprocessed chip batch to the embedding.
 
-    Converting traces the encoder (about 40 s for vit_b here), so the converted model is kept on disk, named by a
-    digest of the weights (an adapter's weights get their own); later loads read it back in a few seconds.
+    Converting traces the encoder in a child process (:mod:`~pointsam_engine.sam.openvino_convert`; about a minute
+    for vit_b here), so the converted model is kept on disk, named by a digest of the weights (an adapter's weights
+    get their own); later loads read it back in a few seconds.
     """
     return _derived(encoder, "openvino", _compile_openvino)
 
