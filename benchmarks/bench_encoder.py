@@ -119,8 +119,9 @@ def _run(model_type: str, variant: str, device: str, passes: int, warmup: bool, 
             if i >= int(warmup):
                 seconds.append(time.perf_counter() - start)
     # a numpy array travels by value (a tensor would travel as a handle the exiting child takes with it)
+    converted = variant == "engine openvino"  # (other variants' children: multiprocessing's own helper)
     queue.put({"seconds": seconds, "peak_mb": _peak_mb(), "embedding": _flat(embedding),
-               "child_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e6})
+               "child_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e6 if converted else 0.0})
 
 
 def _flat(embedding):
