@@ -2,7 +2,8 @@
 
 PointSAM's calibration (:func:`calibrate`, :func:`find_neighbours`): an object whose first-pass mask overlaps
 another's (mask IoU above ``calibration_iou``, or holding another object's positive click) is predicted again
-with those neighbours' positive clicks added as negative prompts (:func:`with_negatives`). The engine
+with those neighbours' positive clicks added as negative prompts (:func:`with_negatives`; the
+:data:`MAX_NEIGHBOURS` nearest, as the paper draws a few negatives from that pool). The engine
 calibrates each chip's objects at inference (:mod:`pointsam_engine.pipeline`); ``pointsam train`` calibrates
 its teacher's pseudo-labels with the same functions (``training.selftrain``).
 
@@ -23,6 +24,9 @@ import numpy as np
 import shapely
 
 from .masks import MaskPatch, Prompt
+
+MAX_NEIGHBOURS = 8  # negatives per calibrated prompt: the nearest neighbours' clicks. SAM was trained with up to
+# about a dozen clicks per prompt, and the decoder's cost grows with each one (40 doubled it)
 
 
 def _window(a: MaskPatch, b: MaskPatch) -> Optional[Tuple[int, int, int, int]]:
@@ -63,8 +67,10 @@ def contains_points(patch: Optional[MaskPatch], points: np.ndarray) -> bool:
 
 
 def find_neighbours(patches: Sequence[Optional[MaskPatch]], positives: Sequence[np.ndarray],
-                    targets: Sequence[int], iou_threshold: float = 0.1) -> Dict[int, List[int]]:
-    """For each target object, the others whose masks overlap it (IoU > threshold, or its mask holds their click).
+                    targets: Sequence[int], iou_threshold: float = 0.1,
+                    max_neighbours: int = MAX_NEIGHBOURS) -> Dict[int, List[int]]:
+    """For each target object, the others whose masks overlap it (IoU > threshold, or its mask holds their click):
+    the ``max_neighbours`` whose clicks are nearest the target's, in index order.
 
     An object whose mask is unknown (``None``) can still be a neighbour through its clicks. Only objects whose
     mask box or clicks meet the target's mask box are compared (a spatial index), so a chip with thousands of
@@ -93,8 +99,19 @@ def find_neighbours(patches: Sequence[Optional[MaskPatch]], positives: Sequence[
         held = _holds_each(patches[i], [positives[j] for j in others])
         js = [j for j, holds in zip(others, held) if holds or overlap.iou(i, j) > iou_threshold]
         if js:
-            found[i] = js
+            found[i] = _nearest(js, positives, i, max_neighbours)
     return found
+
+
+def _nearest(others: List[int], positives: Sequence[np.ndarray], i: int, count: int) -> List[int]:
+    """The ``count`` of ``others`` whose clicks come nearest object ``i``'s, in their given order."""
+    if len(others) <= count:
+        return others
+    mine = np.asarray(positives[i], float).reshape(-1, 2)
+    gap = [np.linalg.norm(np.asarray(positives[j], float).reshape(-1, 2)[:, None] - mine[None], axis=2).min()
+           for j in others]
+    keep = set(np.argsort(gap, kind="stable")[:count].tolist())
+    return [j for k, j in enumerate(others) if k in keep]
 
 
 def _holds_each(patch: MaskPatch, clicks: Sequence[np.ndarray]) -> np.ndarray:

@@ -9,7 +9,7 @@ band of chips, not the whole layer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -97,12 +97,16 @@ def segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, max_h
         members, prompts, positives = chip_prompts(np.concatenate([plan.assigned[k], plan.context[k]]), pos_w, neg_w,
                                                     chip, image.shape[:2])
         n_own = int(np.isin(members, plan.assigned[k]).sum())  # assigned members come first
-        first, results, redone = decode_chip(predictor, prompts, positives, n_own, cfg, stages)
-        run.pairs_before |= {pair_of(members[a], members[b]) for a, b in overlapping_pairs(first) if a < n_own}
+
+        def finish(a: int, patch: Optional[MaskPatch]) -> Optional[MaskPatch]:
+            run.at_edge[members[a]] = runs_into_edge(patch, chip, image.shape[:2], ras.working_shape)
+            with stages("resolve"):
+                return None if patch is None else clean_patch(patch, positives[a], max_hole_px)
+
+        before, results, redone = decode_chip(predictor, prompts, positives, n_own, cfg, stages, finish)
+        run.pairs_before |= {pair_of(members[a], members[b]) for a, b in before}
         run.calibrated[[members[a] for a in redone]] = True
-        run.at_edge[members[:n_own]] = [runs_into_edge(p, chip, image.shape[:2], ras.working_shape) for p in results]
         with stages("resolve"):
-            results = [None if p is None else clean_patch(p, positives[a], max_hole_px) for a, p in enumerate(results)]
             shared = overlapping_pairs(results) if cfg.keep_overlaps else resolve_overlaps(results)
             run.pairs_after |= {pair_of(members[a], members[b]) for a, b in shared}
             run.cut.update(members[a] for pair in ([] if cfg.keep_overlaps else shared) for a in pair)
@@ -131,24 +135,46 @@ def encode_chip(ras, chip: Chip, norm, predictor, fingerprint: str, run: ChipRun
     return image
 
 
-def decode_chip(predictor, prompts: List[Prompt], positives: List[np.ndarray], n_own: int, cfg, stages):
+def decode_chip(predictor, prompts: List[Prompt], positives: List[np.ndarray], n_own: int, cfg, stages,
+                finish: Callable[[int, Optional[MaskPatch]], Any]):
     """Decode the chip's first ``n_own`` prompts and calibrate them against every prompt's clicks.
 
     Neighbours owned by other chips are not decoded here: their clicks still count for calibration (a mask
-    holding them), and settling resolves any pixel they share later. Returns ``(first pass, padded with None
-    for the neighbours; results of the own objects; the indices calibration predicted again)``.
+    holding them), and settling resolves any pixel they share later. The own objects are decoded
+    :data:`DECODE_GROUP` at a time, nearest together, so a chip's raw masks never pile up (a coarse chip can
+    own hundreds of objects): within a group masks are neighbours by overlap or by a held click, across groups
+    by a held click. Each object's final mask goes to ``finish(index, mask)`` as soon as it is known; what
+    ``finish`` returns is kept.
+
+    Returns ``(pairs of own objects whose first-pass masks overlap; finish's results; the indices calibration
+    predicted again)``.
     """
-    with stages("decode"):
-        first = _predict_half(predictor, prompts[:n_own], cfg.decoder_batch) + [None] * (len(prompts) - n_own)
-    results = list(first[:n_own])
-    redo: dict = {}
-    if cfg.calibration:
-        with stages("calibrate"):
-            redo, _ = calibrate(prompts, first, positives, range(n_own),
-                                lambda ps: _predict_half(predictor, ps, cfg.decoder_batch), cfg.calibration_iou)
-        for a, patch in redo.items():
-            results[a] = patch
-    return first, results, sorted(redo)
+    overlapped, kept, redone = set(), [None] * n_own, []
+    for group in _groups(positives[:n_own], DECODE_GROUP):
+        with stages("decode"):
+            first = [None] * len(prompts)
+            for a, patch in zip(group, _predict_half(predictor, [prompts[a] for a in group], cfg.decoder_batch)):
+                first[a] = patch
+        overlapped |= overlapping_pairs(first)
+        redo: dict = {}
+        if cfg.calibration:
+            with stages("calibrate"):
+                redo, _ = calibrate(prompts, first, positives, group,
+                                    lambda ps: _predict_half(predictor, ps, cfg.decoder_batch), cfg.calibration_iou)
+        for a in group:
+            kept[a] = finish(a, redo.get(a, first[a]))
+        redone += sorted(redo)
+    return overlapped, kept, sorted(redone)
+
+
+DECODE_GROUP = 32  # own objects decoded and calibrated together: ~5 MB each at most (a 1024² chip's raw masks)
+
+
+def _groups(positives: List[np.ndarray], size: int) -> List[List[int]]:
+    """Indices of ``positives`` in groups of at most ``size`` taken along rows of their first click, each in
+    index order (so a chip of at most ``size`` objects is one group, decoded in its given order)."""
+    order = sorted(range(len(positives)), key=lambda a: (positives[a][0][1], positives[a][0][0]))
+    return [sorted(order[start:start + size]) for start in range(0, len(order), size)]
 
 
 def runs_into_edge(patch: Optional[MaskPatch], chip: Chip, shape, grid_shape) -> bool:

@@ -49,18 +49,23 @@ def retry_coarser(raster, cfg, norm: Normalization, predictor, instances: Sequen
             others = _on_chip(anchors, chip, image.shape[:2], exclude=own)
             members, prompts, positives = chip_prompts(np.concatenate([own, others]), pos, neg, chip, image.shape[:2])
             n_own = int(np.isin(members, own).sum())
-            _, results, _ = decode_chip(predictor, prompts, positives, n_own, cfg, stages)
-            for a, patch in enumerate(results):
-                i = members[a]
-                if patch is None or (runs_into_edge(patch, chip, image.shape[:2], coarse.working_shape)
-                                     and patch.score <= run.scores[i]):
-                    continue
-                cleaned = clean_patch(patch, positives[a], max_hole_px / COARSER ** 2)
-                if cleaned is not None:
-                    outline = trace(cleaned.mask, cleaned.row0 + chip.row0, cleaned.col0 + chip.col0)
-                    found[i] = (scale(outline, COARSER, COARSER, origin=(0, 0)), cleaned.score)
+            decode_chip(predictor, prompts, positives, n_own, cfg, stages,
+                        lambda a, patch: _keep_better(found, members[a], patch, positives[a], chip, image.shape[:2],
+                                                      coarse.working_shape, run.scores[members[a]], max_hole_px))
     _replace(run, found, settle=not cfg.keep_overlaps)
     return {"coarse_retries": len(targets), "coarse_kept": len(found)}
+
+
+def _keep_better(found: Dict[int, tuple], i: int, patch, clicks: np.ndarray, chip, shape, grid_shape,
+                 fine_score: float, max_hole_px: float) -> None:
+    """Put object ``i``'s coarse outline (on the fine grid) and score in ``found`` when its coarse mask does not
+    run into the chip's inner edge, or scores higher than the fine one."""
+    if patch is None or (runs_into_edge(patch, chip, shape, grid_shape) and patch.score <= fine_score):
+        return
+    cleaned = clean_patch(patch, clicks, max_hole_px / COARSER ** 2)
+    if cleaned is not None:
+        outline = trace(cleaned.mask, cleaned.row0 + chip.row0, cleaned.col0 + chip.col0)
+        found[i] = (scale(outline, COARSER, COARSER, origin=(0, 0)), cleaned.score)
 
 
 def _on_chip(anchors: np.ndarray, chip, shape, exclude) -> np.ndarray:

@@ -170,8 +170,16 @@ def oriented_boxes(geoms: np.ndarray) -> np.ndarray:
 def _grown_to_cover(box, geom):
     """``box`` pushed out, square corners kept, by the few nanometres GEOS's rotated rectangle can leave a
     vertex of ``geom`` outside it, so the box always holds its object."""
-    gap = float(shapely.distance(shapely.points(shapely.get_coordinates(geom)), box).max())
-    return box.buffer(gap * 1.5 + 1e-12, join_style="mitre") if gap > 0 else box
+    coords = shapely.get_coordinates(geom)
+    gap = float(shapely.distance(shapely.points(coords), box).max())
+    # GEOS returns an empty polygon for a buffer below the coordinates' rounding (1e-10 m at 2.5e6 m): start a
+    # few ulps out, and go further until the box covers its object
+    step = max(gap * 1.5, 16 * float(np.spacing(np.abs(coords).max())))
+    grown = box.buffer(step, join_style="mitre")
+    while grown.is_empty or not grown.covers(geom):
+        step *= 2
+        grown = box.buffer(step, join_style="mitre")
+    return grown
 
 
 def axis_boxes(geoms: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from pointsam_engine.calibration import (
+    MAX_NEIGHBOURS,
     calibrate,
     contains_points,
     find_neighbours,
@@ -105,3 +106,17 @@ def test_settling_in_turns_gives_what_settling_all_at_once_gives(seed):
     resolve_overlaps(patches)
     for turns, once in zip(patches, at_once):
         np.testing.assert_array_equal(turns.mask, once.mask)
+
+
+def test_a_crowded_object_gets_only_its_nearest_neighbours_as_negatives():
+    stub = SquarePredictor(half=60)
+    stub.set_chip(np.zeros((256, 256, 3), np.uint8))
+    centre = np.array([[128.5, 128.5]])
+    ring = [centre + 40 * np.array([[np.cos(t), np.sin(t)]]) * (1 + k / 10)  # each one a little farther out
+            for k, t in enumerate(np.linspace(0, 2 * np.pi, MAX_NEIGHBOURS + 4, endpoint=False))]
+    clicks = [centre, *ring]
+    prompts = [Prompt(p, np.array([1])) for p in clicks]
+    first = stub.predict(prompts)
+    _, neighbours = calibrate(prompts, first, clicks, [0], stub.predict, 0.1)
+    assert neighbours == {0: list(range(1, MAX_NEIGHBOURS + 1))}  # every ring click is held; the nearest kept
+    np.testing.assert_array_equal(stub.calls[-1][0].points[1:], np.vstack(ring[:MAX_NEIGHBOURS]))

@@ -4,7 +4,7 @@ import shapely
 from affine import Affine
 
 from pointsam_engine.masks import MaskPatch
-from pointsam_engine.vectorize import clean_mask, hold_clicks, overlapping, simplify_coverage, to_map, trace
+from pointsam_engine.vectorize import clean_mask, hold_clicks, oriented_boxes, overlapping, simplify_coverage, to_map, trace
 
 
 def test_clean_mask_keeps_the_clicked_part_and_fills_only_small_holes():
@@ -55,3 +55,18 @@ def test_a_click_given_back_never_takes_a_neighbours_own_click_pixel():
     alone, _ = hold_clicks(np.array([a, b], dtype=object), masks, [click, np.array([[6.5, 1.5]])],
                            [pixel, np.array([shapely.box(6, 1, 7, 2)], dtype=object)])
     assert alone[0].contains(shapely.points(click)[0]) and not alone[1].intersects(pixel[0].buffer(-0.1))
+
+
+def test_the_oriented_box_of_scattered_parts_far_from_the_origin_holds_them():
+    """Parts of one ship on an HRSID scene (UTM metres): GEOS leaves a vertex ~1e-10 m outside their rotated
+    rectangle, and a buffer that small, 2.5e6 m from the origin, comes back empty."""
+    parts = [(440, 828, 444, 832), (628, 836, 632, 840), (568, 796, 572, 800), (696, 772, 700, 776),
+             (436, 764, 440, 768), (760, 600, 764, 604), (764, 592, 768, 596), (760, 576, 764, 580),
+             (628, 580, 632, 584), (52, 564, 56, 568), (700, 520, 704, 524), (56, 460, 60, 464), (440, 452, 444, 456),
+             (436, 444, 440, 452), (444, 392, 448, 396), (52, 324, 56, 328), (756, 316, 764, 320),
+             (248, 260, 252, 264), (188, 268, 192, 272)]
+    geom = shapely.MultiPolygon([shapely.box(400000 + x0, 2499000 + y0, 400000 + x1, 2499000 + y1)
+                                 for x0, y0, x1, y1 in parts])
+    box = oriented_boxes(np.array([geom], dtype=object))[0]
+    assert not box.is_empty and box.covers(geom)
+    assert box.area < 1.001 * shapely.oriented_envelope(geom).area
