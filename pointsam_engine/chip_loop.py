@@ -19,7 +19,7 @@ from .errors import Cancelled
 from .masks import CLICK_LOGIT, MaskPatch, Prompt
 from .memory import release_freed_memory
 from .sam.cache import embedding_key
-from .vectorize import clean_mask, trace, trace_many
+from .vectorize import clean_mask, trace_logits
 
 
 def check_cancel(cancel) -> None:
@@ -193,8 +193,9 @@ def runs_into_edge(patch: Optional[MaskPatch], chip: Chip, shape, grid_shape) ->
 
 def _settle(j: int, held, near, patches: Dict[int, MaskPatch], pos_w, run: ChipRun, resolve: bool = True) -> None:
     """Give pixels shared with neighbouring chips' objects to the higher logit (unless ``resolve`` is off),
-    then trace chip j's objects."""
+    then trace chip j's objects at sub-pixel precision from their logits."""
     own = held.pop(j)
+    nearby = []
     if resolve:
         mine = [i for i in own if i in patches]
         nearby = mine + [i for m in near[j] if m in held for i in held[m] if i in patches]
@@ -206,10 +207,12 @@ def _settle(j: int, held, near, patches: Dict[int, MaskPatch], pos_w, run: ChipR
         patch = patches.pop(i, None)
         if patch is not None:  # a mask that gave pixels away may have lost the link to a part: drop that part
             mask = clean_mask(patch, pos_w[i], 0) if i in run.cut else patch.mask
-            kept[i] = (patch.row0, patch.col0, mask)
+            kept[i] = (patch, mask)
         run.cut.discard(i)
     # once shared pixels are settled no two masks share one, so the chip's objects are traced in one pass
-    traced = trace_many(kept) if resolve else {i: trace(keep, r, c) for i, (r, c, keep) in kept.items()}
+    # neighbours still held are traced later: they draw the walls they share with these objects from here
+    context = {i: (patches[i], patches[i].mask) for i in nearby if i in patches}
+    traced = trace_logits(kept, context) if resolve else {i: trace_logits({i: kept[i]})[i] for i in kept}
     for i, polygon in traced.items():
         run.polygons[i] = polygon
 
@@ -228,8 +231,9 @@ def _half(patch: Optional[MaskPatch]) -> Optional[MaskPatch]:
 
 
 def _compact(patch: MaskPatch) -> MaskPatch:
-    """Cut to the mask's box and keep logits as float16 while the patch waits to be settled."""
-    patch = patch.cropped()
+    """Cut to the mask's box and a pixel around it (where the outline's edge is interpolated), and keep
+    logits as float16 while the patch waits to be settled."""
+    patch = patch.cropped(margin=1)
     return MaskPatch(patch.row0, patch.col0, patch.logits.astype(np.float16), patch.score)
 
 
@@ -238,9 +242,9 @@ def pair_of(a: int, b: int) -> tuple:
 
 
 def clean_patch(patch: MaskPatch, clicks: np.ndarray, max_hole_px: float) -> Optional[MaskPatch]:
-    """Fill small holes and keep only the parts holding a click; cut to the mask's box. The pixels of the
-    object's own clicks that the mask holds get :data:`CLICK_LOGIT`, so settling shared pixels never gives
-    them to a neighbour."""
+    """Fill small holes and keep only the parts holding a click; cut to the mask's box and a pixel around it
+    (where tracing interpolates the edge). The pixels of the object's own clicks that the mask holds get
+    :data:`CLICK_LOGIT`, so settling shared pixels never gives them to a neighbour."""
     keep = clean_mask(patch, clicks, max_hole_px)
     logits = np.where(keep, np.maximum(patch.logits, 1e-3), np.minimum(patch.logits, -1e-3)).astype(np.float16)
     rows = np.floor(clicks[:, 1]).astype(int) - patch.row0
@@ -248,5 +252,5 @@ def clean_patch(patch: MaskPatch, clicks: np.ndarray, max_hole_px: float) -> Opt
     inside = (rows >= 0) & (rows < keep.shape[0]) & (cols >= 0) & (cols < keep.shape[1])
     rows, cols = rows[inside], cols[inside]
     logits[rows[keep[rows, cols]], cols[keep[rows, cols]]] = CLICK_LOGIT
-    cleaned = MaskPatch(patch.row0, patch.col0, logits, patch.score).cropped()
+    cleaned = MaskPatch(patch.row0, patch.col0, logits, patch.score).cropped(margin=1)
     return cleaned if cleaned.logits.size else None

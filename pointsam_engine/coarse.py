@@ -21,9 +21,12 @@ from .chip_loop import ChipRun, check_cancel, chip_prompts, clean_patch, decode_
 from .chips import plan_chips
 from .points import Instance
 from .raster import Normalization, Raster, to_working_each
-from .vectorize import polygonal, trace
+from .vectorize import polygonal, trace_logits, with_vertices, without_slivers
 
 COARSER = 4  # 4x: a 1024-pixel chip then covers 4096 pixels of the working grid
+# grid pixels: above an overlay's rounding (1e-12 on a 20,000-pixel grid), far below the spacing of traced
+# vertices (1e-3, pointsam_engine.contours)
+NODE_TOLERANCE = 1e-6
 
 
 def retry_coarser(raster, cfg, norm: Normalization, predictor, instances: Sequence[Instance], run: ChipRun,
@@ -64,7 +67,8 @@ def _keep_better(found: Dict[int, tuple], i: int, patch, clicks: np.ndarray, chi
         return
     cleaned = clean_patch(patch, clicks, max_hole_px / COARSER ** 2)
     if cleaned is not None:
-        outline = trace(cleaned.mask, cleaned.row0 + chip.row0, cleaned.col0 + chip.col0)
+        cleaned = cleaned.shifted(chip.row0, chip.col0)
+        outline = trace_logits({i: (cleaned, cleaned.mask)})[i]
         found[i] = (scale(outline, COARSER, COARSER, origin=(0, 0)), cleaned.score)
 
 
@@ -97,11 +101,41 @@ def _replace(run: ChipRun, found: Dict[int, tuple], settle: bool = True) -> None
         outline = _minus(outline, fine)
         if outline is not None:
             run.polygons[i], run.scores[i], run.coarse[i] = outline, found[i][1], True
+    _share_nodes(run.polygons, {i: found[i][0] for i in placed if run.coarse[i]})
+
+
+def _share_nodes(polygons: List[object], uncut: Dict[int, object]) -> None:
+    """Give each outline that meets a cut one the vertices the cut added on their common edges (in place), so
+    the polygons stay a coverage that :func:`~pointsam_engine.vectorize.simplify_coverage` simplifies without
+    overlaps. ``uncut`` maps each cut outline's index to its outline before the cut.
+
+    Cutting an outline against a neighbour's adds a vertex where their edges cross, computed a few ulps off
+    the neighbour's edge; the neighbour lacks it, and coverage simplification keeps a wall shared only when
+    both sides have the same vertices along it.
+    """
+    geoms = np.array(polygons, dtype=object)
+    tree = shapely.STRtree(geoms)
+    given: Dict[int, list] = {}
+    for i, before in uncut.items():
+        added = _added_vertices(geoms[i], before)
+        if len(added):
+            for j in tree.query(shapely.buffer(shapely.box(*added.min(axis=0), *added.max(axis=0)), NODE_TOLERANCE)):
+                if j != i and geoms[j] is not None:
+                    given.setdefault(int(j), []).append(added)
+    for j, points in given.items():
+        polygons[j] = polygonal(with_vertices(geoms[j], np.concatenate(points), NODE_TOLERANCE))
+
+
+def _added_vertices(after, before) -> np.ndarray:
+    """(N, 2): the vertices of ``after`` that ``before`` lacks."""
+    xy = shapely.get_coordinates(after)
+    return xy[~np.isin(xy @ [1, 1j], shapely.get_coordinates(before) @ [1, 1j])]
 
 
 def _minus(outline, others: List[object]):
-    """``outline`` less the ``others`` it meets (None where nothing is left)."""
+    """``outline`` less the ``others`` it meets and the slivers that leaves between near edges (None where
+    nothing is left)."""
     others = [g for g in others if g is not None]
     near = [g for g in others if shapely.intersects(g, outline)] if others else []
-    rest = polygonal(outline.difference(shapely.union_all(near))) if near else outline
+    rest = without_slivers(polygonal(outline.difference(shapely.union_all(near)))) if near else outline
     return None if rest is None or rest.is_empty else rest

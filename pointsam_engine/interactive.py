@@ -34,7 +34,7 @@ from .masks import MaskPatch, Prompt
 from .measure import Measurer, grid_tolerances
 from .raster import Normalization, Raster, compute_normalization
 from .sam.cache import embedding_key
-from .vectorize import axis_boxes, clean_mask, oriented_boxes, polygonal, to_map, trace
+from .vectorize import axis_boxes, clean_mask, oriented_boxes, simplify_each, to_map, trace_logits
 
 _NORMALIZATIONS_KEPT = 16
 NEGATIVE_HOLE_PX = 2  # a hole this near a negative click is the negative's doing: it is filled
@@ -118,9 +118,10 @@ class ClickSegmenter:
             if patch is None or not patch.mask.any():
                 raise PointsError("the model found no object at these clicks; click nearer the object's middle")
             max_hole_px, tolerance = grid_tolerances(ras, cfg.max_hole_area, cfg.simplify)
-            mask = trimmed_mask(patch, local_pos, local_neg, max_hole_px)
-            geom = to_map([trace(mask, patch.row0 + row0, patch.col0 + col0)], ras.working_transform)[0]
-            geom = polygonal(shapely.simplify(geom, tolerance)) or geom
+            keep = trimmed_mask(patch, local_pos, local_neg, max_hole_px)
+            outline = trace_logits({0: (patch.shifted(row0, col0), keep)})[0]
+            simplified = simplify_each([outline], tolerance / ras.pixel_size)[0]  # on the grid, as segment does
+            geom = to_map([simplified or outline], ras.working_transform)[0]
             return _result(geom, ras.crs, out_crs or crs, patch.score, encoded, (row0, col0, size))
 
     def prefetch(self, raster: str, point: Sequence[float], crs: Optional[str] = None, predictor=None,

@@ -34,11 +34,13 @@ def build_layers(ras, instances: Sequence[Instance], run: ChipRun, table: PointT
                   hole_px: float = 25.0) -> tuple:
     skip_reason: Dict[int, str] = {i: "empty mask" for i, g in enumerate(run.polygons) if g is None}
     live = [i for i in range(len(instances)) if run.polygons[i] is not None]
-    masks = to_map([run.polygons[i] for i in live], ras.working_transform)
-    if cfg.keep_overlaps:
-        geoms = simplify_each(masks, tolerance)
-    else:
-        geoms = remove_overlaps(simplify_coverage(masks, tolerance), run.scores[live])
+    traced = np.array([run.polygons[i] for i in live], dtype=object)
+    masks = to_map(traced, ras.working_transform)
+    # simplified on the grid, so the same pixels give the same outlines whatever the raster's georeferencing
+    simplify = simplify_each if cfg.keep_overlaps else simplify_coverage
+    geoms = to_map(simplify(traced, tolerance / ras.pixel_size), ras.working_transform)
+    if not cfg.keep_overlaps:
+        geoms = remove_overlaps(geoms, run.scores[live])
     unregularized = geoms
     pixel_m = pixel_metres(ras)
     geoms, iou_to_mask = regularize(geoms, masks, run.scores[live], cfg.regularize, ras.crs, pixel_m,

@@ -41,12 +41,14 @@ class MaskPatch:
     def shifted(self, rows: int, cols: int) -> "MaskPatch":
         return MaskPatch(self.row0 + rows, self.col0 + cols, self.logits, self.score)
 
-    def cropped(self) -> "MaskPatch":
-        """The same patch cut to the bounding box of its mask (empty: a 0x0 patch)."""
+    def cropped(self, margin: int = 0) -> "MaskPatch":
+        """The same patch cut to the bounding box of its mask, grown by ``margin`` pixels where the patch
+        has them (empty: a 0x0 patch)."""
         mask = self.mask
         rows = np.flatnonzero(mask.any(axis=1))
         cols = np.flatnonzero(mask.any(axis=0))
         if len(rows) == 0:
             return MaskPatch(self.row0, self.col0, np.zeros((0, 0), np.float32), self.score)
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, mask.shape[0])
+        c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, mask.shape[1])
         return MaskPatch(self.row0 + int(r0), self.col0 + int(c0), self.logits[r0:r1, c0:c1], self.score)

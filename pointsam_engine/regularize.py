@@ -54,8 +54,9 @@ def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: s
     """Regularized outlines of ``geoms`` and each one's IoU with its mask.
 
     Args:
-        geoms: the vectorized outlines (polygons in ``crs``; neighbours do not overlap).
-        masks: each object's traced mask (the same objects, polygons in ``crs``).
+        geoms: the vectorized outlines (polygons in ``crs``; neighbours do not overlap); ``ships`` smooths them.
+        masks: each object's traced mask (the same objects, polygons in ``crs``); ``buildings`` fits them, the
+            model's sub-pixel edge rather than its simplified outline.
         scores: each object's score; breaks ties when an overlap lies outside both masks.
         mode: ``none``, ``buildings`` or ``ships``.
         crs: the CRS of the geometries.
@@ -75,7 +76,7 @@ def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: s
     local, local_masks = to_frame(geoms), to_frame(masks)
     px = pixel_m / metres
     if mode == "buildings":
-        out = regularize_buildings(local, px, min_hole_m2 / metres ** 2)
+        out = regularize_buildings(local_masks, px, min_hole_m2 / metres ** 2)
     else:
         out = smooth_hulls(local, px)
     if settle:

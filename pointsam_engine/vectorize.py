@@ -1,9 +1,13 @@
 """Masks to clean polygons, and polygons to boxes.
 
-Masks are traced with ``rasterio.features.shapes`` in working-grid pixel coordinates and moved to
-map coordinates with one affine for all objects, so neighbours share their edges exactly; the
-polygons are then simplified as one coverage (``shapely.coverage_simplify``), which keeps shared
-edges shared, so simplification cannot make neighbours overlap.
+The chip loop and the click path trace each object at sub-pixel precision from its logits
+(:func:`trace_logits`, marching squares in :mod:`pointsam_engine.contours`): an edge runs where the logits
+cross zero, not along the pixel staircase, and a wall two objects share comes out with the same vertices for
+both. :func:`trace` gives the staircase of a binary mask (``rasterio.features.shapes``). Outlines are traced
+in working-grid pixel coordinates, simplified there as one coverage (``shapely.coverage_simplify``, which
+keeps shared edges shared, so simplification cannot make neighbours overlap, and on the grid gives the same
+outlines whatever the georeferencing), and moved to map coordinates with one affine for all objects, so
+neighbours keep their shared edges exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from affine import Affine
 from rasterio.features import shapes
 from scipy import ndimage
 
+from .contours import outline
 from .masks import MaskPatch
 from .raster import apply_affine
 
@@ -68,34 +73,79 @@ def trace(mask: np.ndarray, row0: int, col0: int):
     return shapely.union_all(polys)
 
 
-def trace_many(masks: Dict[int, Tuple[int, int, np.ndarray]]) -> Dict[int, Optional[object]]:
-    """:func:`trace` of several masks that share no pixel (``{id: (row0, col0, mask)}``), in one pass: painted
-    into one label raster and traced by one ``shapes`` call, so thousands of objects cost one GDAL call,
-    not one each. The polygons are those :func:`trace` gives each mask alone."""
-    out: Dict[int, Optional[object]] = {i: None for i in masks}
-    if not masks:
+def trace_logits(objects: Dict[int, Tuple[MaskPatch, np.ndarray]],
+                 context: Optional[Dict[int, Tuple[MaskPatch, np.ndarray]]] = None) -> Dict[int, Optional[object]]:
+    """Sub-pixel outlines, in grid pixel coordinates, of objects that share no pixel; None for an empty one.
+
+    ``objects``: ``{id: (patch, keep)}``, each object's logits on its grid window (best a pixel beyond its
+    mask on every side, so the crossing there is known) and the pixels it keeps (bool, the patch's shape).
+    Each outline holds exactly its kept pixels' centres (4-connected, as :func:`trace`): against the
+    background its edge is where the object's own logits cross zero; between two objects, where the
+    segment between their pixel centres is split in the ratio of their logits, computed once for both, so
+    the shared wall has identical vertices and the outlines never overlap.
+
+    ``context``: settled neighbours traced in a later call, in the same form. Their pixels count as theirs
+    here, and their patches take minus the traced objects' logits on the traced pixels (in place), so
+    when their turn comes, against what is then background, they draw the same walls.
+    """
+    out: Dict[int, Optional[object]] = {i: None for i in objects}
+    if not objects:
         return out
-    r0 = min(r for r, _, _ in masks.values())
-    c0 = min(c for _, c, _ in masks.values())
-    r1 = max(r + m.shape[0] for r, _, m in masks.values())
-    c1 = max(c + m.shape[1] for _, c, m in masks.values())
+    r0 = min(p.row0 for p, _ in objects.values()) - 1
+    c0 = min(p.col0 for p, _ in objects.values()) - 1
+    r1 = max(p.row0 + p.shape[0] for p, _ in objects.values()) + 1
+    c1 = max(p.col0 + p.shape[1] for p, _ in objects.values()) + 1
     labels = np.zeros((r1 - r0, c1 - c0), dtype=np.int32)
-    ids = list(masks)
+    strength = np.zeros(labels.shape, dtype=np.float64)  # the owner's logit on each kept pixel
+    ids, near = list(objects), [k for k in (context or {}) if k not in objects]
+    for n, (patch, keep) in enumerate([objects[i] for i in ids] + [context[k] for k in near], 1):
+        grid, local = _overlap(patch, r0, c0, labels.shape)
+        labels[grid][keep[local]] = n
+        # a kept pixel the model left out (a filled hole) counts as just inside: a context patch then takes
+        # no positive value from it
+        strength[grid][keep[local]] = np.maximum(patch.logits[local][keep[local]], 0)
+    for patch, _ in (context[k] for k in near):
+        grid, local = _overlap(patch, r0, c0, labels.shape)
+        traced = (labels[grid] >= 1) & (labels[grid] <= len(ids))
+        if traced.any():
+            if not patch.logits.flags.writeable:
+                patch.logits = patch.logits.copy()
+            patch.logits[local][traced] = -strength[grid][traced]
     for n, i in enumerate(ids, 1):
-        r, c, m = masks[i]
-        labels[r - r0:r - r0 + m.shape[0], c - c0:c - c0 + m.shape[1]][m] = n
-    parts: Dict[int, list] = {}
-    for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=Affine.translation(c0, r0)):
-        parts.setdefault(int(value), []).append(shapely.geometry.shape(geom))
-    for n, polys in parts.items():
-        out[ids[n - 1]] = shapely.union_all(polys)
+        patch, keep = objects[i]
+        if not keep.any():
+            continue
+        window = (slice(patch.row0 - r0 - 1, patch.row0 - r0 + keep.shape[0] + 1),
+                  slice(patch.col0 - c0 - 1, patch.col0 - c0 + keep.shape[1] + 1))
+        own = np.full(labels[window].shape, np.nan)
+        own[1:-1, 1:-1] = np.minimum(patch.logits, 0)  # outside its kept pixels the object is out
+        lab, other = labels[window], strength[window]
+        field = np.where(lab == n, other, np.where(lab == 0, own, -other))
+        out[i] = outline(lab == n, field, patch.row0 - 1, patch.col0 - 1)
     return out
 
 
+def _overlap(patch: MaskPatch, row0: int, col0: int, shape) -> Tuple[tuple, tuple]:
+    """Slices of the part a patch shares with a raster at ``row0, col0`` of ``shape``: in the raster, in the
+    patch (empty slices where they do not meet)."""
+    top, left = max(patch.row0, row0), max(patch.col0, col0)
+    bottom = max(min(patch.row0 + patch.shape[0], row0 + shape[0]), top)
+    right = max(min(patch.col0 + patch.shape[1], col0 + shape[1]), left)
+    return ((slice(top - row0, bottom - row0), slice(left - col0, right - col0)),
+            (slice(top - patch.row0, bottom - patch.row0), slice(left - patch.col0, right - patch.col0)))
+
+
 def to_map(geoms: Sequence, transform: Affine) -> np.ndarray:
-    """Apply a grid's affine to pixel-coordinate geometries (vectorized)."""
-    return shapely.transform(np.asarray(geoms, dtype=object),
-                             lambda xy: np.column_stack(apply_affine(transform, xy[:, 0], xy[:, 1])))
+    """Apply a grid's affine to pixel-coordinate geometries (vectorized).
+
+    A sliver whose vertices lie closer than the map coordinates resolve (an overlay of two sub-pixel
+    outlines can leave one) collapses there: such polygons come back repaired (:func:`polygonal`).
+    """
+    out = shapely.transform(np.asarray(geoms, dtype=object),
+                            lambda xy: np.column_stack(apply_affine(transform, xy[:, 0], xy[:, 1])))
+    broken = np.flatnonzero(np.isin(shapely.get_type_id(out), (3, 6)) & ~shapely.is_valid(out))
+    out[broken] = [polygonal(out[k]) for k in broken]
+    return out
 
 
 def simplify_coverage(geoms: np.ndarray, tolerance: float) -> np.ndarray:
@@ -107,8 +157,12 @@ def simplify_coverage(geoms: np.ndarray, tolerance: float) -> np.ndarray:
 
 
 def simplify_each(geoms: np.ndarray, tolerance: float) -> np.ndarray:
-    """Simplify polygons one by one (for objects allowed to overlap); always valid polygons."""
-    out = shapely.simplify(np.asarray(geoms, dtype=object), tolerance) if tolerance > 0 else geoms
+    """Simplify polygons one by one (for objects allowed to overlap), as :func:`simplify_coverage` simplifies
+    them together; always valid polygons."""
+    out = np.array(geoms, dtype=object).reshape(-1)
+    if tolerance > 0:
+        live = np.flatnonzero(~shapely.is_missing(out))
+        out[live] = [shapely.coverage_simplify(out[k:k + 1], tolerance)[0] for k in live]
     return polygonal_each(out)
 
 
@@ -130,6 +184,65 @@ def polygonal(geom):
         return geom
     parts = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
     return shapely.union_all(parts) if parts else None
+
+
+def without_slivers(geom, min_area: float = 1.0):
+    """``geom`` less its parts under ``min_area`` (grid pixels²): the slivers an overlay of two sub-pixel
+    outlines leaves where their edges nearly meet. None when nothing is left."""
+    if geom is None:
+        return None
+    parts = shapely.get_parts(geom)
+    parts = parts[shapely.area(parts) >= min_area]
+    return None if len(parts) == 0 else parts[0] if len(parts) == 1 else shapely.MultiPolygon(list(parts))
+
+
+def with_vertices(geom, points: np.ndarray, tolerance: float):
+    """``geom`` (Polygon or MultiPolygon) with each of ``points`` (N, 2) that lies within ``tolerance`` of one of
+    its edges made a vertex there: put into the edge, or in place of the edge's end when that is as near.
+    Points that are already vertices, or near no edge, change nothing.
+
+    What ``shapely.snap`` does for a handful of points, in O((n + N) log n) rather than O(n N): outlines of tens of
+    thousands of vertices take thousands of points this way.
+    """
+    parts = shapely.get_parts(geom)
+    rings = [[shapely.get_coordinates(r) for r in (p.exterior, *p.interiors)] for p in parts]
+    flat = [r for part in rings for r in part]
+    coords = np.concatenate(flat)
+    x0, y0, x1, y1 = shapely.bounds(geom) + np.array([-1, -1, 1, 1]) * tolerance
+    points = points[(points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)]
+    xy = np.setdiff1d(points @ [1, 1j], coords @ [1, 1j])  # unique, and not yet vertices
+    points = np.column_stack([xy.real, xy.imag])
+    # edge k runs from coords[k] to coords[k + 1]; the last vertex of each ring (its first again) starts none
+    last = np.cumsum([len(r) for r in flat]) - 1
+    starts = np.setdiff1d(np.arange(len(coords) - 1), last[:-1])
+    edges = shapely.linestrings(np.stack([coords[starts], coords[starts + 1]], axis=1))
+    hit, edge = shapely.STRtree(edges).query(shapely.points(points), predicate="dwithin", distance=tolerance)
+    hit, first = np.unique(hit, return_index=True)  # one edge per point
+    vertex, ring_of = starts[edge[first]], np.searchsorted(last, starts[edge[first]])
+    offsets = np.concatenate([[0], last[:-1] + 1])
+    for k in np.unique(ring_of):
+        mine = ring_of == k
+        flat[k] = _ring_with_vertices(flat[k], points[hit[mine]], vertex[mine] - offsets[k], tolerance)
+    polys, n = [], 0
+    for part in rings:
+        polys.append(shapely.Polygon(flat[n], flat[n + 1:n + len(part)]))
+        n += len(part)
+    return polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
+
+
+def _ring_with_vertices(ring: np.ndarray, new: np.ndarray, edge: np.ndarray, tolerance: float) -> np.ndarray:
+    """``ring`` with the ``new`` points on its edges ``edge`` (ring-local)."""
+    ring = ring.copy()
+    at_start = np.hypot(*(new - ring[edge]).T) <= tolerance
+    at_end = ~at_start & (np.hypot(*(new - ring[edge + 1]).T) <= tolerance)
+    vertex = np.where(at_start, edge, edge + 1)[at_start | at_end]
+    ring[np.where(vertex == len(ring) - 1, 0, vertex)] = new[at_start | at_end]  # the closing vertex is the first
+    ring[-1] = ring[0]
+    inner = ~at_start & ~at_end
+    new, edge = new[inner], edge[inner]
+    along = np.einsum("ij,ij->i", new - ring[edge], ring[edge + 1] - ring[edge])
+    order = np.lexsort((along, edge))
+    return np.insert(ring, edge[order] + 1, new[order], axis=0)
 
 
 def overlapping(geoms: np.ndarray) -> list:

@@ -1,14 +1,20 @@
 import numpy as np
+import pytest
 import shapely
+import shapely.affinity
 from rasterio.transform import from_origin
 from scipy import ndimage
 
 from pointsam_engine import segment
+from pointsam_engine.calibration import resolve_overlaps
+from pointsam_engine.chip_loop import ChipRun
+from pointsam_engine.coarse import _replace
 from pointsam_engine.masks import MaskPatch
-from pointsam_engine.vectorize import overlapping
+from pointsam_engine.vectorize import overlapping, simplify_coverage, trace_logits
 from tests.conftest import SquarePredictor, grid_to_map, pixel_centres, write_points, write_raster
 
 TRANSFORM = from_origin(500000.0, 4000000.0, 0.5, 0.5)
+CORNERS_M2 = 4 * 0.5 * 0.5 ** 2 * 0.25  # the four half-pixel corners a sub-pixel outline cuts off a flat mask
 
 
 class FloodPredictor(SquarePredictor):
@@ -50,7 +56,8 @@ def test_an_object_larger_than_its_chip_is_decoded_again_on_a_coarser_grid(tmp_p
     truth = _pixels_box(200, 160, 800, 640)
     # a 256-pixel chip shows at most 23 % of the roof; the 4x coarser chip shows all of it (less the blended rim)
     assert shapely.area(shapely.intersection(big, truth)) / shapely.area(shapely.union(big, truth)) > 0.95
-    assert small.symmetric_difference(_pixels_box(400, 700, 440, 740)).area < 1e-6
+    # the pixels' box less its corners, which the sub-pixel outline cuts by half a pixel each way
+    assert small.symmetric_difference(_pixels_box(400, 700, 440, 740)).area == pytest.approx(CORNERS_M2)
     assert res.report["coarse_retries"] == 1 and res.report["coarse_kept"] == 1
     assert overlapping(inst.geometry.values) == [] and inst["holds_click"].all()
 
@@ -61,7 +68,7 @@ def test_objects_within_their_chip_are_not_tried_again(tmp_path):
     res = segment(raster, points, predictor=stub, calibration=False)
     assert res.report["coarse_retries"] == 0 and res.report["encoder_passes"] == len(stub.chips)
     area = res.layers["instances"].sort_values("point_fid").geometry.values[0].area
-    assert abs(area - 600 * 480 * 0.25) < 1e-6
+    assert abs(area - (600 * 480 * 0.25 - CORNERS_M2)) < 1e-6
 
 
 def test_a_coarse_outline_gives_way_to_a_neighbours_fine_one(tmp_path):
@@ -74,3 +81,21 @@ def test_a_coarse_outline_gives_way_to_a_neighbours_fine_one(tmp_path):
     inst = res.layers["instances"]
     assert len(inst) == 2 and overlapping(inst.geometry.values) == []
     assert inst["holds_click"].all()
+
+
+def test_a_coarse_outline_cut_against_fine_neighbours_leaves_a_coverage_that_simplifies_without_overlaps():
+    """Two fine discs sharing a wall, and a slanted coarse outline across both: the cut adds vertices where
+    the edges cross; the discs take them too, so the three stay a coverage (walls vertex for vertex)."""
+    yy, xx = np.mgrid[0:80, 0:100] + 0.5
+    discs = [MaskPatch(0, 0, (14 - np.hypot(xx - 30.3, yy - 40.1)).astype(np.float16), 0.9),
+             MaskPatch(0, 0, (16 - np.hypot(xx - 57.6, yy - 38.7)).astype(np.float16), 0.9)]
+    resolve_overlaps(discs)
+    fine = trace_logits({k: (p, p.mask) for k, p in enumerate(discs)})
+    slab = shapely.affinity.rotate(shapely.box(20.13, 30.71, 90.37, 61.29), 17.3, origin="centroid")
+    run = ChipRun([fine[0], fine[1], None], np.array([0.9, 0.9, 0.5]), np.zeros(3, bool), np.zeros(3, int))
+    _replace(run, {2: (slab, 0.8)})
+    geoms = np.array(run.polygons, dtype=object)
+    assert run.coarse.tolist() == [False, False, True] and shapely.coverage_is_valid(geoms)
+    assert geoms[2].area == pytest.approx(slab.difference(shapely.union(fine[0], fine[1])).area)
+    assert shapely.symmetric_difference(geoms[0], fine[0]).area < 1e-9  # the fine outline only gained vertices
+    assert overlapping(simplify_coverage(geoms, 1.0)) == []

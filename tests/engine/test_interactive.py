@@ -8,13 +8,14 @@ import pytest
 import shapely
 from fastapi.testclient import TestClient
 
+from pointsam_engine import segment
 from pointsam_engine.config import SegmentConfig
 from pointsam_engine.demo.scenes import generate
 from pointsam_engine.errors import PointsError
 from pointsam_engine.interactive import ClickSegmenter, _prompt_chip, trimmed_mask
 from pointsam_engine.masks import MaskPatch
 
-from ..conftest import SquarePredictor, grid_to_map
+from ..conftest import SquarePredictor, grid_to_map, write_points
 
 TOKEN = "test-token"
 
@@ -44,6 +45,16 @@ class BoxPredictor(SquarePredictor):
         x0, y0, x1, y1 = np.round(prompt.box).astype(int)
         r0, c0 = max(y0 - 3, 0), max(x0 - 3, 0)
         return MaskPatch(r0, c0, np.ones((y1 + 3 - r0, x1 + 3 - c0), np.float32), 0.9)
+
+
+class DiscPredictor(SquarePredictor):
+    """SAM's soft edge: logits falling off with the distance from a point beside the click (x + 0.3, y - 0.2),
+    positive within ``half`` pixels of it."""
+
+    def square(self, prompt):
+        x, y = prompt.points[prompt.labels == 1][0]
+        rows, cols = np.mgrid[0:self._shape[0], 0:self._shape[1]] + 0.5
+        return MaskPatch(0, 0, (self.half - np.hypot(cols - x - 0.3, rows - y + 0.2)).astype(np.float32), 0.9)
 
 
 def _square_patch(hole_at=None, hole_radius=4):
@@ -234,3 +245,19 @@ def test_clicks_on_a_chip_already_encoded_do_not_read_the_raster_again(blocks_sc
     again = segmenter.predict(str(raster), [grid_to_map(transform, col + 1.5, row + 0.5)])
     assert first.encoded and not again.encoded
     assert len(reads) == 1
+
+
+def test_a_click_outline_follows_the_logits_edge_as_a_segment_run_traces_it(blocks_scene, tmp_path):
+    """The click path traces the sub-pixel edge, not the pixel staircase, and gives the outline a segment run
+    gives the same object (within the rounding of float16 logits)."""
+    raster, _, transform, centres = blocks_scene
+    row, col = centres[40]
+    click = grid_to_map(transform, col + 0.5, row + 0.5)
+    circle = shapely.Point(grid_to_map(transform, col + 0.8, row + 0.3)).buffer(15 * 0.5, quad_segs=256)
+    exact = ClickSegmenter(DiscPredictor(half=15)).predict(str(raster), [click], simplify=0).polygon
+    assert exact.hausdorff_distance(circle.exterior) < 0.05 * 0.5  # the staircase: 0.7 pixel
+    clicked = ClickSegmenter(DiscPredictor(half=15)).predict(str(raster), [click]).polygon
+    points = write_points(tmp_path / "one.gpkg", [click])
+    run = segment(str(raster), points, predictor=DiscPredictor(half=15), calibration=False)
+    # the same edge; a run holds logits as float16 while chips wait to be settled, which moves it a little
+    assert clicked.hausdorff_distance(run.layers["instances"].geometry.values[0]) < 0.05 * 0.5

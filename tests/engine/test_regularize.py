@@ -198,3 +198,14 @@ def test_bad_regularize_is_one_line_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     with pytest.raises(OptionError, match="regularize"):
         SegmentConfig(regularize="roofs")
+
+
+def test_buildings_fit_the_mask_not_its_simplified_outline():
+    """A rectangle's mask and an outline simplified too far (its corners cut deep): the footprint is the
+    mask's rectangle; ships smooth the outline they are given."""
+    rect = truth(affinity.rotate(shapely.box(30, 45, 90, 75), 31))
+    cut = shapely.simplify(rect.buffer(-4 * PIXEL, join_style="bevel"), PIXEL)  # an octagon inside the mask
+    (out,), ious = regularize([cut], [rect], np.ones(1), "buildings", CRS, PIXEL)
+    assert vertex_counts([out])[0] == 4 and ious[0] > 0.98
+    (hull,), _ = regularize([cut], [rect], np.ones(1), "ships", CRS, PIXEL)
+    assert hull.within(cut.buffer(1e-6))

@@ -384,22 +384,6 @@ def test_pointsam_alone_prints_its_help_and_usage_errors_are_one_line():
     assert wrong.stderr.count("\n") == 1 and wrong.stderr.startswith("error: No such command 'segmnt'")
 
 
-def test_tracing_a_chips_objects_in_one_pass_gives_each_the_polygon_it_gets_alone():
-    from pointsam_engine.vectorize import trace, trace_many
-
-    rng = np.random.default_rng(3)
-    owner = rng.integers(0, 6, (60, 70))  # 0: background; 1..5 objects with holes, parts and diagonal touches
-    masks = {}
-    for k in range(1, 6):
-        rows, cols = np.nonzero(owner == k)
-        r0, c0 = rows.min(), cols.min()
-        masks[10 + k] = (int(r0) + 100, int(c0) + 7, (owner == k)[r0:rows.max() + 1, c0:cols.max() + 1])
-    together = trace_many(masks)
-    for i, (r0, c0, mask) in masks.items():
-        alone = trace(mask, r0, c0)
-        assert together[i].equals(alone) and together[i].area == alone.area == mask.sum()
-
-
 def test_sigterm_unwinds_like_ctrl_c_so_temporary_files_go(tmp_path):
     import signal
 

@@ -1,10 +1,30 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import shapely
 from affine import Affine
+from rasterio.features import rasterize
 
+from pointsam_engine import chip_loop
+from pointsam_engine.calibration import resolve_overlaps
+from pointsam_engine.chip_loop import clean_patch
 from pointsam_engine.masks import MaskPatch
-from pointsam_engine.vectorize import clean_mask, hold_clicks, oriented_boxes, overlapping, simplify_coverage, to_map, trace
+from pointsam_engine.vectorize import (
+    clean_mask,
+    hold_clicks,
+    oriented_boxes,
+    overlapping,
+    simplify_coverage,
+    to_map,
+    trace,
+    trace_logits,
+    with_vertices,
+    without_slivers,
+)
+from tests.conftest import SHARED_DATA
+
+TRANSFORM = Affine(0.5, 0, 1000, 0, -0.5, 5000)
 
 
 def test_clean_mask_keeps_the_clicked_part_and_fills_only_small_holes():
@@ -32,6 +52,17 @@ def test_trace_and_transform_give_map_polygons_with_exact_pixel_area():
     assert mapped.bounds == pytest.approx((1101.5, 4947.5, 1104.5, 4949.0))
 
 
+def test_a_sliver_that_collapses_in_map_coordinates_is_dropped_and_slivers_can_be_removed():
+    """Two vertices 1e-12 pixel apart are distinct on the grid and one point at 733,000 m: the sliver goes."""
+    needle = shapely.Polygon([(593.83, 426.545), (593.83 + 1e-12, 426.545), (594.0, 426.935)])
+    square = shapely.box(600, 420, 610, 430)
+    geom = shapely.MultiPolygon([needle, square])
+    assert geom.is_valid
+    mapped = to_map([geom], Affine(0.5, 0, 733601, 0, -0.5, 3725139))[0]
+    assert mapped.is_valid and mapped.area == pytest.approx(25)
+    assert without_slivers(geom).equals(square) and without_slivers(needle) is None
+
+
 def test_coverage_simplification_keeps_neighbours_apart():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.repeat(rng.integers(0, 4, (12, 12)), 5, axis=0), 5, axis=1)
@@ -57,6 +88,96 @@ def test_a_click_given_back_never_takes_a_neighbours_own_click_pixel():
     assert alone[0].contains(shapely.points(click)[0]) and not alone[1].intersects(pixel[0].buffer(-0.1))
 
 
+def _patch(field: np.ndarray, row0: int = 0, col0: int = 0) -> MaskPatch:
+    return MaskPatch(row0, col0, field.astype(np.float16), 0.9)
+
+
+def test_two_touching_objects_share_their_wall_vertex_for_vertex_and_never_overlap():
+    """Two overlapping discs settled to the higher logit: the wall between them has the same vertices in
+    both outlines, before and after coverage simplification in map coordinates."""
+    yy, xx = np.mgrid[0:60, 0:80] + 0.5
+    patches = [_patch(14 - np.hypot(xx - 25.3, yy - 30.1)), _patch(16 - np.hypot(xx - 52.6, yy - 28.7))]
+    assert resolve_overlaps(patches) == {(0, 1)}
+    outlines = trace_logits({k: (p, p.mask) for k, p in enumerate(patches)})
+    a, b = outlines[0], outlines[1]
+    wall = {tuple(xy) for xy in shapely.get_coordinates(a)} & {tuple(xy) for xy in shapely.get_coordinates(b)}
+    assert len(wall) >= 10  # the discs meet over 13 rows
+    assert overlapping(np.array([a, b], dtype=object)) == []
+    shared = shapely.intersection(a.boundary, b.boundary)
+    assert shared.length > 10 and shapely.intersection(a, b).area == 0
+    simplified = simplify_coverage(to_map([a, b], TRANSFORM), 0.5)
+    assert overlapping(simplified) == []
+    assert shapely.intersection(simplified[0].boundary, simplified[1].boundary).length == \
+        pytest.approx(shared.length * 0.5, rel=0.05)  # the wall is still shared, not two near copies
+
+
+def test_a_rotated_rectangle_comes_out_with_straight_edges():
+    yy, xx = np.mgrid[0:60, 0:60] + 0.5
+    angle = np.radians(30)
+    u = (xx - 30.3) * np.cos(angle) + (yy - 29.8) * np.sin(angle)
+    v = -(xx - 30.3) * np.sin(angle) + (yy - 29.8) * np.cos(angle)
+    patch = _patch(np.minimum(18 - abs(u), 9 - abs(v)))  # signed distance inside a 36 x 18 rectangle
+    sub = simplify_coverage(np.array([trace_logits({0: (patch, patch.mask)})[0]], dtype=object), 1.0)[0]
+    stair = simplify_coverage(np.array([trace(patch.mask, 0, 0)], dtype=object), 1.0)[0]
+    xy = np.asarray(sub.exterior.coords)
+    sides = np.diff(xy, axis=0)
+    lengths = np.hypot(sides[:, 0], sides[:, 1])
+    long_sides = sides[lengths > 5]
+    angles = np.degrees(np.arctan2(long_sides[:, 1], long_sides[:, 0])) % 90
+    # four straight sides along the rectangle, each joined by a corner cut under a pixel (the staircase: 30)
+    assert len(xy) - 1 <= 8 < len(stair.exterior.coords) - 1
+    assert len(long_sides) == 4 and np.abs(angles - 30).max() < 1.0
+    assert lengths[lengths > 5].sum() > 0.9 * 2 * (36 + 18) and sub.area == pytest.approx(36 * 18, rel=0.01)
+
+
+def test_the_outline_keeps_the_clicked_part_and_its_click_and_fills_only_small_holes():
+    logits = -np.ones((40, 40), np.float32)
+    logits[2:20, 2:20] = 1  # clicked part, with a 2x2 hole and a 6x6 hole
+    logits[5:7, 5:7] = -1
+    logits[10:16, 10:16] = -1
+    logits[30:35, 30:35] = 1  # a speck
+    click = np.array([[219.95, 119.95]])  # the far corner of the part's corner pixel
+    cleaned = clean_patch(MaskPatch(100, 200, logits, 0.8), click, max_hole_px=10)
+    geom = trace_logits({0: (cleaned, cleaned.mask)})[0]
+    assert geom.geom_type == "Polygon" and len(geom.interiors) == 1  # the speck dropped, the small hole filled
+    assert shapely.Polygon(geom.interiors[0]).area == pytest.approx(36, abs=1)
+    assert geom.contains(shapely.Point(click[0]))
+
+
+def test_on_a_real_chip_the_outlines_hold_exactly_the_bundled_models_mask_pixels(tmp_path, monkeypatch):
+    """Kampala's dense chip with the bundled model: rasterized at pixel centres each sub-pixel outline is its
+    settled mask, pixel for pixel; as polygons the two differ only by the sub-pixel edge (IoU about 0.95)."""
+    import geopandas as gpd
+
+    from pointsam_engine import segment
+    from pointsam_engine.config import SegmentConfig
+    from pointsam_engine.pipeline import make_predictor
+    from training.realdata import chip_cases
+
+    kampala = SHARED_DATA / "A_buildings_georef" / "hotosm_oam_kampala"
+    chips = sorted(Path(kampala / "val" / "chips").glob("*-19.tif")) if kampala.is_dir() else []
+    if not chips:
+        pytest.skip(f"the Kampala chips are absent from {SHARED_DATA.resolve()}")
+    chip, _, points = next(chip_cases(chips[:1], gpd.read_file(kampala / "chips_labels_all.geojson"), tmp_path, "k"))
+    traced = []
+
+    def recording(objects, context=None):
+        out = trace_logits(objects, context)
+        traced.extend((patch, keep, out[i]) for i, (patch, keep) in objects.items() if keep.any())
+        return out
+
+    monkeypatch.setattr(chip_loop, "trace_logits", recording)
+    segment(chip, points, None, predictor=make_predictor(SegmentConfig(device="cpu")))
+    assert len(traced) > 50
+    ious = []
+    for patch, keep, geom in traced:
+        burnt = rasterize([geom], out_shape=keep.shape, transform=Affine.translation(patch.col0, patch.row0))
+        assert (burnt.astype(bool) == keep).all()
+        stair = trace(keep, patch.row0, patch.col0)
+        ious.append(geom.intersection(stair).area / geom.union(stair).area)
+    assert np.median(ious) > 0.93 and np.percentile(ious, 10) > 0.85
+
+
 def test_the_oriented_box_of_scattered_parts_far_from_the_origin_holds_them():
     """Parts of one ship on an HRSID scene (UTM metres): GEOS leaves a vertex ~1e-10 m outside their rotated
     rectangle, and a buffer that small, 2.5e6 m from the origin, comes back empty."""
@@ -70,3 +191,21 @@ def test_the_oriented_box_of_scattered_parts_far_from_the_origin_holds_them():
     box = oriented_boxes(np.array([geom], dtype=object))[0]
     assert not box.is_empty and box.covers(geom)
     assert box.area < 1.001 * shapely.oriented_envelope(geom).area
+
+
+def test_points_on_an_outlines_edges_become_its_vertices_and_others_change_nothing():
+    """A square with a hole, and a second part: a point a few ulps off an edge goes into that edge (in order
+    along it), one as near an edge's end takes that vertex's place, and points far away, already vertices or
+    in another part's box change nothing there."""
+    square = shapely.Polygon([(0, 0), (10, 0), (10, 10), (0, 10)], [[(4, 4), (6, 4), (6, 6), (4, 6)]])
+    geom = shapely.MultiPolygon([square, shapely.box(20, 0, 22, 2)])
+    points = np.array([(7.0, 1e-12), (3.0, -1e-12), (10.0, 10 + 1e-9), (5.0, 4.0 + 1e-12), (5.0, 5.0), (6.0, 6.0),
+                       (21.0, 3.0)])
+    out = with_vertices(geom, points, 1e-6)
+    exterior = shapely.get_coordinates(out.geoms[0].exterior)
+    assert [tuple(c) for c in exterior[:4]] == [(0, 0), (3.0, -1e-12), (7.0, 1e-12), (10, 0)]
+    assert (10.0, 10 + 1e-9) in map(tuple, exterior) and (10.0, 10.0) not in map(tuple, exterior)
+    assert (5.0, 4.0 + 1e-12) in map(tuple, shapely.get_coordinates(out.geoms[0].interiors[0]))
+    assert out.geoms[1].equals_exact(geom.geoms[1], 0) and out.is_valid
+    assert shapely.get_num_coordinates(out) == shapely.get_num_coordinates(geom) + 3
+    assert abs(out.area - geom.area) < 1e-8
