@@ -27,12 +27,17 @@ from tests.conftest import SHARED_DATA
 TRANSFORM = Affine(0.5, 0, 1000, 0, -0.5, 5000)
 
 
-def test_clean_mask_keeps_the_clicked_part_and_fills_only_small_holes():
+def _part_with_holes_and_a_speck() -> np.ndarray:
     logits = -np.ones((40, 40), np.float32)
     logits[2:20, 2:20] = 1  # clicked part, with a 2x2 hole and a 6x6 hole
     logits[5:7, 5:7] = -1
     logits[10:16, 10:16] = -1
     logits[30:35, 30:35] = 1  # a speck
+    return logits
+
+
+def test_clean_mask_keeps_the_clicked_part_and_fills_only_small_holes():
+    logits = _part_with_holes_and_a_speck()
     patch = MaskPatch(100, 200, logits, 0.8)
     keep = clean_mask(patch, np.array([[203.5, 103.5]]), max_hole_px=10)
     assert not keep[30:35, 30:35].any()
@@ -131,11 +136,7 @@ def test_a_rotated_rectangle_comes_out_with_straight_edges():
 
 
 def test_the_outline_keeps_the_clicked_part_and_its_click_and_fills_only_small_holes():
-    logits = -np.ones((40, 40), np.float32)
-    logits[2:20, 2:20] = 1  # clicked part, with a 2x2 hole and a 6x6 hole
-    logits[5:7, 5:7] = -1
-    logits[10:16, 10:16] = -1
-    logits[30:35, 30:35] = 1  # a speck
+    logits = _part_with_holes_and_a_speck()
     click = np.array([[219.95, 119.95]])  # the far corner of the part's corner pixel
     cleaned = clean_patch(MaskPatch(100, 200, logits, 0.8), click, max_hole_px=10)
     geom = trace_logits({0: (cleaned, cleaned.mask)})[0]
