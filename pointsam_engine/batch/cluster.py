@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -99,9 +100,24 @@ def run_on_dask(pending: List[TaskSpec], plan: Plan, cfg: SegmentConfig, work: P
                 notify(0.02 + 0.9 * len(outcomes) / max(total, 1), f"task {len(outcomes)}/{total}")
     finally:
         unfinished = [f for f in futures if not f.done()]
-        if unfinished:
-            client.cancel(unfinished)
-        close_client(client)
+        with _quiet_scheduler(bool(unfinished)):
+            if unfinished:
+                client.cancel(unfinished)
+            close_client(client)
+
+
+@contextmanager
+def _quiet_scheduler(quiet: bool):
+    """While a cancelled batch shuts down, the in-process scheduler logs the results it can no longer gather
+    ("Couldn't gather keys"): they are the cancel itself, not an error the user should read."""
+    log = logging.getLogger("distributed")
+    level = log.level
+    if quiet:
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _outcome(future, task: TaskSpec) -> dict:

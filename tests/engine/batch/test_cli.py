@@ -88,8 +88,15 @@ def test_ctrl_c_keeps_the_finished_tasks_and_resume_runs_only_the_others(many, t
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
         family = psutil.Process(proc.pid).children(recursive=True)
-        assert any("spawn_main" in " ".join(p.cmdline()) for p in family)  # the LocalCluster's worker
+        workers = [p for p in family if "spawn_main" in " ".join(p.cmdline())]  # the LocalCluster's worker
+        assert workers
+        # the worker is held while the Ctrl-C lands, so however fast the tiles go, some are left to resume
+        for worker in workers:
+            worker.suspend()
         os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(2)
+        for worker in workers:
+            worker.resume()
         _, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
