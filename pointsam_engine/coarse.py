@@ -119,7 +119,7 @@ def _share_nodes(polygons: List[object], uncut: Dict[int, object]) -> None:
     for i, before in uncut.items():
         added = _added_vertices(geoms[i], before)
         if len(added):
-            for j in tree.query(shapely.buffer(shapely.box(*added.min(axis=0), *added.max(axis=0)), NODE_TOLERANCE)):
+            for j in tree.query(shapely.box(*(added.min(axis=0) - NODE_TOLERANCE), *(added.max(axis=0) + NODE_TOLERANCE))):
                 if j != i and geoms[j] is not None:
                     given.setdefault(int(j), []).append(added)
     for j, points in given.items():
