@@ -74,6 +74,12 @@ def _batch(points, out, rasters, *extra) -> list:
             "-q", *map(str, extra)]
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """A command started from a terminal has Ctrl-C's default action; a test run started in the background
+    (``cmd &`` in a script, as CI runners do) ignores SIGINT, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_the_finished_tasks_and_resume_runs_only_the_others(many, tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) once a task has finished: exit 130, one
     line naming --resume, the finished tasks kept, the user's GeoPackage untouched, no worker left behind."""
@@ -82,7 +88,8 @@ def test_ctrl_c_keeps_the_finished_tasks_and_resume_runs_only_the_others(many, t
     before = out.read_bytes()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_batch(many["points"], out, many["tiles"][0].parent), env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            preexec_fn=_sigint_as_in_a_terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         while proc.poll() is None and not list(work.glob("*.json")):
             time.sleep(0.05)
