@@ -23,7 +23,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from .config import Stretch
+from .config import READ_CACHE_MB, Stretch
 from .errors import OptionError, RasterError
 
 try:  # GDAL's own errors (CPLE_*) reach Python as these when rasterio does not wrap them
@@ -186,7 +186,8 @@ class Raster:
         if out_shape is not None:
             kwargs = {"out_shape": (len(unique), *out_shape), "resampling": Resampling.bilinear}
         try:
-            data = self._src.read(list(unique), window=window, **kwargs)
+            with block_cache():
+                data = self._src.read(list(unique), window=window, **kwargs)
         except _READ_ERRORS as exc:  # found only when that part is read: a truncated file, a source gone
             first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise RasterError(f"cannot read raster {self.path} near pixel row {int(window.row_off)}, column "
@@ -258,6 +259,14 @@ class Raster:
             valid = self._valid(self._read(window))
             out[group] = valid[rows[group] - r0, cols[group] - c0]
         return out
+
+
+def block_cache() -> rasterio.Env:
+    """The GDAL environment the engine reads in: the block cache capped at :data:`READ_CACHE_MB`, unless the user
+    set ``GDAL_CACHEMAX`` (then theirs). Scoped to the read, so a program that imports the engine keeps its own."""
+    if "GDAL_CACHEMAX" in os.environ:
+        return rasterio.Env()
+    return rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB * 2**20)
 
 
 def apply_affine(transform: Affine, x, y) -> Tuple[np.ndarray, np.ndarray]:

@@ -115,3 +115,54 @@ def test_raster_errors(tmp_path):
         Raster(nocrs)
     with Raster(nocrs, assume_crs="EPSG:32633") as r:
         assert r.crs.to_epsg() == 32633
+
+
+def _gdal():
+    """The GDAL library rasterio runs on (its wheel's copy, or the system's), to read the block cache's figures."""
+    import ctypes
+    import glob
+    import os
+
+    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__), os.pardir, "rasterio.libs", "libgdal*"))
+    gdal = ctypes.CDLL(libs[0] if libs else "libgdal.so")
+    gdal.GDALGetCacheUsed64.restype = gdal.GDALGetCacheMax64.restype = ctypes.c_int64
+    return gdal
+
+
+def _cache_held_over_all_chips(gdal, path, size=512) -> int:
+    """The most GDAL's block cache held while the chips of ``path`` were read (closing the file empties it)."""
+    held = 0
+    with Raster(str(path)) as r:
+        norm = compute_normalization(r, "minmax")
+        for row in range(0, r.height, size):
+            for col in range(0, r.width, size):
+                r.read_chip(row, col, size, norm)
+                held = max(held, gdal.GDALGetCacheUsed64())
+    return held
+
+
+def test_reads_keep_gdals_block_cache_under_the_engines_cap(tmp_path, monkeypatch):
+    """GDAL's default cache (5 % of the RAM) grew past a gigabyte over a large raster's chips."""
+    import pointsam_engine.raster as raster
+
+    gdal = _gdal()
+    path = write_raster(tmp_path / "big.tif", np.random.default_rng(0).integers(0, 255, (3, 2048, 2048), np.uint8),
+                        tiled=True, blockxsize=256, blockysize=256)  # 12 MB of blocks
+    monkeypatch.setattr(raster, "READ_CACHE_MB", 2)
+    assert _cache_held_over_all_chips(gdal, path) <= 2 * 2**20
+    monkeypatch.setattr(raster, "READ_CACHE_MB", 64)
+    assert _cache_held_over_all_chips(gdal, path) > 8 * 2**20  # the cap is what held it, not the file
+
+
+def test_a_users_gdal_cachemax_is_kept(tmp_path, monkeypatch):
+    gdal = _gdal()
+    path = write_raster(tmp_path / "r.tif", np.zeros((3, 64, 64), np.uint8))
+    users = gdal.GDALGetCacheMax64()
+    monkeypatch.setenv("GDAL_CACHEMAX", str(users // 2**20))
+    seen = []
+    with Raster(str(path)) as r:
+        norm = compute_normalization(r, "minmax")
+        read = r._src.read
+        monkeypatch.setattr(r._src, "read", lambda *a, **k: seen.append(gdal.GDALGetCacheMax64()) or read(*a, **k))
+        r.read_chip(0, 0, 64, norm)
+    assert seen == [users]
