@@ -25,7 +25,7 @@ from ..catalog import CATALOG, file_sha256, installed_path, model_dirs  # noqa: 
 from ..errors import ModelError, OptionError
 from ..memory import reuse_freed_buffers
 from .encoder import use_fused_attention
-from .precision import resolve_precision
+from .precision import mark_loaded_from, resolve_precision
 from .sam2_backend import SAM2_ARCHS, Sam2Arch, is_sam2_payload, load_payload
 
 POINTSAM_FORMAT = "pointsam-sam"
@@ -232,11 +232,7 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
         reuse_freed_buffers()
     requested, precision = precision, resolve_precision(precision, device)
     path = resolve_model_path(model)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise ModelError(f"{path} is not a SAM checkpoint (torch cannot load it); "
-                         "pass an official file such as sam_vit_b_01ec64.pth") from None
+    payload = _read_checkpoint(path)
     if not isinstance(payload, dict):
         raise ModelError(f"{path} is not a SAM checkpoint (no state dict inside); "
                          "pass an official file such as sam_vit_b_01ec64.pth")
@@ -275,5 +271,27 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
     sam.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), False)
     sam.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), False)
     use_fused_attention(sam).eval().to(device)
-    return LoadedModel(sam=sam, name=name, sha256=file_sha256(path), model_type=kind, arch=arch,
+    sha256 = file_sha256(path)
+    mark_loaded_from(sam.image_encoder, sha256)
+    return LoadedModel(sam=sam, name=name, sha256=sha256, model_type=kind, arch=arch,
                        device=device, provenance=provenance, precision=precision)
+
+
+def _read_checkpoint(path: Path):
+    """The checkpoint's contents, its tensors mapped from the file rather than read: weights that are never
+    used stay on disk (the torch image encoder's ~360 MB for vit_b while OpenVINO runs the encoder). Files in
+    torch's legacy (pre-zip) format cannot be mapped and are read."""
+    for mmap in (True, False):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception:
+            if mmap and _is_zip(path):
+                break
+    raise ModelError(f"{path} is not a SAM checkpoint (torch cannot load it); "
+                     "pass an official file such as sam_vit_b_01ec64.pth")
+
+
+def _is_zip(path: Path) -> bool:
+    import zipfile
+
+    return zipfile.is_zipfile(path)

@@ -163,14 +163,35 @@ def openvino_encoder(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torch
     return _derived(encoder, "openvino", _compile_openvino)
 
 
+def mark_loaded_from(encoder: torch.nn.Module, sha256: str) -> None:
+    """Record that ``encoder``'s weights are those of the checkpoint file with this sha256, as loaded."""
+    encoder._loaded_from = (sha256, _weights_state(encoder))  # a plain attribute: not saved, not a submodule
+
+
+def _weights_state(encoder: torch.nn.Module) -> tuple:
+    """Which tensors the encoder holds and how often each was changed in place (cheap: no weight is read)."""
+    return tuple((name, id(t), t._version) for name, t in encoder.state_dict(keep_vars=True).items())
+
+
+def _weights_digest(encoder: torch.nn.Module) -> str:
+    """A digest naming the encoder's weights (and graph) for the converted files. Weights still as loaded are
+    named by their file's sha256, so they are never read (the file maps them: unread, they take no memory);
+    changed or added ones (training, an adapter's layers) by their bytes."""
+    digest = hashlib.blake2b(f"{encoder.img_size} {_OPENVINO_GRAPH}".encode(), digest_size=16)
+    loaded = getattr(encoder, "_loaded_from", None)
+    if loaded is not None and loaded[1] == _weights_state(encoder):
+        digest.update(f"file sha256 {loaded[0]}".encode())
+        return digest.hexdigest()
+    for tensor in encoder.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _compile_openvino(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     import numpy as np
     import openvino as ov
 
-    digest = hashlib.blake2b(f"{encoder.img_size} {_OPENVINO_GRAPH}".encode(), digest_size=16)
-    for tensor in itertools.chain(encoder.state_dict().values()):
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    xml = openvino_cache_dir() / f"encoder-{digest.hexdigest()}.xml"
+    xml = openvino_cache_dir() / f"encoder-{_weights_digest(encoder)}.xml"
     if xml.exists() and xml.with_suffix(".bin").exists():
         compiled = ov.Core().compile_model(xml, "CPU")
     else:

@@ -28,6 +28,36 @@ def test_official_vit_b_layout_loads_through_the_model_path(official_vit_b):
     assert load_model(str(path), model_type="vit_b", device="cpu").model_type == "vit_b"
 
 
+def _resident_mb_of(path) -> float:
+    """How much of ``path`` this process has mapped and resident (its mappings' Rss in /proc/self/smaps)."""
+    resident, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's header line
+            inside = len(head) >= 6 and head[5] == str(path)
+        elif inside and head[0] == "Rss:":
+            resident += int(head[1])
+    return resident / 1024
+
+
+def test_weights_are_mapped_from_the_file_and_read_only_when_used(official_vit_b):
+    """The torch image encoder's weights (~360 MB for vit_b) cost no memory while OpenVINO runs the encoder."""
+    path, _ = official_vit_b
+    model = load_model(str(path), device="cpu")
+    assert _resident_mb_of(path) < 40, "the encoder's weights were read at load"
+    with torch.inference_mode():
+        model.sam.image_encoder.blocks[0].attn.qkv.weight.sum()
+    assert _resident_mb_of(path) > 5, "the weights are mapped from the checkpoint file"
+
+
+def test_a_checkpoint_in_torchs_legacy_format_loads_as_the_zip_one(official_vit_b, tmp_path):
+    path, state = official_vit_b
+    legacy = tmp_path / "sam_vit_b_legacy.pth"
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    loaded = load_model(str(legacy), device="cpu").sam.state_dict()
+    assert torch.equal(loaded["image_encoder.blocks.11.attn.qkv.weight"], state["image_encoder.blocks.11.attn.qkv.weight"])
+
+
 def test_model_type_mismatch_is_refused(official_vit_b):
     path, _ = official_vit_b
     with pytest.raises(ModelError, match="--model-type vit_h does not match .* vit_b"):

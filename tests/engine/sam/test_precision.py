@@ -125,6 +125,22 @@ def test_openvino_converts_once_per_set_of_weights_in_a_child_and_keeps_it_on_di
     assert len(list((tmp_path / "pointsam" / "openvino").iterdir())) == 4
 
 
+def test_the_converted_files_of_weights_as_loaded_are_named_without_reading_them(monkeypatch):
+    """Weights still as their checkpoint file holds them are named by the file's sha256 (reading them would make
+    the mapped file resident); changed ones, or added ones (an adapter's layers), by their bytes."""
+    first = load_model(DEFAULT_MODEL, device="cpu", precision="fp32").sam.image_encoder
+    again = load_model(DEFAULT_MODEL, device="cpu", precision="fp32").sam.image_encoder
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "numpy", _never)
+        named = precision_module._weights_digest(first)
+        assert precision_module._weights_digest(again) == named
+    with torch.no_grad():
+        again.blocks[0].attn.qkv.weight.mul_(2)
+    changed = precision_module._weights_digest(again)
+    first.extra = torch.nn.Linear(2, 2)
+    assert len({named, changed, precision_module._weights_digest(first)}) == 3
+
+
 def test_openvino_converts_without_a_writable_cache_and_a_failed_conversion_is_one_line(monkeypatch, tmp_path):
     from pointsam_engine.errors import ModelError
     from pointsam_engine.sam import openvino_convert
