@@ -7,13 +7,16 @@ and an outside centre, where its linear interpolation is zero. Inside pixels tha
 kept apart (4-connected, as ``rasterio.features.shapes(connectivity=4)`` traces a mask): each is cut off on
 its own, so the outlines of different objects traced on one grid never overlap.
 
-A crossing is computed from the top or left pixel of its pair whichever object is traced, so two objects
-whose fields are opposite across a shared wall (``f_i = -f_j`` there) get bit-identical wall vertices.
+All objects of a label raster are traced in one pass (:func:`outlines`; :func:`outline` is the case of one):
+each edge's crossing is computed once, from the top or left pixel of its pair, so two objects whose fields
+are opposite across a shared wall (``f_i = -f_j`` there) get bit-identical wall vertices; each cell takes
+one marching-squares case per object among its corners, and each side of an edge is its own segment end,
+so neighbours' rings never join. Every object comes out as its own pass over its own pixels would give it.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import shapely
@@ -64,71 +67,144 @@ def outline(inside: np.ndarray, field: np.ndarray, row0: int = 0, col0: int = 0)
     if not inside.any():
         return None
     h, w = inside.shape[0] + 2, inside.shape[1] + 2
-    ins = np.zeros((h, w), dtype=bool)
-    ins[1:-1, 1:-1] = inside
+    labels = np.zeros((h, w), dtype=np.int8)
+    labels[1:-1, 1:-1] = inside
     f = np.full((h, w), np.nan)
     f[1:-1, 1:-1] = field
-    points = _crossings(ins, f, row0 - 1, col0 - 1)
-    src, dst = _segments(ins)
-    return _assemble([points[ring] for ring in _rings(src, dst, len(points))])
+    flat = f.ravel()
+    return outlines(labels, 1, lambda a, b: (flat[a], flat[b]), row0 - 1, col0 - 1)[0]
 
 
-def _crossings(ins: np.ndarray, f: np.ndarray, row0: int, col0: int) -> np.ndarray:
-    """(E, 2) x, y of every edge's crossing (NaN where the edge does not cross): first the ``h x (w-1)``
-    edges between horizontal neighbours, then the ``(h-1) x w`` edges between vertical ones."""
-    h, w = ins.shape
-    out = []
-    for a, b, f_a, f_b, axis in ((ins[:, :-1], ins[:, 1:], f[:, :-1], f[:, 1:], 0),
-                                 (ins[:-1, :], ins[1:, :], f[:-1, :], f[1:, :], 1)):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            t = np.clip(f_a / (f_a - f_b), _MARGIN, 1 - _MARGIN)  # always from the top or left centre
-        t = np.where(np.isnan(t), 0.5, t)
-        rows, cols = np.indices(a.shape)
-        x = (cols + col0 + 0.5) + (t if axis == 0 else 0.0)
-        y = (rows + row0 + 0.5) + (t if axis == 1 else 0.0)
-        xy = np.stack([x, y], axis=-1)
-        xy[a == b] = np.nan
-        out.append(xy.reshape(-1, 2))
-    return np.concatenate(out)
+def outlines(labels: np.ndarray, count: int, ends: Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]],
+             row0: int = 0, col0: int = 0) -> List[Optional[object]]:
+    """The outlines of objects ``1..count`` of a label raster, traced in one pass: item ``n - 1`` is object
+    ``n``'s Polygon (or MultiPolygon), None where it has no pixel.
+
+    Args:
+        labels: (H, W) int; 0 is background, ``1..count`` the objects traced, and labels above ``count``
+            objects that are not traced but hold their pixels. No traced object may touch the border.
+        count: how many objects to trace.
+        ends: ``ends(a, b)`` gives, for edges between a traced object's pixel and another pixel, the field of
+            that object (positive inside) at the edge's top or left pixel ``a`` and at its other pixel ``b``
+            (flat indices into ``labels``; NaN where unknown). Between two traced objects it may take either's,
+            so long as the two are opposite there: the crossing is then the same.
+        row0, col0: the grid position of ``labels[0, 0]``.
+    """
+    h, w = labels.shape
+    traced = (labels >= 1) & (labels <= count)
+    points, edges = _crossings(labels, traced, ends, row0, col0)
+    src, dst, owner = _segments(labels, traced, edges)
+    order, starts = _rings(src, dst, 2 * len(edges))
+    owners = np.zeros(2 * len(edges), dtype=labels.dtype)
+    owners[src] = owner
+    ring_owner = owners[order[starts]]
+    xy = points[order // 2]
+    out: List[Optional[object]] = [None] * count
+    per_object = np.bincount(ring_owner, minlength=count + 1)
+    lone = per_object[ring_owner] == 1  # nearly every object: one outer ring (a lone ring winds positive)
+    bounds = np.append(starts, len(order))
+    lengths = np.diff(bounds)
+    if lone.any():
+        on_lone = np.repeat(lone, lengths)
+        rings = shapely.linearrings(xy[on_lone], indices=np.repeat(np.arange(lone.sum()), lengths[lone]))
+        for n, polygon in zip(ring_owner[lone].tolist(), shapely.polygons(rings).tolist()):
+            out[n - 1] = polygon
+    several = np.flatnonzero(~lone)
+    for n in np.unique(ring_owner[several]).tolist():
+        mine = several[ring_owner[several] == n]
+        out[n - 1] = _assemble([xy[bounds[k]:bounds[k + 1]] for k in mine.tolist()])
+    return out
 
 
-def _segments(ins: np.ndarray):
-    """Every segment of every cell as (from edge, to edge) indices into :func:`_crossings`' edges."""
-    h, w = ins.shape
-    case = (ins[:-1, :-1] * 1 + ins[:-1, 1:] * 2 + ins[1:, 1:] * 4 + ins[1:, :-1] * 8).ravel()
-    rows, cols = np.divmod(np.arange(case.size), w - 1)
+def _fraction(f_a: np.ndarray, f_b: np.ndarray) -> np.ndarray:
+    """Where a field crosses zero between two centres, as a fraction of the way from ``a``'s (half way where
+    it is unknown)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.clip(f_a / (f_a - f_b), _MARGIN, 1 - _MARGIN)
+    return np.where(np.isnan(t), 0.5, t)
+
+
+def _crossings(labels: np.ndarray, traced: np.ndarray, ends, row0: int, col0: int):
+    """The x, y of every crossing edge (E, 2), and the edges' indices (sorted): first the ``h x (w-1)`` edges
+    between horizontal neighbours, then the ``(h-1) x w`` between vertical ones. An edge crosses where a
+    traced object meets another label; its crossing is computed once, from its top or left pixel."""
+    h, w = labels.shape
     n_h = h * (w - 1)
-    # the global index of each cell's T, R, B, L edge
-    edges = np.stack([rows * (w - 1) + cols, n_h + rows * w + cols + 1, (rows + 1) * (w - 1) + cols,
-                      n_h + rows * w + cols], axis=1)
-    src, dst = [], []
+    across = (labels[:, :-1] != labels[:, 1:]) & (traced[:, :-1] | traced[:, 1:])
+    down = (labels[:-1, :] != labels[1:, :]) & (traced[:-1, :] | traced[1:, :])
+    horizontal, vertical = np.flatnonzero(across), np.flatnonzero(down)
+    a = np.concatenate([horizontal + horizontal // (w - 1), vertical])  # the top or left pixel
+    b = a + np.repeat([1, w], [len(horizontal), len(vertical)])
+    t = _fraction(*ends(a, b))
+    rows, cols = np.divmod(a, w)
+    x = (cols + col0 + 0.5) + np.where(b - a == 1, t, 0.0)
+    y = (rows + row0 + 0.5) + np.where(b - a == 1, 0.0, t)
+    return np.stack([x, y], axis=-1), np.concatenate([horizontal, n_h + vertical])
+
+
+def _segments(labels: np.ndarray, traced: np.ndarray, edges: np.ndarray):
+    """Every segment of every cell with a traced corner, as (from, to) ids ``2 k + side`` of crossing edge
+    ``k`` (``side`` 0 where the object is on the edge's top or left pixel, 1 where it is on the other, so
+    neighbours sharing a wall do not share an id), and the object each belongs to: one marching-squares case
+    per traced label among a cell's corners. Segments come in the order of their index in the cell's case,
+    then of the cells, so each object's rings start where its own pass would start them."""
+    h, w = labels.shape
+    n_h = h * (w - 1)
+    corners = (labels[:-1, :-1], labels[:-1, 1:], labels[1:, 1:], labels[1:, :-1])  # bits TL=1, TR=2, BR=4, BL=8
+    mixed = (corners[0] != corners[1]) | (corners[0] != corners[2]) | (corners[0] != corners[3])
+    mixed &= traced[:-1, :-1] | traced[:-1, 1:] | traced[1:, 1:] | traced[1:, :-1]
+    cells = np.flatnonzero(mixed)
+    at = [c.ravel()[cells] for c in corners]
+    is_traced = [t.ravel()[cells] for t in (traced[:-1, :-1], traced[:-1, 1:], traced[1:, 1:], traced[1:, :-1])]
+    cell, obj, case = [], [], []
+    for k in range(4):  # each traced label once per cell, at its first corner
+        first = is_traced[k].copy()
+        for j in range(k):
+            first &= at[j] != at[k]
+        c = sum((at[j][first] == at[k][first]) << j for j in range(4))
+        cell.append(cells[first])
+        obj.append(at[k][first])
+        case.append(c)
+    sort = np.argsort(np.concatenate(cell), kind="stable")
+    cell, obj, case = (np.concatenate(v)[sort] for v in (cell, obj, case))
+    rows = cell // (w - 1)
+    pixel = cell + rows
+    # each cell's T, R, B, L edge, and the bit of that edge's top or left corner
+    cell_edges = np.stack([cell, n_h + pixel + 1, cell + w - 1, n_h + pixel], axis=1)
+    top_left_bit = np.array([1, 2, 8, 1])
+    src, dst, owner = [], [], []
     for s in range(2):
         local = _CASES[case, s]
-        has = local[:, 0] >= 0
-        cells = np.flatnonzero(has)
-        src.append(edges[cells, local[has, 0]])
-        dst.append(edges[cells, local[has, 1]])
-    return np.concatenate(src), np.concatenate(dst)
+        has = np.flatnonzero(local[:, 0] >= 0)
+        ends = []
+        for side in (0, 1):
+            e = local[has, side]
+            k = np.searchsorted(edges, cell_edges[has, e])
+            ends.append(2 * k + ((case[has] & top_left_bit[e]) == 0))
+        src.append(ends[0])
+        dst.append(ends[1])
+        owner.append(obj[has])
+    return np.concatenate(src), np.concatenate(dst), np.concatenate(owner)
 
 
-def _rings(src: np.ndarray, dst: np.ndarray, n_edges: int) -> List[np.ndarray]:
-    """The closed rings of segments (each edge starts one segment and ends one), as edge indices in order."""
-    following = np.full(n_edges, -1)
-    following[src] = dst
-    todo = np.zeros(n_edges, dtype=bool)
-    todo[src] = True
-    nxt = following.tolist()
-    rings = []
+def _rings(src: np.ndarray, dst: np.ndarray, n_ids: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The closed rings of segments (each id starts one segment and ends one): all their ids, ring after
+    ring in order along each, and where each ring starts in that list."""
+    nxt = np.full(n_ids, -1)
+    nxt[src] = dst
+    nxt = nxt.tolist()
+    done = [False] * n_ids
+    order, starts = [], []
     for start in src.tolist():
-        if not todo[start]:
+        if done[start]:
             continue
-        ring, e = [start], nxt[start]
-        while e != start:
-            ring.append(e)
+        starts.append(len(order))
+        e = start
+        while not done[e]:
+            done[e] = True
+            order.append(e)
             e = nxt[e]
-        todo[ring] = False
-        rings.append(np.array(ring))
-    return rings
+    return np.array(order, dtype=np.int64), np.array(starts, dtype=np.int64)
 
 
 def _assemble(rings: List[np.ndarray]) -> Optional[object]:

@@ -20,7 +20,7 @@ from affine import Affine
 from rasterio.features import shapes
 from scipy import ndimage
 
-from .contours import outline
+from .contours import outlines
 from .masks import MaskPatch
 from .raster import apply_affine
 
@@ -91,38 +91,50 @@ def trace_logits(objects: Dict[int, Tuple[MaskPatch, np.ndarray]],
     out: Dict[int, Optional[object]] = {i: None for i in objects}
     if not objects:
         return out
-    r0 = min(p.row0 for p, _ in objects.values()) - 1
-    c0 = min(p.col0 for p, _ in objects.values()) - 1
-    r1 = max(p.row0 + p.shape[0] for p, _ in objects.values()) + 1
-    c1 = max(p.col0 + p.shape[1] for p, _ in objects.values()) + 1
+    ids, near = list(objects), [k for k in (context or {}) if k not in objects]
+    traced, others = _Pixels([objects[i] for i in ids]), _Pixels([context[k] for k in near])
+    r0, c0 = int(traced.row0.min()) - 1, int(traced.col0.min()) - 1
+    r1 = int((traced.row0 + traced.height).max()) + 1
+    c1 = int((traced.col0 + traced.width).max()) + 1
     labels = np.zeros((r1 - r0, c1 - c0), dtype=np.int32)
     strength = np.zeros(labels.shape, dtype=np.float64)  # the owner's logit on each kept pixel
-    ids, near = list(objects), [k for k in (context or {}) if k not in objects]
-    for n, (patch, keep) in enumerate([objects[i] for i in ids] + [context[k] for k in near], 1):
-        grid, local = _overlap(patch, r0, c0, labels.shape)
-        labels[grid][keep[local]] = n
+    for n0, pixels in ((1, traced), (1 + len(ids), others)):
+        which, at = pixels.on_raster(r0, c0, labels.shape)
+        labels.flat[at] = n0 + pixels.patch_of[which]
         # a kept pixel the model left out (a filled hole) counts as just inside: a context patch then takes
         # no positive value from it
-        strength[grid][keep[local]] = np.maximum(patch.logits[local][keep[local]], 0)
-    for patch, _ in (context[k] for k in near):
+        strength.flat[at] = np.maximum(pixels.logits[which], 0)
+    if near:
+        _give_context(others, labels, strength, len(ids), r0, c0)
+
+    def ends(a: np.ndarray, b: np.ndarray):
+        """Either pixel's field: the object's own logits (at most 0) on the background, its strength on its
+        pixels, minus a neighbour's strength on the neighbour's."""
+        la, lb = labels.flat[a], labels.flat[b]
+        owner = np.where((la >= 1) & (la <= len(ids)), la, lb)
+        fields = []
+        for p, lp in ((a, la), (b, lb)):
+            v = strength.flat[p]
+            f = np.where(lp == owner, v, -v)
+            bg = np.flatnonzero(lp == 0)
+            f[bg] = traced.outside_logits(owner[bg] - 1, p[bg], r0, c0, labels.shape[1])
+            fields.append(f)
+        return fields
+
+    for i, geom in zip(ids, outlines(labels, len(ids), ends, r0, c0)):
+        out[i] = geom
+    return out
+
+
+def _give_context(others: "_Pixels", labels: np.ndarray, strength: np.ndarray, count: int, r0: int, c0: int):
+    """Minus the traced objects' strength into the context patches' logits on the traced pixels (in place)."""
+    for patch in others.patches:
         grid, local = _overlap(patch, r0, c0, labels.shape)
-        traced = (labels[grid] >= 1) & (labels[grid] <= len(ids))
+        traced = (labels[grid] >= 1) & (labels[grid] <= count)
         if traced.any():
             if not patch.logits.flags.writeable:
                 patch.logits = patch.logits.copy()
             patch.logits[local][traced] = -strength[grid][traced]
-    for n, i in enumerate(ids, 1):
-        patch, keep = objects[i]
-        if not keep.any():
-            continue
-        window = (slice(patch.row0 - r0 - 1, patch.row0 - r0 + keep.shape[0] + 1),
-                  slice(patch.col0 - c0 - 1, patch.col0 - c0 + keep.shape[1] + 1))
-        own = np.full(labels[window].shape, np.nan)
-        own[1:-1, 1:-1] = np.minimum(patch.logits, 0)  # outside its kept pixels the object is out
-        lab, other = labels[window], strength[window]
-        field = np.where(lab == n, other, np.where(lab == 0, own, -other))
-        out[i] = outline(lab == n, field, patch.row0 - 1, patch.col0 - 1)
-    return out
 
 
 def _overlap(patch: MaskPatch, row0: int, col0: int, shape) -> Tuple[tuple, tuple]:
@@ -133,6 +145,46 @@ def _overlap(patch: MaskPatch, row0: int, col0: int, shape) -> Tuple[tuple, tupl
     right = max(min(patch.col0 + patch.shape[1], col0 + shape[1]), left)
     return ((slice(top - row0, bottom - row0), slice(left - col0, right - col0)),
             (slice(top - patch.row0, bottom - patch.row0), slice(left - patch.col0, right - patch.col0)))
+
+
+class _Pixels:
+    """The kept pixels of many patches as flat lists (patch after patch, each row by row), with where each
+    lies on the grid, so a call handles all objects at once. Only kept pixels are listed: patches may overlap
+    widely (their windows), and listing every window pixel would cost memory by their sum, not the grid's."""
+
+    def __init__(self, items):
+        self.patches = [patch for patch, _ in items]
+        self.row0 = np.array([p.row0 for p in self.patches], dtype=np.int64)
+        self.col0 = np.array([p.col0 for p in self.patches], dtype=np.int64)
+        self.height = np.array([p.shape[0] for p in self.patches], dtype=np.int64)
+        self.width = np.array([p.shape[1] for p in self.patches], dtype=np.int64)
+        local = [np.flatnonzero(keep) for _, keep in items]
+        self.patch_of = np.repeat(np.arange(len(local)), [len(i) for i in local])
+        self.local = np.concatenate(local or [np.zeros(0, dtype=np.int64)])
+        self.logits = np.concatenate([p.logits.ravel()[i] for p, i in zip(self.patches, local)] or [np.zeros(0)])
+
+    def on_raster(self, r0: int, c0: int, shape) -> Tuple[np.ndarray, np.ndarray]:
+        """The kept pixels that lie on a raster at ``r0, c0`` of ``shape``: their places in the lists, and
+        their flat indices in the raster."""
+        k = self.patch_of
+        rows, cols = np.divmod(self.local, self.width[k])
+        rows += self.row0[k] - r0
+        cols += self.col0[k] - c0
+        on = np.flatnonzero((rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1]))
+        return on, rows[on] * shape[1] + cols[on]
+
+    def outside_logits(self, k: np.ndarray, at: np.ndarray, r0: int, c0: int, width: int) -> np.ndarray:
+        """Patch ``k``'s logits, at most 0, at flat raster indices ``at`` (NaN beyond the patch)."""
+        rows, cols = np.divmod(at, width)
+        rows += r0 - self.row0[k]
+        cols += c0 - self.col0[k]
+        inside = np.flatnonzero((rows >= 0) & (rows < self.height[k]) & (cols >= 0) & (cols < self.width[k]))
+        out = np.full(len(at), np.nan)
+        order = inside[np.argsort(k[inside], kind="stable")]
+        for group in np.split(order, np.flatnonzero(np.diff(k[order])) + 1) if len(order) else []:
+            patch = self.patches[k[group[0]]]
+            out[group] = np.minimum(patch.logits[rows[group], cols[group]], 0)
+        return out
 
 
 def to_map(geoms: Sequence, transform: Affine) -> np.ndarray:

@@ -5,6 +5,7 @@ import pytest
 import shapely
 from affine import Affine
 from rasterio.features import rasterize
+from scipy import ndimage
 
 from pointsam_engine import chip_loop
 from pointsam_engine.calibration import resolve_overlaps
@@ -23,6 +24,7 @@ from pointsam_engine.vectorize import (
     without_slivers,
 )
 from tests.conftest import SHARED_DATA
+from tests.engine.test_contours import reference_outline, same_vertices
 
 TRANSFORM = Affine(0.5, 0, 1000, 0, -0.5, 5000)
 
@@ -210,3 +212,119 @@ def test_points_on_an_outlines_edges_become_its_vertices_and_others_change_nothi
     assert out.geoms[1].equals_exact(geom.geoms[1], 0) and out.is_valid
     assert shapely.get_num_coordinates(out) == shapely.get_num_coordinates(geom) + 3
     assert abs(out.area - geom.area) < 1e-8
+
+
+def _reference_trace_logits(objects, context=None):
+    """trace_logits as it stood before all objects were traced in one pass: one field and one marching
+    squares per object (the reference the one pass must match, context patches' new logits included)."""
+    out = {i: None for i in objects}
+    patches = [p for p, _ in objects.values()]
+    r0, c0 = min(p.row0 for p in patches) - 1, min(p.col0 for p in patches) - 1
+    r1, c1 = max(p.row0 + p.shape[0] for p in patches) + 1, max(p.col0 + p.shape[1] for p in patches) + 1
+    labels, strength = np.zeros((r1 - r0, c1 - c0), np.int32), np.zeros((r1 - r0, c1 - c0))
+
+    def overlap(p):  # the window of a patch in the raster and in the patch, clipped to the raster
+        top, left = max(p.row0, r0), max(p.col0, c0)
+        bottom, right = max(min(p.row0 + p.shape[0], r1), top), max(min(p.col0 + p.shape[1], c1), left)
+        return ((slice(top - r0, bottom - r0), slice(left - c0, right - c0)),
+                (slice(top - p.row0, bottom - p.row0), slice(left - p.col0, right - p.col0)))
+
+    ids, near = list(objects), [k for k in (context or {}) if k not in objects]
+    for n, (patch, keep) in enumerate([objects[i] for i in ids] + [context[k] for k in near], 1):
+        grid, local = overlap(patch)
+        labels[grid][keep[local]] = n
+        strength[grid][keep[local]] = np.maximum(patch.logits[local][keep[local]], 0)
+    for patch, _ in (context[k] for k in near):
+        grid, local = overlap(patch)
+        traced = (labels[grid] >= 1) & (labels[grid] <= len(ids))
+        patch.logits[local][traced] = -strength[grid][traced]
+    for n, i in enumerate(ids, 1):
+        patch, keep = objects[i]
+        window = (slice(patch.row0 - r0 - 1, patch.row0 - r0 + keep.shape[0] + 1),
+                  slice(patch.col0 - c0 - 1, patch.col0 - c0 + keep.shape[1] + 1))
+        own = np.full(labels[window].shape, np.nan)
+        own[1:-1, 1:-1] = np.minimum(patch.logits, 0)
+        lab, other = labels[window], strength[window]
+        field = np.where(lab == n, other, np.where(lab == 0, own, -other))
+        out[i] = reference_outline(lab == n, field, patch.row0 - 1, patch.col0 - 1)
+    return out
+
+
+def _random_scene(rng):
+    """Objects (and settled neighbours as context) that share no pixel but touch, with holes, diagonal pixels,
+    windows that overlap and end on the object's edge, kept pixels the model left out, positive logits
+    outside the kept pixels, an empty object; float16 and float32 logits."""
+    h, w, count = rng.integers(8, 40), rng.integers(8, 40), rng.integers(1, 14)
+    fields = ndimage.gaussian_filter(rng.normal(size=(count, h, w)), (0, 2, 2))
+    regions = np.where(fields.max(axis=0) > rng.uniform(0, 0.2), fields.argmax(axis=0) + 1, 0)
+    regions[rng.random((h, w)) < 0.05] = 0  # holes and diagonal pixels
+    row0, col0 = rng.integers(-30, 30, 2)
+    patches = {}
+    for k in range(1, count + 1):
+        rows, cols = np.nonzero(regions == k)
+        if not len(rows):
+            rows, cols = rng.integers(0, h, 1), rng.integers(0, w, 1)
+        top, left = rows.min() - rng.integers(0, 3), cols.min() - rng.integers(0, 3)
+        bottom, right = rows.max() + 1 + rng.integers(0, 3), cols.max() + 1 + rng.integers(0, 3)
+        yy, xx = np.mgrid[top:bottom, left:right]
+        own = np.zeros(yy.shape, bool)
+        valid = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        own[valid] = regions[yy[valid], xx[valid]] == k
+        logits = np.abs(rng.normal(size=own.shape)) * np.where(own, 1, -1) * (rng.random(own.shape) > 0.05)
+        logits[rng.random(own.shape) < 0.1] *= -1
+        dtype = np.float16 if k % 2 else np.float32
+        patches[k] = MaskPatch(int(row0 + top), int(col0 + left), logits.astype(dtype), 0.9), own
+    keys = list(patches)
+    rng.shuffle(keys)
+    n_context = rng.integers(0, len(keys))
+    objects = {k: patches[k] for k in keys[n_context:]}
+    context = {k: patches[k] for k in keys[:n_context]}
+    if rng.random() < 0.3:
+        objects[keys[-1]] = (objects[keys[-1]][0], np.zeros_like(objects[keys[-1]][1]))  # an empty object
+    if context and rng.random() < 0.3:
+        context[keys[-1]] = objects[keys[-1]]  # one traced here is left out of the context
+    return objects, context
+
+
+def _copied(patches):
+    return {k: (MaskPatch(p.row0, p.col0, p.logits.copy(), p.score), keep.copy()) for k, (p, keep) in patches.items()}
+
+
+def test_tracing_all_objects_in_one_pass_matches_tracing_each_alone_vertex_for_vertex():
+    """Random scenes of touching objects and context: every outline has the same vertices, bit for bit and in
+    the same order, as the per-object tracing, and the context patches get the same logits."""
+    rng = np.random.default_rng(3)
+    for seed in range(150):
+        objects, context = _random_scene(rng)
+        ref_objects, ref_context = _copied(objects), _copied(context)
+        out, ref = trace_logits(objects, context), _reference_trace_logits(ref_objects, ref_context)
+        assert out.keys() == ref.keys()
+        for i in out:
+            assert same_vertices(out[i], ref[i]), (seed, i)
+        for k in context:
+            assert np.array_equal(context[k][0].logits, ref_context[k][0].logits), (seed, k)
+            assert context[k][0].logits.dtype == ref_context[k][0].logits.dtype
+
+
+def test_tracing_many_wide_windows_costs_memory_by_the_grid_not_by_the_windows():
+    """Untrained masks give each object a window over most of its chip: 196 windows of 512² over one 512² grid
+    (51 M window pixels), each object keeping a small square. Listing every window pixel took over 500 MB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    objects = {}
+    for k in range(14 * 14):
+        logits = rng.normal(-2, 1, (512, 512)).astype(np.float16)
+        keep = np.zeros((512, 512), dtype=bool)
+        r, c = divmod(k, 14)
+        keep[2 + 36 * r:30 + 36 * r, 2 + 36 * c:30 + 36 * c] = True
+        logits[keep] = 3
+        objects[k] = (MaskPatch(0, 0, logits, 0.9), keep)
+    tracemalloc.start()
+    try:
+        traced = trace_logits(objects)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert all(traced[k] is not None and traced[k].area > 27 ** 2 for k in objects)
+    assert peak < 60 * 2**20, f"{peak / 2**20:.0f} MB"
