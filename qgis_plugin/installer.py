@@ -85,10 +85,12 @@ def probe_python(path: str, run: Run = subprocess.run) -> PythonCandidate:
 
 
 def candidate_paths(chosen: str = "", which: Callable[[str], Optional[str]] = shutil.which) -> List[str]:
-    """Existing Python interpreters worth probing, the user's choice first, each file once."""
+    """Existing Python interpreters worth probing, each file once: the user's choice, then the Python QGIS runs
+    on (found from its prefix: inside QGIS ``sys.executable`` is whatever ``python3`` comes first on PATH, a
+    pyenv shim or a conda Python as often as QGIS's own), then the others on PATH."""
     exe = "python.exe" if os.name == "nt" else os.path.join("bin", "python3")
-    paths = [chosen, getattr(sys, "_base_executable", ""), sys.executable,
-             os.path.join(sys.base_prefix, exe), os.path.join(sys.prefix, exe),
+    paths = [chosen, os.path.join(sys.base_prefix, exe), os.path.join(sys.prefix, exe),
+             getattr(sys, "_base_executable", ""), sys.executable,
              *(which(name) or "" for name in ("python3", "python3.12", "python3.11", "python3.10"))]
     seen, found = set(), []
     for path in paths:

@@ -62,6 +62,19 @@ def test_candidates_skip_the_qgis_binary_and_list_each_file_once(tmp_path, monke
     assert installer.candidate_paths(str(chosen), which=lambda name: None)[0] == str(chosen)
 
 
+def test_the_python_qgis_runs_on_comes_before_the_first_python3_on_path(tmp_path, monkeypatch):
+    """Inside QGIS sys.executable is the first python3 on PATH (here a pyenv shim), not QGIS's own Python."""
+    shim, own = tmp_path / "shims" / "python3", tmp_path / "usr" / "bin" / "python3"
+    for path in (shim, own):
+        path.parent.mkdir(parents=True)
+        path.write_text("")
+    monkeypatch.setattr(sys, "executable", str(shim))
+    monkeypatch.setattr(sys, "_base_executable", str(shim), raising=False)
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "usr"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "usr"))
+    assert installer.candidate_paths("", which=lambda name: str(shim) if name == "python3" else None) == [str(own), str(shim)]
+
+
 def test_find_pythons_puts_the_usable_first(tmp_path):
     venvless, good = tmp_path / "python3", tmp_path / "python3.12"
     for path in (venvless, good):
