@@ -1,6 +1,7 @@
 """The bundled model (pointsam-tiny) and ``pointsam demo``, end to end on the CPU."""
 
 import json
+import re
 
 import numpy as np
 import pyogrio
@@ -41,6 +42,7 @@ def test_demo_writes_layers_evaluation_and_previews(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert str(tmp_path.resolve()) in result.output and "QGIS" in result.output
+    assert all(re.search(rf"^{kind}: \d+\.\d s \(", result.output, re.M) for kind in ("buildings", "ships"))
     for kind in ("buildings", "ships"):
         clicks = pyogrio.read_dataframe(tmp_path / f"{kind}_points.gpkg")
         instances = pyogrio.read_dataframe(tmp_path / f"{kind}_pointsam.gpkg", layer="instances")
