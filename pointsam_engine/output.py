@@ -316,13 +316,19 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame], path, *, overwrite:
     return path
 
 
+GPKG_VERSION = "1.2"  # what new GeoPackages are written as: GDAL 3.10 writes 1.4 by default, which QGIS 3.22 on
+# Debian 12 (GDAL 3.6) warns it "may only partially support" each time it opens the file
+
+
 def _write_layers(layers: Mapping[str, gpd.GeoDataFrame], tmp: str, metadata: Optional[Dict[str, object]]) -> None:
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     if meta and os.path.exists(tmp):  # GDAL replaces the file's dataset metadata with what it is given
         meta = {**_dataset_metadata(tmp), **meta}
     for i, (name, frame) in enumerate(layers.items()):
+        created = {} if os.path.exists(tmp) else {"dataset_options": {"VERSION": GPKG_VERSION}}
         pyogrio.write_dataframe(frame, tmp, layer=name, driver="GPKG", geometry_type=_GEOMETRY_TYPES.get(name),
-                                dataset_metadata=meta if i == 0 else None, promote_to_multi=name == "instances")
+                                dataset_metadata=meta if i == 0 else None, promote_to_multi=name == "instances",
+                                **created)
 
 
 def _dataset_metadata(path: str) -> Dict[str, str]:

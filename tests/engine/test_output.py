@@ -180,6 +180,16 @@ def test_an_empty_file_counts_as_absent(tmp_path):
     assert len(pyogrio.read_dataframe(out, layer="skipped")) == 1
 
 
+def test_a_new_geopackage_is_written_as_version_1_2_which_qgis_3_22_reads_without_a_warning(tmp_path):
+    out = tmp_path / "new.gpkg"
+    frame = gpd.GeoDataFrame({"a": [1]}, geometry=[shapely.Point(0, 0)], crs="EPSG:32633")
+    write_geopackage({"skipped": frame, "instances": frame.assign(geometry=[shapely.box(0, 0, 1, 1)])}, out, overwrite=False)
+    with sqlite3.connect(out) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47  # "GPKG"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 10200
+    assert set(gpd.list_layers(out)["name"]) == {"skipped", "instances"}
+
+
 HOLDER = """
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
