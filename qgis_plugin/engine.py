@@ -46,7 +46,7 @@ class EngineProcess:
         self._proc: Optional[subprocess.Popen] = None
         self._log = None
         self._client: Optional[EngineClient] = None
-        self._folder = tempfile.mkdtemp(prefix="pointsam-plugin-")
+        self._folder: Optional[str] = None  # the engine's connection file and log, while it runs
         self._lock = threading.Lock()
 
     @property
@@ -56,13 +56,15 @@ class EngineProcess:
         return proc.pid if proc is not None and proc.poll() is None else None
 
     @property
-    def connection_file(self) -> Path:
-        return Path(self._folder) / "serve.json"
+    def connection_file(self) -> Optional[Path]:
+        """The file ``pointsam serve --connection-file`` writes, while the engine runs (None otherwise)."""
+        return Path(self._folder) / "serve.json" if self._folder else None
 
     @property
-    def log_file(self) -> Path:
-        """The engine's stderr (warnings, tracebacks of bugs), for the plugin's log."""
-        return Path(self._folder) / "engine.log"
+    def log_file(self) -> Optional[Path]:
+        """The engine's stderr (warnings, tracebacks of bugs), while the engine runs (None otherwise): its folder
+        is removed when the engine stops."""
+        return Path(self._folder) / "engine.log" if self._folder else None
 
     def client(self) -> EngineClient:
         """A client of a healthy engine: starts it, or restarts it when it died or stopped answering."""
@@ -87,6 +89,14 @@ class EngineProcess:
             return False
 
     def _start(self) -> EngineClient:
+        self._folder = tempfile.mkdtemp(prefix="pointsam-plugin-")
+        try:
+            return self._launch()
+        except BaseException:
+            self._stop()  # an engine that did not come up leaves neither a process nor its folder
+            raise
+
+    def _launch(self) -> EngineClient:
         command = [self.python, "-m", "pointsam_engine.cli", "serve", "--port", "0", "--watch-parent",
                    "--connection-file", str(self.connection_file), *self.args]
         self._log = open(self.log_file, "a")  # a file, not a pipe nobody reads: a full pipe would stall the engine
@@ -95,7 +105,6 @@ class EngineProcess:
             self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                           text=True)
         except OSError as exc:
-            self._log.close()
             raise EngineMissingError(f"cannot run the engine Python {self.python} ({exc.strerror}); "
                                      f"{INSTALL_HINT}") from None
         line = self._first_line()
@@ -125,18 +134,22 @@ class EngineProcess:
         raise EngineUnavailableError(f"the engine did not start: {last}")
 
     def _stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
             try:
-                self._proc.wait(30)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._proc is not None:
-            for stream in (self._proc.stdin, self._proc.stdout):
+                proc.kill()
+                proc.wait()
+        if proc is not None:
+            for stream in (proc.stdin, proc.stdout):
                 stream.close()
+        if self._log is not None:
             self._log.close()
-        self._proc, self._client = None, None
+        if self._folder is not None:  # only now: the engine has exited, nothing writes its log any more
+            shutil.rmtree(self._folder, ignore_errors=True)
+        self._proc, self._client, self._log, self._folder = None, None, None, None
 
 
 class RemoteEngine:

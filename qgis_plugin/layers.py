@@ -20,6 +20,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+from . import palette
 from .compat import field_type
 from .errors import PluginError
 
@@ -88,7 +89,8 @@ def _fit_geometry(geometry: QgsGeometry, layer: QgsVectorLayer) -> QgsGeometry:
 
 def style_digitized(layer: QgsVectorLayer) -> None:
     """A readable default look on imagery: a semi-transparent magenta fill with a clear magenta outline."""
-    symbol = QgsFillSymbol.createSimple({"color": "255,0,200,60", "outline_color": "230,0,180,255",
+    symbol = QgsFillSymbol.createSimple({"color": palette.rgba(palette.DIGITIZED, 60),
+                                         "outline_color": palette.rgba(palette.DIGITIZED),
                                          "outline_width": "0.7", "outline_width_unit": "MM"})
     layer.renderer().setSymbol(symbol)
     layer.triggerRepaint()

@@ -6,6 +6,7 @@ import os
 
 from qgis.core import Qgis, QgsApplication, QgsProject
 from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QPushButton
 
 from . import background, settings
@@ -14,6 +15,11 @@ from .errors import needs_setup
 from .processing.provider import PointSamProvider
 
 DIGITIZED_FILE = "pointsam_digitized.gpkg"
+DIGITIZE_ICON = os.path.join(os.path.dirname(__file__), "icons", "digitize.svg")
+DIGITIZE_TIP = ("Click objects on the raster chosen in the PointSAM dock: left click adds, right click or Shift+click "
+                "removes, a drag draws a box; Enter accepts, Backspace undoes a click, Esc clears. Accepted objects "
+                "go into the edits of the layer chosen beside this button: Ctrl+Z undoes one, Save Layer Edits "
+                "(Layer menu or the Digitizing toolbar) writes them to its file.")
 
 
 class PointSamPlugin:
@@ -39,7 +45,8 @@ class PointSamPlugin:
         self.initProcessing()
         self.dock = PointSamDock(self._client, self.iface.mainWindow(), notify=self._warn)
         self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
-        self.action = QAction("PointSAM: digitize by clicking", self.iface.mainWindow())
+        self.action = QAction(QIcon(DIGITIZE_ICON), "PointSAM: digitize by clicking", self.iface.mainWindow())
+        self.action.setToolTip(DIGITIZE_TIP)
         self.action.setCheckable(True)
         self.action.toggled.connect(self._digitize)
         self.iface.addToolBarIcon(self.action)
@@ -65,6 +72,8 @@ class PointSamPlugin:
 
         if self.setup_dialog is None:
             self.setup_dialog = SetupDialog(self.iface.mainWindow())
+            if self.dock is not None:  # the new engine's models replace "engine default (Refresh lists …)"
+                self.setup_dialog.engine_ready.connect(self.dock.load_models)
         self.setup_dialog.show()
         self.setup_dialog.raise_()
 

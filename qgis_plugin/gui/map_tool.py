@@ -30,7 +30,7 @@ from qgis.gui import QgsMapCanvas, QgsMapTool, QgsRubberBand
 from qgis.PyQt.QtCore import Qt, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QColor
 
-from .. import settings
+from .. import palette, settings
 from ..background import BackgroundCall, in_background
 from ..client import EngineClient
 from ..errors import PluginError
@@ -38,8 +38,7 @@ from ..layers import add_object, polygon_geometry
 
 REST_MS = 400
 DRAG_PX = 6  # a press and release farther apart than this (screen pixels) draw a box, not a click
-PREVIEW = QColor(255, 200, 0)
-POSITIVE, NEGATIVE = QColor(30, 200, 60), QColor(230, 40, 40)
+PREVIEW, POSITIVE, NEGATIVE = (palette.qcolor(c) for c in (palette.PREVIEW, palette.POSITIVE, palette.NEGATIVE))
 STARTING, SEGMENTING, ENCODING = "starting engine…", "segmenting…", "encoding…"
 
 Box = Tuple[float, float, float, float]  # xmin, ymin, xmax, ymax in the canvas CRS
@@ -72,9 +71,10 @@ class PointSamMapTool(QgsMapTool):
         self._accept_wanted = False
         self._told_about_saving = False
         self.last_result = ""
-        self.band = self._band(QgsWkbTypes.GeometryType.PolygonGeometry, PREVIEW, QColor(255, 200, 0, 90), 2)
-        self.box_band = self._band(QgsWkbTypes.GeometryType.PolygonGeometry, QColor(0, 170, 255),
-                                   QColor(0, 170, 255, 25), 2)
+        self.band = self._band(QgsWkbTypes.GeometryType.PolygonGeometry, PREVIEW,
+                               palette.qcolor(palette.PREVIEW, 70), 2)
+        self.box_band = self._band(QgsWkbTypes.GeometryType.PolygonGeometry, palette.qcolor(palette.BOX_PROMPT),
+                                   palette.qcolor(palette.BOX_PROMPT, 25), 2)
         self.markers = {label: self._band(QgsWkbTypes.GeometryType.PointGeometry, QColor(255, 255, 255), color, 2)
                         for label, color in ((1, POSITIVE), (0, NEGATIVE))}
         for marker in self.markers.values():
@@ -178,11 +178,14 @@ class PointSamMapTool(QgsMapTool):
         self._advance()
 
     def clear(self) -> None:
-        """Forget the prompts and the preview (an answer still pending is dropped when it comes)."""
+        """Forget the prompts and the preview (an answer still pending is dropped when it comes); the status line
+        stops offering Enter for the object that is gone."""
         self.points, self.boxes, self._history, self.answer = [], [], [], None
         self._accept_wanted = False
+        self.last_result = ""
         self.box_band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         self.refresh()
+        self._show_state()
 
     def busy(self) -> bool:
         """Whether a prediction is in flight."""
@@ -232,9 +235,10 @@ class PointSamMapTool(QgsMapTool):
             return
         if not self._told_about_saving:
             self._told_about_saving = True
-            self.note.emit(f"objects go into {target.name()}'s edits: Ctrl+Z undoes one, "
-                           "Save Layer Edits (Layer menu or the Digitizing toolbar) writes them to its file")
+            self.note.emit(saving_note(target.name()))
         self.clear()
+        self.last_result = f"PointSAM: object added to {target.name()}; click the next one"
+        self._show_state()
 
     def _predict(self, out_crs: Optional[str] = None) -> None:
         try:
@@ -320,6 +324,12 @@ def _box_geometry(box: Box) -> QgsGeometry:
 
 def _same_crs(a: QgsCoordinateReferenceSystem, b: QgsCoordinateReferenceSystem) -> bool:
     return a == b or (bool(a.authid()) and a.authid() == b.authid())
+
+
+def saving_note(layer: str) -> str:
+    """The message bar's one line after the first accepted object: where objects go and how to keep them (the
+    digitize action's tooltip says where Save Layer Edits is)."""
+    return f"added to {layer}'s edits: Ctrl+Z undoes, Save Layer Edits saves them"
 
 
 def _describe(answer: dict) -> str:

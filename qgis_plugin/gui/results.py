@@ -9,12 +9,13 @@ from typing import List
 from qgis.core import QgsFillSymbol, QgsMarkerSymbol, QgsProject, QgsProviderRegistry, QgsVectorLayer
 
 from ..errors import PluginError
+from ..palette import BOXES, INSTANCES, SKIPPED, rgba
 
 # the layers a segment job writes (pointsam_engine.output.LAYERS): the ones Run may replace in an existing file
 RUN_LAYERS = ("instances", "boxes", "bboxes", "skipped")
-STYLES = {"instances": {"color": "255,200,0,70", "outline_color": "255,200,0", "outline_width": "0.5"},
-          "boxes": {"color": "0,0,0,0", "outline_color": "0,220,255", "outline_width": "0.4"}}
-SKIPPED_STYLE = {"name": "cross2", "color": "230,0,0", "outline_color": "230,0,0", "size": "3"}
+STYLES = {"instances": {"color": rgba(INSTANCES, 70), "outline_color": rgba(INSTANCES), "outline_width": "0.5"},
+          "boxes": {"color": "0,0,0,0", "outline_color": rgba(BOXES), "outline_width": "0.4"}}
+SKIPPED_STYLE = {"name": "cross2", "color": rgba(SKIPPED), "outline_color": rgba(SKIPPED), "size": "3"}
 
 
 def existing_layers(path: str) -> List[str]:

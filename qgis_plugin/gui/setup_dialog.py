@@ -4,8 +4,8 @@ The user picks a Python (the ones found are listed, or Browse) and a folder, pre
 folder already holds an environment) and follows pip's log and a progress bar; Cancel stops pip. The work is
 :func:`qgis_plugin.installer.setup` in a :class:`SetupTask` (a QgsTask: nothing slow on the GUI thread); its log
 lines reach the dialog through a Qt signal. On success the interpreter is stored in ``pointsam/engine_python``,
-the engine started by the setup becomes the plugin's engine, and its ``/v1/health`` fills the diagnostics
-panel, with a Copy button for bug reports.
+the engine started by the setup becomes the plugin's engine, the dock lists its models (in the background), and
+its ``/v1/health`` fills the diagnostics panel, with a Copy button for bug reports.
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ class SetupTask(QgsTask):
 
 class SetupDialog(QDialog):
     """Install or repair the engine's environment; ``target`` and ``wheel`` default to ``~/.pointsam/venv`` and
-    the wheel inside the plugin."""
+    the wheel inside the plugin. ``engine_ready`` is emitted once the set-up engine has answered its health check
+    (the plugin then refreshes the dock's model list)."""
+
+    engine_ready = pyqtSignal()
 
     def __init__(self, parent: Optional[QWidget] = None, target: Optional[Path] = None, wheel: Optional[Path] = None):
         super().__init__(parent)
@@ -213,6 +216,7 @@ class SetupDialog(QDialog):
         self.progress.setValue(100)
         self.stage.setText(f"done: the plugin's engine runs from {task.result.python}")
         self.diagnostics.setPlainText(diagnostics(task.result.health, task.result.python))
+        self.engine_ready.emit()
 
     def _fail(self, message: str) -> None:
         self.stage.setText(f"<b>{_escape(message)}</b>")

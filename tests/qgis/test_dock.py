@@ -354,6 +354,61 @@ def test_an_adapter_fine_tuning_wrote_anywhere_joins_the_list_and_step_0_is_said
     catalog.forget()
 
 
+class _SetUpEngine:
+    """What "Set up engine…" starts, as settings.adopt_engine sees it: its client is the fake engine."""
+
+    def __init__(self, python: str, args, engine: FakeEngine):
+        self.python, self.args, self.engine, self.stopped = python, tuple(args), engine, False
+
+    def client(self):
+        return self.engine
+
+    def stop(self):
+        self.stopped = True
+
+
+def test_the_model_list_follows_the_engine_set_up_engine_started_in_the_background(qgis_app, monkeypatch):
+    from qgis_plugin import catalog, installer, settings
+    from qgis_plugin.gui.dock import PointSamDock
+    from qgis_plugin.plugin import PointSamPlugin
+    from qgis_plugin.settings import ENV_PYTHON
+
+    from .conftest import _StubIface
+
+    engine, python = FakeEngine(), "/usr/bin/python3"
+    engine.release.clear()  # the new engine is slow to list its models
+    monkeypatch.setenv(ENV_PYTHON, python)  # the settings name the set-up engine, so the plugin adopts it
+    monkeypatch.setattr(installer, "setup", lambda python, target, wheel, engine_args, **kw: installer.SetupResult(
+        python, _SetUpEngine(python, engine_args, engine), {"version": "0.1.0", "device": "cpu"}))
+    saved = settings.configured_python()
+    catalog.forget()  # no model list kept from earlier tests: the dock starts as after a fresh install
+    plugin = PointSamPlugin(_StubIface())
+    plugin.dock = PointSamDock(plugin._client, engine_starting=lambda: False)
+    try:
+        plugin.show_setup()
+        dialog = plugin.setup_dialog
+        _wait_for(dialog.finding)
+        assert _names(plugin.dock) == [None] and "Refresh" in plugin.dock.model.currentText()
+        dialog.python.setEditText(python)
+        dialog.install()
+        deadline = time.time() + 60
+        while dialog.task is not None and time.time() < deadline:
+            QgsApplication.processEvents()
+            time.sleep(0.01)
+        assert dialog.task is None and "done" in dialog.stage.text(), dialog.log.toPlainText()
+        assert plugin.dock.listing is not None, "the setup's end started a model list, and the GUI did not wait for it"
+        engine.release.set()
+        _wait_for(plugin.dock.listing)
+        assert engine.calls == ["models"]
+        assert plugin.dock.model.currentText() == "engine default: pointsam-tiny@92387606"
+        assert _names(plugin.dock) == [None, "pointsam-tiny", "vit_b", "vit_l"]
+    finally:
+        engine.release.set()
+        plugin.unload()
+        settings.set_value(settings.KEY_PYTHON, saved)
+        catalog.forget()
+
+
 # -- the user's GeoPackage, with the real engine --------------------------------------------------------------
 
 def _foreign_geopackage(path, with_instances: bool = False):

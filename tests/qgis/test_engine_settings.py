@@ -163,6 +163,35 @@ def test_threads_asking_for_the_engine_at_once_start_one_engine(qgis_app, no_eng
         engine.stop()
 
 
+def test_a_stopped_or_failed_engine_leaves_no_temporary_folder(qgis_app, tmp_path, monkeypatch):
+    """The engine's folder (connection file, engine.log) lives as long as the engine: readable while it runs,
+    removed once it has exited, also when it restarts or never came up."""
+    import tempfile
+
+    from qgis_plugin.engine import EngineProcess
+    from qgis_plugin.errors import EngineMissingError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp puts the engine's folder
+    engine = EngineProcess(engine_python())
+    try:
+        engine.client()
+        first, pid = engine.log_file, engine.pid
+        assert first.parent.parent == tmp_path and first.is_file(), "the log is there while the engine runs"
+        os.kill(pid, 9)  # the engine dies: the next call starts another one, in a folder of its own
+        assert wait_until_gone([pid]) == []
+        engine.client()
+        assert not first.parent.exists(), "the dead engine's folder was removed when it was replaced"
+        assert engine.log_file.is_file()
+    finally:
+        engine.stop()
+    assert list(tmp_path.iterdir()) == [], "the stopped engine's folder is left behind"
+    assert engine.log_file is None
+
+    with pytest.raises(EngineMissingError):
+        EngineProcess("/usr/bin/python3").client()  # QGIS's own Python: no engine there, it never comes up
+    assert list(tmp_path.iterdir()) == [], "an engine that did not start left its folder"
+
+
 class _RecordingIface:
     """An iface with a real message bar that records the menu entries and options pages the plugin adds."""
 

@@ -433,3 +433,90 @@ def test_a_digitizing_session_renders_with_markers_preview_and_accepted_objects(
     canvas.unsetMapTool(tool)
     del tool, canvas, window
     QgsProject.instance().removeAllMapLayers()
+
+
+# -- what the analyst sees: colours, status line, message bar, toolbar --------------------------------------
+def _distance(a, b) -> float:
+    return sum((x - y) ** 2 for x, y in zip(a.getRgb()[:3], b.getRgb()[:3])) ** 0.5
+
+
+def _result_colours() -> dict:
+    """The stroke and fill colour of every layer style a result is drawn with (the dock's run layers, the
+    digitized layer), read from the symbols the plugin builds."""
+    from qgis.core import QgsFillSymbol, QgsMarkerSymbol
+
+    from qgis_plugin.gui.results import SKIPPED_STYLE, STYLES
+    from qgis_plugin.layers import style_digitized
+
+    symbols = {name: QgsFillSymbol.createSimple(style) for name, style in STYLES.items()}
+    symbols["skipped"] = QgsMarkerSymbol.createSimple(SKIPPED_STYLE)
+    digitized = _polygon_layer()
+    style_digitized(digitized)
+    symbols["digitized"] = digitized.renderer().symbol()
+    colours = {}
+    for name, symbol in symbols.items():
+        layer = symbol.symbolLayer(0)
+        colours[f"{name} outline"] = layer.strokeColor()
+        if layer.color().alpha() > 0:
+            colours[f"{name} fill"] = layer.color()
+    return colours
+
+
+def test_the_preview_has_a_colour_of_its_own_unlike_every_result_style(qgis_app):
+    canvas = _canvas()
+    tool = _tool(canvas, SlowClient(0.1), _polygon_layer())
+    preview = tool.band.strokeColor()
+    colours = _result_colours()
+    assert {"instances outline", "boxes outline", "skipped outline", "digitized outline"} <= set(colours)
+    near = {name: round(_distance(preview, colour)) for name, colour in colours.items() if _distance(preview, colour) < 100}
+    assert not near, f"the preview {preview.name()} looks like these results: {near}"
+    assert _distance(tool.band.fillColor(), preview) == 0, "the preview's fill is its outline's colour"
+    canvas.unsetMapTool(tool)
+
+
+def test_after_enter_or_esc_the_status_line_no_longer_offers_enter(qgis_app):
+    canvas, target = _canvas(), _polygon_layer()
+    target.setName("parcels")
+    tool = _tool(canvas, SlowClient(0.1), target)
+    _click(tool, _at(canvas, 500050, 4000050))
+    _settle(tool)
+    assert "Enter accepts" in tool.states[-1]
+    _key(tool, Qt.Key.Key_Return)
+    _settle(tool)
+    assert target.featureCount() == 1
+    assert "Enter" not in tool.states[-1] and "added to parcels" in tool.states[-1], tool.states[-3:]
+
+    _click(tool, _at(canvas, 500020, 4000020))
+    _settle(tool)
+    assert "Enter accepts" in tool.states[-1]
+    _key(tool, Qt.Key.Key_Escape)
+    assert tool.states[-1] == "", "Esc cleared the object: the status line says nothing about it"
+    canvas.unsetMapTool(tool)
+
+
+# the first line QGIS's message bar showed of the former note, at a 1600 px wide main window (nuhome screenshot 14)
+FIRST_LINE_AT_1600 = ("PointSAM: objects go into PointSAM digitized's edits: Ctrl+Z undoes one, Save Layer Edits "
+                      "(Layer menu or the")
+
+
+def test_the_saving_note_fits_one_line_of_the_message_bar(qgis_app):
+    from qgis.gui import QgsMessageBar
+    from qgis.PyQt.QtGui import QFontMetrics
+
+    from qgis_plugin.gui.map_tool import saving_note
+    from qgis_plugin.layers import DIGITIZED
+
+    note = saving_note(DIGITIZED)
+    assert "Ctrl+Z" in note and "Save Layer Edits" in note and DIGITIZED in note
+    metrics = QFontMetrics(QgsMessageBar().font())
+    assert metrics.horizontalAdvance(f"PointSAM: {note}") < 0.9 * metrics.horizontalAdvance(FIRST_LINE_AT_1600)
+
+
+def test_the_digitize_action_has_an_icon_and_a_tooltip_saying_how_to_keep_the_objects(plugin):
+    icon = plugin.action.icon()
+    assert not icon.isNull()
+    image = icon.pixmap(24, 24).toImage()
+    assert not image.isNull()
+    assert any(image.pixelColor(x, y).alpha() > 0 for x in range(24) for y in range(24)), "the SVG drew nothing"
+    tip = plugin.action.toolTip()
+    assert "Save Layer Edits (Layer menu or the Digitizing toolbar)" in tip and "Ctrl+Z" in tip

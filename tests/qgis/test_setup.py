@@ -54,6 +54,17 @@ def test_the_zip_carries_the_engine_wheel_of_its_own_version(installed_plugin):
     assert not any("__pycache__" in name for name in names)
 
 
+def test_the_zip_carries_the_digitize_icon_where_the_plugin_looks_for_it(qgis_app, installed_plugin):
+    from qgis.PyQt.QtGui import QIcon
+
+    archive, folder = installed_plugin
+    with zipfile.ZipFile(archive) as zf:
+        assert "pointsam/icons/digitize.svg" in zf.namelist()
+    icon = importlib.import_module("pointsam.plugin").DIGITIZE_ICON
+    assert Path(icon) == folder / "icons" / "digitize.svg" and Path(icon).is_file()
+    assert not QIcon(icon).pixmap(24, 24).isNull()
+
+
 def _wait(done, seconds=1500):
     """Run QGIS's event loop until ``done()`` (the dialog's tasks report on the GUI thread)."""
     deadline = time.time() + seconds
