@@ -127,6 +127,33 @@ def test_ctrl_c_keeps_the_finished_tasks_and_resume_runs_only_the_others(many, t
     assert gpd.read_file(out, layer="instances")["point_fid"].is_unique
 
 
+def test_a_batch_killed_outright_leaves_no_worker_behind(many, tmp_path):
+    """kill -9 (or the OOM killer) gives the batch no chance to shut its cluster down: its workers end anyway
+    (Dask's nanny gives each worker process a pipe from its parent and the worker exits when it closes)."""
+    out = tmp_path / "survey.gpkg"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_batch(many["points"], out, many["tiles"][0].parent), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        workers = []
+        while proc.poll() is None and not workers:
+            time.sleep(0.1)
+            workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                       if "spawn_main" in " ".join(p.cmdline())]
+        assert workers, "the batch ended before its worker started"
+        time.sleep(2)  # the worker has run its setup (the preload) and is taking tasks
+        proc.kill()
+        proc.wait()
+        _, alive = psutil.wait_procs(workers, timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    alive = [p for p in alive if p.is_running()]
+    for p in alive:
+        p.kill()
+    assert not alive, [p.cmdline() for p in alive]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
