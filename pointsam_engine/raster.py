@@ -20,6 +20,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
+from rasterio.env import set_gdal_config
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
@@ -71,6 +72,7 @@ class Raster:
         self.path = str(path)
         if not os.path.exists(self.path):
             raise RasterError(f"raster {self.path} does not exist; check the path")
+        cap_block_cache()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -186,8 +188,7 @@ class Raster:
         if out_shape is not None:
             kwargs = {"out_shape": (len(unique), *out_shape), "resampling": Resampling.bilinear}
         try:
-            with block_cache():
-                data = self._src.read(list(unique), window=window, **kwargs)
+            data = self._src.read(list(unique), window=window, **kwargs)
         except _READ_ERRORS as exc:  # found only when that part is read: a truncated file, a source gone
             first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise RasterError(f"cannot read raster {self.path} near pixel row {int(window.row_off)}, column "
@@ -261,12 +262,13 @@ class Raster:
         return out
 
 
-def block_cache() -> rasterio.Env:
-    """The GDAL environment the engine reads in: the block cache capped at :data:`READ_CACHE_MB`, unless the user
-    set ``GDAL_CACHEMAX`` (then theirs). Scoped to the read, so a program that imports the engine keeps its own."""
-    if "GDAL_CACHEMAX" in os.environ:
-        return rasterio.Env()
-    return rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB * 2**20)
+def cap_block_cache() -> None:
+    """Cap GDAL's block cache at :data:`READ_CACHE_MB` for this process, unless the user set ``GDAL_CACHEMAX``
+    (then theirs stands). GDAL has one cache per process, so the cap is process-wide: it is set whenever the
+    engine opens a raster, and a program that imports the engine and reads rasters of its own reads them under
+    it too."""
+    if "GDAL_CACHEMAX" not in os.environ:
+        set_gdal_config("GDAL_CACHEMAX", READ_CACHE_MB * 2**20)
 
 
 def apply_affine(transform: Affine, x, y) -> Tuple[np.ndarray, np.ndarray]:

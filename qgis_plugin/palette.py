@@ -1,5 +1,6 @@
-"""The plugin's colours, in one place: what a click is still shaping (the preview, the prompts) must never look
-like a result already kept (the dock's layers, the digitized objects), so each is chosen against the others here.
+"""The plugin's colours, in one place: the outlines of what a click is still shaping (the preview, the box prompt)
+must never look like a result already kept (the dock's layers, the digitized objects), so each is chosen against
+the others here. Click markers keep SAM's convention (green adds, red removes): they are points, not outlines.
 
 Colours are ``(r, g, b)`` tuples; :func:`rgba` writes one as QGIS symbol properties want it (``"r,g,b,a"``),
 :func:`qcolor` as a QColor for rubber bands.
@@ -22,7 +23,7 @@ RESULTS: Dict[str, RGB] = {"instances": INSTANCES, "boxes": BOXES, "skipped": SK
 
 # the object in progress (gui/map_tool.py)
 PREVIEW: RGB = (140, 60, 255)  # violet: far from every result colour, and from the rust and grey of roofs
-BOX_PROMPT: RGB = (0, 170, 255)
+BOX_PROMPT: RGB = PREVIEW  # the box a drag draws is part of the object in progress
 POSITIVE: RGB = (30, 200, 60)
 NEGATIVE: RGB = (230, 40, 40)
 

@@ -29,7 +29,7 @@ from affine import Affine
 from rasterio.features import rasterize
 from scipy import ndimage
 
-from ..output import atomic_path
+from ..output import GPKG_VERSION, atomic_path
 from ..raster import apply_affine
 from ..vectorize import to_map
 
@@ -96,7 +96,7 @@ def write_scene(scene: Scene, folder, name: Optional[str] = None) -> dict:
 def _write_layer(frame: gpd.GeoDataFrame, path: Path, layer: str) -> Path:
     """``frame`` as the only layer ``layer`` of a new GeoPackage at ``path`` (replacing any file there)."""
     with atomic_path(path, ".gpkg") as tmp:
-        frame.to_file(tmp, layer=layer, driver="GPKG")
+        frame.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio", dataset_options={"VERSION": GPKG_VERSION})
     return path
 
 

@@ -232,14 +232,14 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
         reuse_freed_buffers()
     requested, precision = precision, resolve_precision(precision, device)
     path = resolve_model_path(model)
-    payload = _read_checkpoint(path)
+    sha256, payload = _read_checkpoint(path)
     if not isinstance(payload, dict):
         raise ModelError(f"{path} is not a SAM checkpoint (no state dict inside); "
                          "pass an official file such as sam_vit_b_01ec64.pth")
     if is_sam2_payload(payload):
         sam2, arch, name, provenance = load_payload(payload, path, model_type)
         sam2.eval().to(device)
-        return LoadedModel(sam=sam2, name=name, sha256=file_sha256(path), model_type=arch.model_type, arch=arch,
+        return LoadedModel(sam=sam2, name=name, sha256=sha256, model_type=arch.model_type, arch=arch,
                            device=device, provenance=provenance, precision=resolve_precision(requested, device, sam2=True))
     if payload.get("format") == POINTSAM_FORMAT:
         try:
@@ -271,27 +271,32 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
     sam.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), False)
     sam.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), False)
     use_fused_attention(sam).eval().to(device)
-    sha256 = file_sha256(path)
     mark_loaded_from(sam.image_encoder, sha256)
     return LoadedModel(sam=sam, name=name, sha256=sha256, model_type=kind, arch=arch,
                        device=device, provenance=provenance, precision=precision)
 
 
-def _read_checkpoint(path: Path):
-    """The checkpoint's contents, its tensors mapped from the file rather than read: weights that are never
-    used stay on disk (the torch image encoder's ~360 MB for vit_b while OpenVINO runs the encoder). Files in
-    torch's legacy (pre-zip) format cannot be mapped and are read."""
+def _read_checkpoint(path: Path) -> tuple:
+    """``(sha256, contents)`` of a checkpoint file, its tensors mapped from the file rather than read: weights
+    that are never used stay on disk (the torch image encoder's ~360 MB for vit_b while OpenVINO runs the
+    encoder). Where a file cannot be mapped (torch's legacy pre-zip format, a file system without mmap) it is
+    read. The sha256 names the weights (outputs, caches), so a file replaced while it was loaded is refused.
+    Replace model files by renaming a new file into place (as ``pointsam models pull`` does), never by
+    rewriting one in place while an engine runs: mapped weights not yet read would change under it."""
+    before = os.stat(path)
+    sha256 = file_sha256(path)
+    payload = None
     for mmap in (True, False):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            break
         except Exception:
-            if mmap and _is_zip(path):
-                break
-    raise ModelError(f"{path} is not a SAM checkpoint (torch cannot load it); "
-                     "pass an official file such as sam_vit_b_01ec64.pth")
-
-
-def _is_zip(path: Path) -> bool:
-    import zipfile
-
-    return zipfile.is_zipfile(path)
+            continue
+    if payload is None:
+        raise ModelError(f"{path} is not a SAM checkpoint (torch cannot load it); "
+                         "pass an official file such as sam_vit_b_01ec64.pth")
+    after = os.stat(path)
+    if (before.st_ino, before.st_size, before.st_mtime_ns) != (after.st_ino, after.st_size, after.st_mtime_ns):
+        raise ModelError(f"{path} changed while it was loaded (a download or copy still writing it?); "
+                         "run again once it is complete")
+    return sha256, payload

@@ -113,7 +113,7 @@ def _derived(encoder: torch.nn.Module, kind: str, make: Callable[[torch.nn.Modul
     """``make(encoder)``, made once and kept on ``encoder`` for as long as its weights are unchanged."""
     attribute = f"_{kind}_copy"
     with _MAKING:
-        weights = tuple((id(p), p._version) for p in encoder.parameters())
+        weights = weights_state(encoder)
         cached = getattr(encoder, attribute, None)  # a plain attribute (a tuple): not a submodule, not saved
         if cached is None or cached[0] != weights:
             setattr(encoder, attribute, None)  # the stale copy is not kept (nor deep-copied) while making the new one
@@ -165,12 +165,15 @@ def openvino_encoder(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torch
 
 def mark_loaded_from(encoder: torch.nn.Module, sha256: str) -> None:
     """Record that ``encoder``'s weights are those of the checkpoint file with this sha256, as loaded."""
-    encoder._loaded_from = (sha256, _weights_state(encoder))  # a plain attribute: not saved, not a submodule
+    encoder._loaded_from = (sha256, weights_state(encoder))  # a plain attribute: not saved, not a submodule
 
 
-def _weights_state(encoder: torch.nn.Module) -> tuple:
-    """Which tensors the encoder holds and how often each was changed in place (cheap: no weight is read)."""
-    return tuple((name, id(t), t._version) for name, t in encoder.state_dict(keep_vars=True).items())
+def weights_state(encoder: torch.nn.Module) -> tuple:
+    """Which tensors the encoder holds, where their data lies and how often each was changed in place (cheap:
+    no weight is read; plain numbers, so the module still pickles). Changes torch cannot see (writes through
+    ``.data`` or numpy views) are not caught: optimizers, ``load_state_dict`` and adapters change weights in
+    ways it sees."""
+    return tuple((name, id(t), t.data_ptr(), t._version) for name, t in encoder.state_dict(keep_vars=True).items())
 
 
 def _weights_digest(encoder: torch.nn.Module) -> str:
@@ -179,7 +182,7 @@ def _weights_digest(encoder: torch.nn.Module) -> str:
     changed or added ones (training, an adapter's layers) by their bytes."""
     digest = hashlib.blake2b(f"{encoder.img_size} {_OPENVINO_GRAPH}".encode(), digest_size=16)
     loaded = getattr(encoder, "_loaded_from", None)
-    if loaded is not None and loaded[1] == _weights_state(encoder):
+    if loaded is not None and loaded[1] == weights_state(encoder):
         digest.update(f"file sha256 {loaded[0]}".encode())
         return digest.hexdigest()
     for tensor in encoder.state_dict().values():

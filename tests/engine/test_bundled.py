@@ -2,6 +2,7 @@
 
 import json
 import re
+import sqlite3
 
 import numpy as np
 import pyogrio
@@ -43,6 +44,8 @@ def test_demo_writes_layers_evaluation_and_previews(tmp_path):
     assert result.exit_code == 0, result.output
     assert str(tmp_path.resolve()) in result.output and "QGIS" in result.output
     assert all(re.search(rf"^{kind}: \d+\.\d s \(", result.output, re.M) for kind in ("buildings", "ships"))
+    versions = {p.name: sqlite3.connect(p).execute("PRAGMA user_version").fetchone()[0] for p in tmp_path.glob("*.gpkg")}
+    assert len(versions) == 6 and set(versions.values()) == {10200}, versions  # QGIS 3.22 reads 1.2 without a warning
     for kind in ("buildings", "ships"):
         clicks = pyogrio.read_dataframe(tmp_path / f"{kind}_points.gpkg")
         instances = pyogrio.read_dataframe(tmp_path / f"{kind}_pointsam.gpkg", layer="instances")

@@ -465,11 +465,12 @@ def _result_colours() -> dict:
 def test_the_preview_has_a_colour_of_its_own_unlike_every_result_style(qgis_app):
     canvas = _canvas()
     tool = _tool(canvas, SlowClient(0.1), _polygon_layer())
-    preview = tool.band.strokeColor()
     colours = _result_colours()
     assert {"instances outline", "boxes outline", "skipped outline", "digitized outline"} <= set(colours)
-    near = {name: round(_distance(preview, colour)) for name, colour in colours.items() if _distance(preview, colour) < 100}
-    assert not near, f"the preview {preview.name()} looks like these results: {near}"
+    for shaping in (tool.band.strokeColor(), tool.box_band.strokeColor()):  # the preview and the box prompt
+        near = {name: round(_distance(shaping, c)) for name, c in colours.items() if _distance(shaping, c) < 100}
+        assert not near, f"{shaping.name()}, of the object in progress, looks like these results: {near}"
+    preview = tool.band.strokeColor()
     assert _distance(tool.band.fillColor(), preview) == 0, "the preview's fill is its outline's colour"
     canvas.unsetMapTool(tool)
 

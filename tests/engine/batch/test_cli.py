@@ -95,7 +95,7 @@ def test_ctrl_c_keeps_the_finished_tasks_and_resume_runs_only_the_others(many, t
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
         family = psutil.Process(proc.pid).children(recursive=True)
-        workers = [p for p in family if "spawn_main" in " ".join(p.cmdline())]  # the LocalCluster's worker
+        workers = _workers_of(proc.pid)
         assert workers
         # the worker is held while the Ctrl-C lands, so however fast the tiles go, some are left to resume
         for worker in workers:
@@ -138,10 +138,10 @@ def test_a_batch_killed_outright_leaves_no_worker_behind(many, tmp_path):
         workers = []
         while proc.poll() is None and not workers:
             time.sleep(0.1)
-            workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                       if "spawn_main" in " ".join(p.cmdline())]
-        assert workers, "the batch ended before its worker started"
+            workers = _workers_of(proc.pid)
         time.sleep(2)  # the worker has run its setup (the preload) and is taking tasks
+        workers = _workers_of(proc.pid)
+        assert workers and proc.poll() is None, "the batch ended before it could be killed mid-run"
         proc.kill()
         proc.wait()
         _, alive = psutil.wait_procs(workers, timeout=60)
@@ -152,6 +152,22 @@ def test_a_batch_killed_outright_leaves_no_worker_behind(many, tmp_path):
     for p in alive:
         p.kill()
     assert not alive, [p.cmdline() for p in alive]
+
+
+def _workers_of(pid: int) -> list:
+    """The LocalCluster's worker processes under ``pid`` (none once it has ended)."""
+    found = []
+    try:
+        family = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return found
+    for p in family:
+        try:
+            if "spawn_main" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:  # a helper that has just ended
+            pass
+    return found
 
 
 def _free_port() -> int:

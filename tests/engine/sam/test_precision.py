@@ -137,8 +137,11 @@ def test_the_converted_files_of_weights_as_loaded_are_named_without_reading_them
     with torch.no_grad():
         again.blocks[0].attn.qkv.weight.mul_(2)
     changed = precision_module._weights_digest(again)
+    third = load_model(DEFAULT_MODEL, device="cpu", precision="fp32").sam.image_encoder
+    third.blocks[0].attn.qkv.weight.data = third.blocks[0].attn.qkv.weight.detach() * 3  # new data, same tensor
     first.extra = torch.nn.Linear(2, 2)
-    assert len({named, changed, precision_module._weights_digest(first)}) == 3
+    digests = {named, changed, precision_module._weights_digest(third), precision_module._weights_digest(first)}
+    assert len(digests) == 4
 
 
 def test_openvino_converts_without_a_writable_cache_and_a_failed_conversion_is_one_line(monkeypatch, tmp_path):
