@@ -12,7 +12,7 @@ import psutil
 import pytest
 import shapely
 
-from pointsam_engine.batch import batch_segment, work_folder
+from pointsam_engine.batch import batch_segment, cluster, work_folder
 from pointsam_engine.batch.assign import plan_tasks
 from pointsam_engine.config import SegmentConfig
 from pointsam_engine.errors import Cancelled
@@ -136,7 +136,9 @@ def test_a_worker_killed_mid_run_and_the_batch_completes(tiles, tmp_path):
     assert len(result.layers["instances"]) + len(result.layers["skipped"]) == len(gpd.read_file(tiles["points"]))
 
 
-def test_resume_after_a_cancel_runs_only_the_remaining_rasters(tiles, tmp_path):
+def test_resume_after_a_cancel_runs_only_the_remaining_rasters(tiles, tmp_path, monkeypatch):
+    # one task at a time: with two threads the four small tiles could all finish before the cancel landed
+    monkeypatch.setattr(cluster, "cluster_shape", lambda workers, cores=None: (1, 1))
     output = tmp_path / "out.gpkg"
     stop = threading.Event()
     rasters = [str(p) for p in tiles["tiles"]]
