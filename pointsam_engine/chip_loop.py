@@ -78,11 +78,12 @@ def chip_prompts(members_in: np.ndarray, pos_w, neg_w, chip: Chip, shape):
 
 
 def segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, max_hole_px: float, stages, notify,
-                   cancel) -> ChipRun:
+                   cancel, accept: Optional[Callable[[int, MaskPatch, bool], bool]] = None) -> ChipRun:
     """Encode each chip once, decode and calibrate its objects, and settle shared pixels chip by chip.
 
     Masks are held as rasters only until no later chip can meet them (:func:`finalization_schedule`),
-    then traced to polygons, so memory follows one band of chips, not the whole layer.
+    then traced to polygons, so memory follows one band of chips, not the whole layer. ``accept(object,
+    mask, runs into the chip's edge)``, where given, drops the masks it refuses before they claim any pixel.
     """
     n = len(pos_w)
     run = ChipRun([None] * n, np.zeros(n), np.zeros(n, dtype=bool), plan.owner.copy())
@@ -100,6 +101,8 @@ def segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, max_h
 
         def finish(a: int, patch: Optional[MaskPatch]) -> Optional[MaskPatch]:
             run.at_edge[members[a]] = runs_into_edge(patch, chip, image.shape[:2], ras.working_shape)
+            if patch is not None and accept is not None and not accept(members[a], patch, run.at_edge[members[a]]):
+                return None
             with stages("resolve"):
                 return None if patch is None else clean_patch(patch, positives[a], max_hole_px)
 

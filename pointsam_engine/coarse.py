@@ -2,26 +2,27 @@
 
 A mask that runs into an inner edge of its chip (an edge that is not the raster's) was stopped by the chip,
 not by the object's outline: a warehouse, a stadium, a tanker in a 1024-pixel chip at 0.3 m. After the
-chip loop such objects are decoded again on a grid :data:`COARSER` times coarser, with chips planned over
-those objects only (they share encoder passes), each object's prompt as before and every other object's
-clicks on the coarse chip as calibration neighbours. The coarse mask replaces the fine one when it does not
-run into its own chip's inner edge, or when the model scores it higher; its outline then gives way to its
-neighbours' (finer) outlines, so no two objects overlap.
+chip loop such objects go through the chip loop again on a grid :data:`COARSER` times coarser, with chips
+planned over those objects only (they share encoder passes), each object's prompt as before and every other
+object's clicks on the coarse chip as calibration neighbours. A coarse mask is kept when it does not run into
+its own chip's inner edge, or when the model scores it higher than the fine one; kept coarse masks share
+pixels by the chip loop's rule (the higher logit), and each coarse outline then gives way to the
+neighbours that keep their (finer) outline, so no two objects overlap.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import shapely
 from shapely.affinity import scale
 
-from .chip_loop import ChipRun, check_cancel, chip_prompts, clean_patch, decode_chip, encode_chip, runs_into_edge
-from .chips import plan_chips
+from .chip_loop import ChipRun, segment_chips
+from .chips import ChipPlan, plan_chips
 from .points import Instance
 from .raster import Normalization, Raster, to_working_each
-from .vectorize import polygonal, trace_logits, with_vertices, without_slivers
+from .vectorize import polygonal, with_vertices, without_slivers
 
 COARSER = 4  # 4x: a 1024-pixel chip then covers 4096 pixels of the working grid
 # grid pixels: above an overlay's rounding (1e-12 on a 20,000-pixel grid), far below the spacing of traced
@@ -30,72 +31,66 @@ NODE_TOLERANCE = 1e-6
 
 
 def retry_coarser(raster, cfg, norm: Normalization, predictor, instances: Sequence[Instance], run: ChipRun,
-                  max_hole_px: float, stages, cancel=None) -> Dict[str, int]:
+                  max_hole_px: float, stages, cancel=None,
+                  notify: Optional[Callable[[float, str], None]] = None) -> Dict[str, int]:
     """Decode the objects the chip loop found cut by their chip again on a coarser grid; replace their
     polygons in ``run`` where the coarse mask is better. Returns the counts for the run report."""
     targets = np.flatnonzero(run.at_edge)
     if not len(targets):
         return {"coarse_retries": 0, "coarse_kept": 0}
-    found: Dict[int, tuple] = {}
     with Raster(raster, bands=cfg.bands, nodata=cfg.nodata, assume_crs=cfg.assume_crs,
                 chip_scale=cfg.chip_scale * COARSER) as coarse:
         pos = to_working_each(coarse, [inst.pos for inst in instances])
         neg = to_working_each(coarse, [inst.neg for inst in instances])
         anchors = np.array([p.mean(axis=0) for p in pos])
         size = predictor.chip_size
-        plan = plan_chips(anchors[targets, 1], anchors[targets, 0], coarse.working_shape, size, cfg.chip_margin * size)
-        fingerprint = coarse.fingerprint()
-        for k, chip in enumerate(plan.chips):
-            check_cancel(cancel)
-            image = encode_chip(coarse, chip, norm, predictor, fingerprint, run, stages)
-            own = targets[plan.assigned[k]]
-            others = _on_chip(anchors, chip, image.shape[:2], exclude=own)
-            members, prompts, positives = chip_prompts(np.concatenate([own, others]), pos, neg, chip, image.shape[:2])
-            n_own = int(np.isin(members, own).sum())
-            decode_chip(predictor, prompts, positives, n_own, cfg, stages,
-                        lambda a, patch: _keep_better(found, members[a], patch, positives[a], chip, image.shape[:2],
-                                                      coarse.working_shape, run.scores[members[a]], max_hole_px))
+        plan = _plan_over(targets, anchors, coarse.working_shape, size, cfg.chip_margin * size)
+
+        def better(i: int, patch, at_edge: bool) -> bool:
+            return not at_edge or patch.score > run.scores[i]
+
+        def progress(fraction: float, message: str) -> None:
+            if notify is not None:
+                notify(0.9 + 0.02 * fraction, f"objects larger than a chip: {message}")
+
+        retried = segment_chips(coarse, norm, predictor, plan, pos, neg, cfg, max_hole_px / COARSER ** 2, stages,
+                                progress, cancel, accept=better)
+    run.encoder_passes += retried.encoder_passes
+    found = {int(i): (scale(retried.polygons[i], COARSER, COARSER, origin=(0, 0)), retried.scores[i])
+             for i in targets if retried.polygons[i] is not None}
     _replace(run, found, settle=not cfg.keep_overlaps)
     return {"coarse_retries": len(targets), "coarse_kept": len(found)}
 
 
-def _keep_better(found: Dict[int, tuple], i: int, patch, clicks: np.ndarray, chip, shape, grid_shape,
-                 fine_score: float, max_hole_px: float) -> None:
-    """Put object ``i``'s coarse outline (on the fine grid) and score in ``found`` when its coarse mask does not
-    run into the chip's inner edge, or scores higher than the fine one."""
-    if patch is None or (runs_into_edge(patch, chip, shape, grid_shape) and patch.score <= fine_score):
-        return
-    cleaned = clean_patch(patch, clicks, max_hole_px / COARSER ** 2)
-    if cleaned is not None:
-        cleaned = cleaned.shifted(chip.row0, chip.col0)
-        outline = trace_logits({i: (cleaned, cleaned.mask)})[i]
-        found[i] = (scale(outline, COARSER, COARSER, origin=(0, 0)), cleaned.score)
+def _plan_over(targets: np.ndarray, anchors: np.ndarray, grid_shape, size: int, margin: float) -> ChipPlan:
+    """Chips over the ``targets``' anchors (x, y on the grid); every other object whose anchor lies on a chip
+    is its calibration neighbour there."""
+    plan = plan_chips(anchors[targets, 1], anchors[targets, 0], grid_shape, size, margin)
+    owner = np.full(len(anchors), -1)
+    owner[targets] = plan.owner
+    assigned = [targets[a] for a in plan.assigned]
+    context = [_on_chip(anchors, chip, exclude=own) for chip, own in zip(plan.chips, assigned)]
+    return ChipPlan(plan.chips, owner, assigned, context)
 
 
-def _on_chip(anchors: np.ndarray, chip, shape, exclude) -> np.ndarray:
+def _on_chip(anchors: np.ndarray, chip, exclude) -> np.ndarray:
     """Objects whose anchor (x, y on the grid) lies on the chip, other than ``exclude``."""
-    inside = ((anchors[:, 0] >= chip.col0) & (anchors[:, 0] < chip.col0 + shape[1])
-              & (anchors[:, 1] >= chip.row0) & (anchors[:, 1] < chip.row0 + shape[0]))
+    inside = ((anchors[:, 0] >= chip.col0) & (anchors[:, 0] < chip.col0 + chip.size)
+              & (anchors[:, 1] >= chip.row0) & (anchors[:, 1] < chip.row0 + chip.size))
     inside[np.asarray(exclude, dtype=int)] = False
     return np.flatnonzero(inside)
 
 
 def _replace(run: ChipRun, found: Dict[int, tuple], settle: bool = True) -> None:
-    """Put the coarse outlines in place; each gives way to the objects that keep their fine outline, and
-    between two coarse ones the lower score gives way. One that gives way entirely keeps its fine outline.
-    Without ``settle`` (``--keep-overlaps``) each coarse outline is put in place whole."""
+    """Put the coarse outlines (which do not overlap one another) in place; each gives way to the objects that
+    keep their fine outline. One that gives way entirely keeps its fine outline, and the others give way to
+    that too. Without ``settle`` (``--keep-overlaps``) each coarse outline is put in place whole."""
     if not settle:
         for i, (outline, score) in found.items():
             run.polygons[i], run.scores[i], run.coarse[i] = outline, score, True
         return
-    fixed = np.array([None if i in found else g for i, g in enumerate(run.polygons)], dtype=object)
-    tree = shapely.STRtree(fixed)
-    placed: Dict[int, object] = {}
-    for i in sorted(found, key=lambda i: -found[i][1]):
-        outline = found[i][0]
-        outline = _minus(outline, list(fixed[tree.query(outline)]) + list(placed.values()))
-        if outline is not None:
-            placed[i] = outline
+    fixed = [None if i in found else g for i, g in enumerate(run.polygons)]
+    placed = {i: rest for i, rest in ((i, _minus(found[i][0], fixed)) for i in found) if rest is not None}
     fine = [run.polygons[i] for i in found if i not in placed]
     for i, outline in placed.items():
         outline = _minus(outline, fine)
@@ -135,7 +130,7 @@ def _added_vertices(after, before) -> np.ndarray:
 def _minus(outline, others: List[object]):
     """``outline`` less the ``others`` it meets and the slivers that leaves between near edges (None where
     nothing is left)."""
-    others = [g for g in others if g is not None]
-    near = [g for g in others if shapely.intersects(g, outline)] if others else []
-    rest = without_slivers(polygonal(outline.difference(shapely.union_all(near)))) if near else outline
+    others = np.array([g for g in others if g is not None], dtype=object)
+    near = others[shapely.intersects(others, outline)] if len(others) else others
+    rest = without_slivers(polygonal(outline.difference(shapely.union_all(near)))) if len(near) else outline
     return None if rest is None or rest.is_empty else rest

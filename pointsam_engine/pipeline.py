@@ -148,7 +148,7 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
         with rasterio.Env():  # one GDAL environment for every mask traced, not one per object
             run = segment_chips(ras, norm, predictor, plan, pos_w, neg_w, cfg, max_hole_px, stages, notify, cancel)
             notify(0.9, "objects larger than a chip")
-            coarse = retry_coarser(raster, cfg, norm, predictor, instances, run, max_hole_px, stages, cancel)
+            coarse = retry_coarser(raster, cfg, norm, predictor, instances, run, max_hole_px, stages, cancel, notify)
         notify(0.92, "vectorizing")
         with stages("vectorize"):
             layers, counts = build_layers(ras, instances, run, table, reasons, unattached, cfg, tolerance,

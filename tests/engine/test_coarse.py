@@ -83,6 +83,37 @@ def test_a_coarse_outline_gives_way_to_a_neighbours_fine_one(tmp_path):
     assert inst["holds_click"].all()
 
 
+class LeakyFloodPredictor(FloodPredictor):
+    """The click colour's region (logit 4), leaking six pixels onto neighbouring roofs (logit 1), not onto the
+    ground; the brighter roof scores higher."""
+
+    def square(self, prompt):
+        patch = super().square(prompt)
+        region = patch.logits > 0
+        brightness = self._image.mean(axis=2)
+        roofs = brightness > np.median(brightness)  # the ground covers most of the chip
+        ring = ndimage.binary_dilation(region, iterations=6) & ~region & roofs
+        x, y = (int(v) for v in prompt.points[prompt.labels == 1][0])
+        score = 0.5 + float(self._image[y, x].mean()) / 1000
+        return MaskPatch(0, 0, np.where(region, 4.0, np.where(ring, 1.0, -4.0)).astype(np.float32), score)
+
+
+def test_two_objects_larger_than_their_chips_share_pixels_by_the_higher_logit(tmp_path):
+    """Two touching roofs, each larger than a chip, whose coarse masks leak onto each other: the wall lies where
+    each roof ends (its own pixels hold the higher logit), not along the higher-scored mask's leak."""
+    data = np.full((3, 1200, 1200), 40, np.uint8)
+    data[:, 200:800, 160:500] = 200
+    data[:, 200:800, 500:840] = 150
+    raster = write_raster(tmp_path / "two.tif", data, transform=TRANSFORM)
+    points = write_points(tmp_path / "p.gpkg", pixel_centres(TRANSFORM, [(500, 330), (500, 670)]))
+    res = segment(raster, points, predictor=LeakyFloodPredictor(chip_size=256), calibration=False)
+    assert res.report["coarse_kept"] == 2
+    inst = res.layers["instances"].sort_values("point_fid")
+    for roof, truth in zip(inst.geometry.values, [_pixels_box(200, 160, 800, 500), _pixels_box(200, 500, 800, 840)]):
+        assert shapely.area(shapely.intersection(roof, truth)) / shapely.area(shapely.union(roof, truth)) > 0.97
+    assert overlapping(inst.geometry.values) == [] and inst["holds_click"].all()
+
+
 def test_a_coarse_outline_cut_against_fine_neighbours_leaves_a_coverage_that_simplifies_without_overlaps():
     """Two fine discs sharing a wall, and a slanted coarse outline across both: the cut adds vertices where
     the edges cross; the discs take them too, so the three stay a coverage (walls vertex for vertex)."""
