@@ -244,8 +244,9 @@ class _Steps:
                 continue
             if line is None:
                 break
-            seen.append(line.rstrip())
-            self.log(line.rstrip())
+            if not _is_progress(line):
+                seen.append(line.rstrip())
+                self.log(line.rstrip())
             on_line(line)
         if proc.wait() != 0:
             raise _CommandFailed(seen)
@@ -330,26 +331,61 @@ def _make_venv(steps: _Steps, python: str, target: Path) -> None:
 
 
 EXPECTED_PACKAGES = 45  # about how many packages the engine pulls in: pip says how far it got only in words
+RAW_PROGRESS_PIP = (24, 1)  # the first pip that reports a download's bytes as "Progress N of M" lines
+MB = 1024 ** 2
 
 
 def _pip_install(steps: _Steps, python: str, wheel: Path, plan: TorchPlan, target: Path, progress: Progress) -> None:
-    collected = [0]
-
-    def follow(line: str) -> None:
-        if line.startswith("Collecting "):
-            collected[0] += 1
-            progress(0.05 + 0.65 * min(collected[0] / EXPECTED_PACKAGES, 1.0), line.strip())
-        elif line.startswith("Installing collected packages"):
-            progress(0.75, "installing packages")
-
     pip = [python, "-m", "pip", "install", "--upgrade", "--disable-pip-version-check"]
     extra = ["--extra-index-url", plan.index] if plan.index else []
+    follow = _PipProgress(progress)
     try:
+        # the venv's own pip (ensurepip's: 23.x on Debian 12) says nothing during torch's minutes-long download
+        steps.run([*pip, "pip"], follow)
+        if _pip_version(steps, python) >= RAW_PROGRESS_PIP:
+            pip += ["--progress-bar", "raw"]
         steps.run([*pip, str(wheel), *extra], follow)
         # a second run repairs: the engine's own files are rewritten even when its version is already there
         steps.run([*pip, "--force-reinstall", "--no-deps", str(wheel)], follow)
     except _CommandFailed as failed:
         raise InstallError(pip_failure(failed.lines, target)) from None
+
+
+def _pip_version(steps: _Steps, python: str) -> Tuple[int, ...]:
+    """The environment's pip version (``pip 26.3 from ...``), (0,) when it does not say."""
+    words = " ".join(steps.run([python, "-m", "pip", "--version"])).split()
+    digits = words[1].split(".") if len(words) > 1 and words[0] == "pip" else []
+    return tuple(int(d) for d in digits if d.isdigit()) or (0,)
+
+
+class _PipProgress:
+    """Turns pip's lines into the bar: a step per package collected, moving within a package while its file
+    downloads (``--progress-bar raw``), with the megabytes so far in the stage text."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.collected, self.file = progress, 0, "a package"
+
+    def __call__(self, line: str) -> None:
+        words = line.split()
+        if line.startswith("Collecting "):
+            self.collected += 1
+            self._show(0.0, line.strip())
+        elif words[:1] == ["Downloading"] and len(words) > 1:
+            self.file = words[1].rsplit("/", 1)[-1]
+        elif _is_progress(line) and len(words) == 4 and words[1].isdigit() and words[3].isdigit() and int(words[3]):
+            done, total = int(words[1]), int(words[3])
+            self._show(done / total, f"downloading {self.file}: {done / MB:,.0f} of {total / MB:,.0f} MB")
+        elif line.startswith("Installing collected packages"):
+            self.progress(0.75, "installing packages")
+
+    def _show(self, within: float, stage: str) -> None:
+        """``within``: how much of the package being collected is downloaded."""
+        self.progress(0.05 + 0.65 * min((max(self.collected - 1, 0) + within) / EXPECTED_PACKAGES, 1.0), stage)
+
+
+def _is_progress(line: str) -> bool:
+    """pip's raw download progress (``Progress N of M``, four a second): for the bar, not the log."""
+    return line.startswith("Progress ")
 
 
 def _start(python: str, engine_args: Sequence[str], log: Log, progress: Progress) -> SetupResult:

@@ -170,3 +170,49 @@ def _running(stat: Path) -> bool:
         return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _fake_pip(tmp_path: Path, version: str) -> Path:
+    """An executable standing in for the environment's python: ``-m pip --version`` says ``version``; an install
+    of the wheel collects two packages and downloads torch's 2 GB file with raw progress lines."""
+    script = tmp_path / "python"
+    script.write_text(f"""#!{sys.executable}
+import sys
+with open({str(tmp_path / 'calls.txt')!r}, 'a') as fh:
+    fh.write(' '.join(sys.argv[1:]) + '\\n')
+if '--version' in sys.argv:
+    print('pip {version} from /env/lib/python3.11/site-packages/pip (python 3.11)')
+elif sys.argv[-1].endswith('.whl') and '--no-deps' not in sys.argv:
+    print('Collecting numpy')
+    print('Collecting torch<2.15,>=2.1')
+    print('  Downloading torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl (2048.0 MB)')
+    for done in (0, 1024, 2048):
+        print(f'Progress {{done * 1024 ** 2}} of {{2048 * 1024 ** 2}}')
+    print('Installing collected packages: numpy, torch')
+""")
+    script.chmod(0o755)
+    return script
+
+
+def test_the_bar_moves_while_torch_downloads_and_the_log_keeps_only_pips_words(tmp_path):
+    python, log, seen = _fake_pip(tmp_path, "26.3"), [], []
+    plan = installer.TorchPlan("cpu", None, "")
+    installer._pip_install(installer._Steps(log.append, lambda: False), str(python),
+                           tmp_path / "pointsam-0.1.0-py3-none-any.whl", plan, tmp_path, lambda f, s: seen.append((f, s)))
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls[0].endswith("install --upgrade --disable-pip-version-check pip")
+    assert all("--progress-bar raw" in call for call in calls if call.endswith(".whl"))
+    torch = [(f, s) for f, s in seen if s.startswith("downloading torch-2.14.1")]
+    assert [s.split(": ")[1] for _, s in torch[:3]] == ["0 of 2,048 MB", "1,024 of 2,048 MB", "2,048 of 2,048 MB"]
+    fractions = [f for f, _ in torch[:3]]
+    assert fractions[0] < fractions[1] < fractions[2]
+    assert fractions == sorted(fractions) and all(0.05 <= f <= 0.7 for f, _ in seen if f != 0.75)
+    assert not any(line.startswith("Progress") for line in log) and "Installing collected packages: numpy, torch" in log
+
+
+def test_a_pip_too_old_for_raw_progress_is_not_asked_for_it(tmp_path):
+    python = _fake_pip(tmp_path, "23.0.1")
+    installer._pip_install(installer._Steps(lambda line: None, lambda: False), str(python),
+                           tmp_path / "pointsam-0.1.0-py3-none-any.whl", installer.TorchPlan("cpu", None, ""), tmp_path,
+                           lambda f, s: None)
+    assert not any("--progress-bar" in call for call in (tmp_path / "calls.txt").read_text().splitlines())
