@@ -23,11 +23,14 @@ FINISHED = ("succeeded", "failed", "cancelled")
 class EngineClient:
     """Calls ``/v1`` routes of an engine at ``url`` with its bearer ``token``.
 
-    ``hint`` ends the message when the engine does not answer: what the user can do about it.
+    ``hint`` ends the message when the engine does not answer: what the user can do about it;
+    ``on_unavailable`` runs before that message is raised (the owner of the engine keeps its log there).
     """
 
-    def __init__(self, url: str, token: str, timeout: float = 120.0, hint: str = "it restarts on the next run"):
+    def __init__(self, url: str, token: str, timeout: float = 120.0, hint: str = "it restarts on the next run",
+                 on_unavailable: Callable[[], None] = lambda: None):
         self.url, self.token, self.timeout, self.hint = url.rstrip("/"), token, timeout, hint
+        self.on_unavailable = on_unavailable
 
     def request(self, method: str, path: str, body: Optional[dict] = None, timeout: Optional[float] = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
@@ -40,6 +43,7 @@ class EngineClient:
             raise _request_error(exc) from None
         except (urllib.error.URLError, ConnectionError, socket.timeout) as exc:
             reason = getattr(exc, "reason", exc)
+            self.on_unavailable()
             raise EngineUnavailableError(f"the PointSAM engine at {self.url} does not answer ({reason}); "
                                          f"{self.hint}") from None
 

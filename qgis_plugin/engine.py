@@ -12,6 +12,7 @@ file) and only health-checks it: what the plugin does not own, it never restarts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +27,11 @@ from .errors import SETUP_HINT, EngineMissingError, EngineRequestError, EngineUn
 
 ENV_PYTHON = "POINTSAM_ENGINE_PYTHON"
 INSTALL_HINT = f"{SETUP_HINT}, or choose the engine Python in Settings > Options > PointSAM"
+
+
+def crash_log() -> Path:
+    """Where the log of the last engine that stopped on its own is kept (one file, replaced by the next)."""
+    return Path(tempfile.gettempdir()) / "pointsam-engine-crash.log"
 
 
 def engine_python(configured: Optional[str] = None) -> str:
@@ -63,7 +69,7 @@ class EngineProcess:
     @property
     def log_file(self) -> Optional[Path]:
         """The engine's stderr (warnings, tracebacks of bugs), while the engine runs (None otherwise): its folder
-        is removed when the engine stops."""
+        is removed when the engine stops; an engine that stopped on its own leaves it as :func:`crash_log`."""
         return Path(self._folder) / "engine.log" if self._folder else None
 
     def client(self) -> EngineClient:
@@ -112,9 +118,20 @@ class EngineProcess:
             info = json.loads(line)
         except ValueError:
             raise EngineUnavailableError(f"the engine did not start: {line.strip() or 'no output'}") from None
-        client = EngineClient(info["url"], info["token"])
+        client = EngineClient(info["url"], info["token"], on_unavailable=self._keep_log_if_dead,
+                              hint=f"it restarts on the next run; if it stopped, what it printed last is in {crash_log()}")
         client.health()
         return client
+
+    def _keep_log_if_dead(self) -> None:
+        """Copy the log of an engine that exited on its own (a crash, the out-of-memory killer) to
+        :func:`crash_log`, with its exit status: its folder goes when the engine is replaced."""
+        proc, log = self._proc, self.log_file
+        if self._client is None or proc is None or proc.poll() is None or log is None or not log.is_file():
+            return  # never came up (its start says why), or still running
+        with contextlib.suppress(OSError):
+            text = log.read_text(errors="replace")
+            crash_log().write_text(f"{text}\n[pointsam serve (pid {proc.pid}) exited with status {proc.returncode}]\n")
 
     def _first_line(self) -> str:
         box = {}
@@ -134,6 +151,7 @@ class EngineProcess:
         raise EngineUnavailableError(f"the engine did not start: {last}")
 
     def _stop(self) -> None:
+        self._keep_log_if_dead()
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()

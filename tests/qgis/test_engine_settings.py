@@ -165,31 +165,40 @@ def test_threads_asking_for_the_engine_at_once_start_one_engine(qgis_app, no_eng
 
 def test_a_stopped_or_failed_engine_leaves_no_temporary_folder(qgis_app, tmp_path, monkeypatch):
     """The engine's folder (connection file, engine.log) lives as long as the engine: readable while it runs,
-    removed once it has exited, also when it restarts or never came up."""
+    removed once it has exited, also when it restarts or never came up. An engine that died on its own leaves
+    its log, with its exit status, where the message about it says."""
     import tempfile
 
-    from qgis_plugin.engine import EngineProcess
-    from qgis_plugin.errors import EngineMissingError
+    from qgis_plugin.engine import EngineProcess, crash_log
+    from qgis_plugin.errors import EngineMissingError, EngineUnavailableError
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp puts the engine's folder
     engine = EngineProcess(engine_python())
     try:
-        engine.client()
+        client = engine.client()
         first, pid = engine.log_file, engine.pid
         assert first.parent.parent == tmp_path and first.is_file(), "the log is there while the engine runs"
+        with open(first, "a") as log:
+            log.write("Traceback (most recent call last): the engine's last words\n")
         os.kill(pid, 9)  # the engine dies: the next call starts another one, in a folder of its own
         assert wait_until_gone([pid]) == []
+        with pytest.raises(EngineUnavailableError) as failed:
+            client.health()
+        assert str(crash_log()) in str(failed.value)
+        kept = crash_log().read_text()
+        assert "the engine's last words" in kept and f"(pid {pid}) exited with status -9" in kept
         engine.client()
         assert not first.parent.exists(), "the dead engine's folder was removed when it was replaced"
         assert engine.log_file.is_file()
     finally:
         engine.stop()
-    assert list(tmp_path.iterdir()) == [], "the stopped engine's folder is left behind"
+    assert list(tmp_path.iterdir()) == [crash_log()], "the stopped engine's folder is left behind"
     assert engine.log_file is None
+    crash_log().unlink()
 
     with pytest.raises(EngineMissingError):
         EngineProcess("/usr/bin/python3").client()  # QGIS's own Python: no engine there, it never comes up
-    assert list(tmp_path.iterdir()) == [], "an engine that did not start left its folder"
+    assert list(tmp_path.iterdir()) == [], "an engine that did not start left its folder or a crash log"
 
 
 class _RecordingIface:
