@@ -59,6 +59,7 @@ def retry_coarser(raster, cfg, norm: Normalization, predictor, instances: Sequen
     found = {int(i): (scale(retried.polygons[i], COARSER, COARSER, origin=(0, 0)), retried.scores[i])
              for i in targets if retried.polygons[i] is not None}
     _replace(run, found, settle=not cfg.keep_overlaps)
+    run.calibrated[run.coarse] = retried.calibrated[run.coarse]
     return {"coarse_retries": len(targets), "coarse_kept": len(found)}
 
 
@@ -84,19 +85,24 @@ def _on_chip(anchors: np.ndarray, chip, exclude) -> np.ndarray:
 def _replace(run: ChipRun, found: Dict[int, tuple], settle: bool = True) -> None:
     """Put the coarse outlines (which do not overlap one another) in place; each gives way to the objects that
     keep their fine outline. One that gives way entirely keeps its fine outline, and the others give way to
-    that too. Without ``settle`` (``--keep-overlaps``) each coarse outline is put in place whole."""
+    that too (again, until none gives way entirely). Without ``settle`` (``--keep-overlaps``) each coarse
+    outline is put in place whole."""
     if not settle:
         for i, (outline, score) in found.items():
             run.polygons[i], run.scores[i], run.coarse[i] = outline, score, True
         return
-    fixed = [None if i in found else g for i, g in enumerate(run.polygons)]
-    placed = {i: rest for i, rest in ((i, _minus(found[i][0], fixed)) for i in found) if rest is not None}
-    fine = [run.polygons[i] for i in found if i not in placed]
+    fixed = np.array([None if i in found else g for i, g in enumerate(run.polygons)], dtype=object)
+    tree = shapely.STRtree(fixed)
+    cut = {i: _minus(found[i][0], fixed[tree.query(found[i][0])]) for i in found}
+    while True:
+        placed = {i: outline for i, outline in cut.items() if outline is not None}
+        fine = [run.polygons[i] for i, outline in cut.items() if outline is None]
+        if not fine:
+            break
+        cut = {i: _minus(outline, fine) for i, outline in placed.items()}
     for i, outline in placed.items():
-        outline = _minus(outline, fine)
-        if outline is not None:
-            run.polygons[i], run.scores[i], run.coarse[i] = outline, found[i][1], True
-    _share_nodes(run.polygons, {i: found[i][0] for i in placed if run.coarse[i]})
+        run.polygons[i], run.scores[i], run.coarse[i] = outline, found[i][1], True
+    _share_nodes(run.polygons, {i: found[i][0] for i in placed})
 
 
 def _share_nodes(polygons: List[object], uncut: Dict[int, object]) -> None:
@@ -127,7 +133,7 @@ def _added_vertices(after, before) -> np.ndarray:
     return xy[~np.isin(xy @ [1, 1j], shapely.get_coordinates(before) @ [1, 1j])]
 
 
-def _minus(outline, others: List[object]):
+def _minus(outline, others: Sequence[object]):
     """``outline`` less the ``others`` it meets and the slivers that leaves between near edges (None where
     nothing is left)."""
     others = np.array([g for g in others if g is not None], dtype=object)

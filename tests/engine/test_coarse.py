@@ -50,7 +50,9 @@ def _pixels_box(r0, c0, r1, c1):
 
 def test_an_object_larger_than_its_chip_is_decoded_again_on_a_coarser_grid(tmp_path):
     raster, points = _scene(tmp_path)
-    res = segment(raster, points, predictor=FloodPredictor(chip_size=256), calibration=False)
+    stub = FloodPredictor(chip_size=256)
+    res = segment(raster, points, predictor=stub, calibration=False)
+    assert res.report["encoder_passes"] == len(stub.chips) > res.report["chips"]  # the coarse chip counts too
     inst = res.layers["instances"].sort_values("point_fid")
     big, small = inst.geometry.values
     truth = _pixels_box(200, 160, 800, 640)
@@ -130,3 +132,15 @@ def test_a_coarse_outline_cut_against_fine_neighbours_leaves_a_coverage_that_sim
     assert geoms[2].area == pytest.approx(slab.difference(shapely.union(fine[0], fine[1])).area)
     assert shapely.symmetric_difference(geoms[0], fine[0]).area < 1e-9  # the fine outline only gained vertices
     assert overlapping(simplify_coverage(geoms, 1.0)) == []
+
+
+def test_coarse_outlines_give_way_to_every_fine_outline_kept_by_an_object_whose_coarse_one_went():
+    """Object 1's coarse outline lies inside a fine neighbour: 1 keeps its fine outline, inside which 2's coarse
+    outline lies: 2 keeps its fine outline too, which 3's coarse outline must then give way to."""
+    box = shapely.box
+    fine = [box(0, 0, 10, 10), box(10, 0, 20, 10), box(20, 0, 30, 10), box(40, 0, 50, 10)]
+    run = ChipRun(list(fine), np.full(4, 0.5), np.zeros(4, bool), np.zeros(4, int))
+    _replace(run, {1: (box(1, 1, 2, 2), 0.9), 2: (box(11, 1, 12, 2), 0.9), 3: (box(22, 0, 45, 10), 0.9)})
+    assert run.coarse.tolist() == [False, False, False, True]
+    assert run.polygons[:3] == fine[:3] and run.polygons[3].equals(box(30, 0, 45, 10))
+    assert overlapping(np.array(run.polygons, dtype=object)) == []
