@@ -17,11 +17,13 @@ from __future__ import annotations
 import os
 import platform
 import queue
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,19 +333,18 @@ def _make_venv(steps: _Steps, python: str, target: Path) -> None:
 
 
 EXPECTED_PACKAGES = 45  # about how many packages the engine pulls in: pip says how far it got only in words
+EXPECTED_DOWNLOAD_MB = {"cuda": 3500, "cpu": 600}  # about what pip downloads for each torch build, when nothing is cached
 RAW_PROGRESS_PIP = (24, 1)  # the first pip that reports a download's bytes as "Progress N of M" lines
 MB = 1024 ** 2
 
 
 def _pip_install(steps: _Steps, python: str, wheel: Path, plan: TorchPlan, target: Path, progress: Progress) -> None:
     pip = [python, "-m", "pip", "install", "--upgrade", "--disable-pip-version-check"]
+    if _raw_progress(steps, python, pip):
+        pip += ["--progress-bar", "raw"]
     extra = ["--extra-index-url", plan.index] if plan.index else []
-    follow = _PipProgress(progress)
+    follow = _PipProgress(progress, EXPECTED_DOWNLOAD_MB[plan.build] * MB)
     try:
-        # the venv's own pip (ensurepip's: 23.x on Debian 12) says nothing during torch's minutes-long download
-        steps.run([*pip, "pip"], follow)
-        if _pip_version(steps, python) >= RAW_PROGRESS_PIP:
-            pip += ["--progress-bar", "raw"]
         steps.run([*pip, str(wheel), *extra], follow)
         # a second run repairs: the engine's own files are rewritten even when its version is already there
         steps.run([*pip, "--force-reinstall", "--no-deps", str(wheel)], follow)
@@ -351,36 +352,72 @@ def _pip_install(steps: _Steps, python: str, wheel: Path, plan: TorchPlan, targe
         raise InstallError(pip_failure(failed.lines, target)) from None
 
 
+def _raw_progress(steps: _Steps, python: str, pip: List[str]) -> bool:
+    """Whether the environment's pip reports download progress, once it is brought up to date where it is older
+    (ensurepip's: 23.x on Debian 12, silent for the minutes torch downloads). Only the bar depends on it: a
+    failed update is logged and the install goes on."""
+    if _pip_version(steps, python) >= RAW_PROGRESS_PIP:
+        return True
+    try:
+        steps.run([*pip, "pip"])
+    except _CommandFailed:
+        steps.log("(pip could not be updated: the bar moves from package to package only)")
+        return False
+    return _pip_version(steps, python) >= RAW_PROGRESS_PIP
+
+
 def _pip_version(steps: _Steps, python: str) -> Tuple[int, ...]:
-    """The environment's pip version (``pip 26.3 from ...``), (0,) when it does not say."""
-    words = " ".join(steps.run([python, "-m", "pip", "--version"])).split()
-    digits = words[1].split(".") if len(words) > 1 and words[0] == "pip" else []
-    return tuple(int(d) for d in digits if d.isdigit()) or (0,)
+    """The environment's pip version (from ``pip 26.3 from ...`` among its lines), (0,) when it does not say."""
+    try:
+        lines = steps.run([python, "-m", "pip", "--version"])
+    except _CommandFailed:
+        return (0,)
+    found = next((m for m in map(_PIP_VERSION.match, lines) if m), None)
+    return tuple(int(part) for part in found.group(1).split(".")) if found else (0,)
+
+
+_PIP_VERSION = re.compile(r"^pip (\d+(?:\.\d+)*)\b")
+_SIZE = re.compile(r"\(([\d.]+) (kB|MB|GB)\)")
+_UNITS = {"kB": 1e3, "MB": 1e6, "GB": 1e9}
 
 
 class _PipProgress:
-    """Turns pip's lines into the bar: a step per package collected, moving within a package while its file
-    downloads (``--progress-bar raw``), with the megabytes so far in the stage text."""
+    """Turns pip's lines into the bar, which never goes back: 0.05-0.15 while pip collects the packages (by
+    their count), 0.15-0.70 while it downloads them (by bytes, against what the torch build is expected to
+    take; pip >= 24.1 reports each file's bytes with ``--progress-bar raw``, older ones only each file's size),
+    0.75 once it installs. The stage line names the file and its megabytes so far."""
 
-    def __init__(self, progress: Progress):
-        self.progress, self.collected, self.file = progress, 0, "a package"
+    def __init__(self, progress: Progress, expected_bytes: float):
+        self.progress, self.expected = progress, expected_bytes
+        self.collected, self.downloaded, self.file, self.size, self.at, self.shown = 0, 0.0, "", 0.0, 0.0, 0.0
 
     def __call__(self, line: str) -> None:
         words = line.split()
         if line.startswith("Collecting "):
             self.collected += 1
-            self._show(0.0, line.strip())
+            self._show(line.strip())
         elif words[:1] == ["Downloading"] and len(words) > 1:
-            self.file = words[1].rsplit("/", 1)[-1]
-        elif _is_progress(line) and len(words) == 4 and words[1].isdigit() and words[3].isdigit() and int(words[3]):
-            done, total = int(words[1]), int(words[3])
-            self._show(done / total, f"downloading {self.file}: {done / MB:,.0f} of {total / MB:,.0f} MB")
+            self._file_done()
+            self.file = urllib.parse.unquote(words[1].rsplit("/", 1)[-1])
+            size = _SIZE.search(line)
+            self.size = float(size.group(1)) * _UNITS[size.group(2)] if size else 0.0
+            self._show(f"downloading {self.file}")
+        elif _is_progress(line) and len(words) == 4 and words[1].isdigit() and words[3].isdigit():
+            self.at, self.size = float(words[1]), float(words[3]) or self.size
+            self._show(f"downloading {self.file}: {self.at / MB:,.0f} of {self.size / MB:,.0f} MB")
         elif line.startswith("Installing collected packages"):
-            self.progress(0.75, "installing packages")
+            self._file_done()
+            self._show("installing packages", 0.75)
 
-    def _show(self, within: float, stage: str) -> None:
-        """``within``: how much of the package being collected is downloaded."""
-        self.progress(0.05 + 0.65 * min((max(self.collected - 1, 0) + within) / EXPECTED_PACKAGES, 1.0), stage)
+    def _file_done(self) -> None:
+        self.downloaded += max(self.size, self.at) if self.file else 0.0
+        self.file, self.size, self.at = "", 0.0, 0.0
+
+    def _show(self, stage: str, at_least: float = 0.0) -> None:
+        collecting = 0.10 * min(self.collected / EXPECTED_PACKAGES, 1.0)
+        downloading = 0.55 * min((self.downloaded + self.at) / self.expected, 1.0)
+        self.shown = max(self.shown, 0.05 + collecting + downloading, at_least)
+        self.progress(self.shown, stage)
 
 
 def _is_progress(line: str) -> bool:

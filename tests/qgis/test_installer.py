@@ -172,47 +172,82 @@ def _running(stat: Path) -> bool:
         return False
 
 
-def _fake_pip(tmp_path: Path, version: str) -> Path:
-    """An executable standing in for the environment's python: ``-m pip --version`` says ``version``; an install
-    of the wheel collects two packages and downloads torch's 2 GB file with raw progress lines."""
+def _fake_pip(tmp_path: Path, version: str, upgrade_fails: bool = False) -> Path:
+    """An executable standing in for the environment's python, printing what pip prints: ``-m pip --version``
+    (after a warning, as in a damaged environment), an update of pip itself, and an install of the wheel in
+    current pip's order (every package collected from its metadata first, then the files downloaded, torch's
+    from PyTorch's index by URL), with raw progress lines when asked for them."""
+    state = tmp_path / "pip_version.txt"
+    state.write_text(version)
     script = tmp_path / "python"
     script.write_text(f"""#!{sys.executable}
 import sys
+from pathlib import Path
+args, state = sys.argv[1:], Path({str(state)!r})
 with open({str(tmp_path / 'calls.txt')!r}, 'a') as fh:
-    fh.write(' '.join(sys.argv[1:]) + '\\n')
-if '--version' in sys.argv:
-    print('pip {version} from /env/lib/python3.11/site-packages/pip (python 3.11)')
-elif sys.argv[-1].endswith('.whl') and '--no-deps' not in sys.argv:
+    fh.write(' '.join(args) + '\\n')
+MB = 1024 ** 2
+
+def download(name, mb):
+    print(f'Downloading {{name}} ({{mb:.1f}} MB)')
+    if '--progress-bar' in args:
+        for done in (0, mb // 2, mb):
+            print(f'Progress {{done * MB}} of {{mb * MB}}')
+
+if '--version' in args:
+    print('WARNING: Ignoring invalid distribution ~orch (/env/lib/python3.11/site-packages)')
+    print(f'pip {{state.read_text()}} from /env/lib/python3.11/site-packages/pip (python 3.11)')
+elif args[-1] == 'pip':
+    if {upgrade_fails!r}:
+        print('ERROR: No matching distribution found for pip')
+        sys.exit(1)
+    print('Collecting pip')
+    print('Installing collected packages: pip')
+    state.write_text('26.3')
+elif args[-1].endswith('.whl') and '--no-deps' not in args:
     print('Collecting numpy')
     print('Collecting torch<2.15,>=2.1')
-    print('  Downloading torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl (2048.0 MB)')
-    for done in (0, 1024, 2048):
-        print(f'Progress {{done * 1024 ** 2}} of {{2048 * 1024 ** 2}}')
+    download('numpy-2.3.0-cp311-cp311-manylinux_2_28_x86_64.whl', 16)
+    download('https://download.pytorch.org/whl/cpu/torch-2.14.1%2Bcpu-cp311-cp311-linux_x86_64.whl', 190)
     print('Installing collected packages: numpy, torch')
 """)
     script.chmod(0o755)
     return script
 
 
-def test_the_bar_moves_while_torch_downloads_and_the_log_keeps_only_pips_words(tmp_path):
-    python, log, seen = _fake_pip(tmp_path, "26.3"), [], []
-    plan = installer.TorchPlan("cpu", None, "")
+def _install(tmp_path: Path, python: Path):
+    """Run the installer's pip steps with ``python``: (the log, the (fraction, stage) pairs the bar got, the
+    commands run)."""
+    log, seen = [], []
     installer._pip_install(installer._Steps(log.append, lambda: False), str(python),
-                           tmp_path / "pointsam-0.1.0-py3-none-any.whl", plan, tmp_path, lambda f, s: seen.append((f, s)))
-    calls = (tmp_path / "calls.txt").read_text().splitlines()
-    assert calls[0].endswith("install --upgrade --disable-pip-version-check pip")
+                           tmp_path / "pointsam-0.1.0-py3-none-any.whl", installer.TorchPlan("cpu", None, ""), tmp_path,
+                           lambda fraction, stage: seen.append((fraction, stage)))
+    return log, seen, (tmp_path / "calls.txt").read_text().splitlines()
+
+
+def test_an_old_pip_is_updated_and_the_bar_then_follows_torchs_download_without_going_back(tmp_path):
+    log, seen, calls = _install(tmp_path, _fake_pip(tmp_path, "23.0.1"))
+    assert calls[:3] == ["-m pip --version", "-m pip install --upgrade --disable-pip-version-check pip",
+                         "-m pip --version"]
     assert all("--progress-bar raw" in call for call in calls if call.endswith(".whl"))
-    torch = [(f, s) for f, s in seen if s.startswith("downloading torch-2.14.1")]
-    assert [s.split(": ")[1] for _, s in torch[:3]] == ["0 of 2,048 MB", "1,024 of 2,048 MB", "2,048 of 2,048 MB"]
-    fractions = [f for f, _ in torch[:3]]
-    assert fractions[0] < fractions[1] < fractions[2]
-    assert fractions == sorted(fractions) and all(0.05 <= f <= 0.7 for f, _ in seen if f != 0.75)
+    torch = [(f, stage) for f, stage in seen if stage.startswith("downloading torch-2.14.1+cpu")]
+    assert [stage.split(": ")[-1] for _, stage in torch[1:4]] == ["0 of 190 MB", "95 of 190 MB", "190 of 190 MB"]
+    assert torch[1][0] < torch[2][0] < torch[3][0]
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and seen[0][0] >= 0.05, "the update of pip itself moves no bar"
+    assert max(f for f, stage in seen if stage != "installing packages") < 0.75
     assert not any(line.startswith("Progress") for line in log) and "Installing collected packages: numpy, torch" in log
 
 
-def test_a_pip_too_old_for_raw_progress_is_not_asked_for_it(tmp_path):
-    python = _fake_pip(tmp_path, "23.0.1")
-    installer._pip_install(installer._Steps(lambda line: None, lambda: False), str(python),
-                           tmp_path / "pointsam-0.1.0-py3-none-any.whl", installer.TorchPlan("cpu", None, ""), tmp_path,
-                           lambda f, s: None)
-    assert not any("--progress-bar" in call for call in (tmp_path / "calls.txt").read_text().splitlines())
+def test_when_pip_cannot_be_updated_the_install_goes_on_without_raw_progress(tmp_path):
+    log, seen, calls = _install(tmp_path, _fake_pip(tmp_path, "23.0.1", upgrade_fails=True))
+    assert not any("--progress-bar" in call for call in calls) and any(call.endswith(".whl") for call in calls)
+    assert any("pip could not be updated" in line for line in log)
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 0.75
+
+
+def test_a_current_pip_is_left_as_it_is_and_read_past_a_warning(tmp_path):
+    _, _, calls = _install(tmp_path, _fake_pip(tmp_path, "24.1.2"))
+    assert calls[0] == "-m pip --version" and not any(call.endswith(" pip") for call in calls)
+    assert calls[1].endswith(".whl") and "--progress-bar raw" in calls[1]
