@@ -18,7 +18,7 @@ in, so a stub can stand in for SAM, and this module never imports torch.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import shapely
@@ -66,7 +66,38 @@ def contains_points(patch: Optional[MaskPatch], points: np.ndarray) -> bool:
     return bool(inside.any() and (patch.logits[rows[inside], cols[inside]] > 0).any())
 
 
-def find_neighbours(patches: Sequence[Optional[MaskPatch]], positives: Sequence[np.ndarray],
+class Clicks:
+    """Every object's positive clicks ((N, 2) x, y on one grid), flattened once, with a spatial index built on
+    first use. A chip calibrated a group at a time passes one of these to :func:`calibrate`, so each group looks
+    the chip's clicks up instead of flattening them again (which cost O(objects²) per chip)."""
+
+    def __init__(self, positives: Sequence[np.ndarray]):
+        self.groups = [np.asarray(p, float).reshape(-1, 2) for p in positives]
+        self.owners = np.repeat(np.arange(len(self.groups)), [len(g) for g in self.groups])
+        self.xy = np.vstack(self.groups) if self.groups else np.zeros((0, 2))
+        self._tree: Optional[shapely.STRtree] = None
+
+    @classmethod
+    def of(cls, positives: Union["Clicks", Sequence[np.ndarray]]) -> "Clicks":
+        return positives if isinstance(positives, Clicks) else cls(positives)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.groups[i]
+
+    def owners_in(self, boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """``(box index, owner)`` for every click inside or on the edge of each (xmin, ymin, xmax, ymax) box."""
+        if not len(self.xy) or not len(boxes):
+            return np.zeros(0, int), np.zeros(0, int)
+        if self._tree is None:
+            self._tree = shapely.STRtree(shapely.points(self.xy))
+        box, click = self._tree.query(shapely.box(*boxes.T), predicate="intersects")
+        return box, self.owners[click]
+
+
+def find_neighbours(patches: Sequence[Optional[MaskPatch]], positives: Union[Clicks, Sequence[np.ndarray]],
                     targets: Sequence[int], iou_threshold: float = 0.1,
                     max_neighbours: int = MAX_NEIGHBOURS) -> Dict[int, List[int]]:
     """For each target object, the others whose masks overlap it (IoU > threshold, or its mask holds their click):
@@ -85,13 +116,9 @@ def find_neighbours(patches: Sequence[Optional[MaskPatch]], positives: Sequence[
         for a, b in ((i, j), (j, i)):
             if a in wanted:
                 candidates[a].add(b)
-    owners = np.concatenate([np.full(len(p), j) for j, p in enumerate(positives)]) if positives else np.zeros(0, int)
-    if len(owners):
-        clicks = np.vstack([np.asarray(p, float).reshape(-1, 2) for p in positives])
-        tree = shapely.STRtree(shapely.box(*_boxes(patches, targets).T))
-        point, which = tree.query(shapely.points(clicks), predicate="intersects")
-        for t, k in zip(which, point):
-            candidates[targets[t]].add(int(owners[k]))
+    positives = Clicks.of(positives)
+    for t, owner in zip(*positives.owners_in(_boxes(patches, targets))):  # clicks in a mask's box: held or not
+        candidates[targets[t]].add(int(owner))
     found: Dict[int, List[int]] = {}
     overlap = _Overlap(patches)
     for i in targets:
@@ -177,7 +204,8 @@ def with_negatives(prompt: Prompt, negatives: np.ndarray) -> Prompt:
                   np.concatenate([prompt.labels, np.zeros(len(negatives), dtype=prompt.labels.dtype)]))
 
 
-def calibrate(prompts: Sequence[Prompt], first: Sequence[Optional[MaskPatch]], positives: Sequence[np.ndarray],
+def calibrate(prompts: Sequence[Prompt], first: Sequence[Optional[MaskPatch]],
+              positives: Union[Clicks, Sequence[np.ndarray]],
               targets: Sequence[int], predict: Callable[[List[Prompt]], List[Optional[MaskPatch]]],
               iou_threshold: float = 0.1) -> Tuple[Dict[int, Optional[MaskPatch]], Dict[int, List[int]]]:
     """Predict again every target whose first-pass mask overlaps a neighbour, with the neighbours' clicks as negatives.
@@ -185,7 +213,8 @@ def calibrate(prompts: Sequence[Prompt], first: Sequence[Optional[MaskPatch]], p
     Args:
         prompts: each object's original prompt (chip pixels).
         first: each object's first-pass mask.
-        positives: each object's positive clicks, (N, 2) x, y.
+        positives: each object's positive clicks, (N, 2) x, y (or a :class:`Clicks` of them, built once for
+            many calls).
         targets: the objects that may be re-predicted (the others only serve as neighbours).
         predict: the predictor's ``predict``.
     Returns:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from .calibration import calibrate, overlapping_pairs, resolve_overlaps
+from .calibration import Clicks, calibrate, overlapping_pairs, resolve_overlaps
 from .chips import Chip, ChipPlan, finalization_schedule, neighbours
 from .errors import Cancelled
 from .masks import CLICK_LOGIT, MaskPatch, Prompt
@@ -153,6 +153,7 @@ def decode_chip(predictor, prompts: List[Prompt], positives: List[np.ndarray], n
     predicted again)``.
     """
     overlapped, kept, redone = set(), [None] * n_own, []
+    clicks = Clicks(positives)
     for group in _groups(positives[:n_own], DECODE_GROUP):
         with stages("decode"):
             first = [None] * len(prompts)
@@ -162,7 +163,7 @@ def decode_chip(predictor, prompts: List[Prompt], positives: List[np.ndarray], n
         redo: dict = {}
         if cfg.calibration:
             with stages("calibrate"):
-                redo, _ = calibrate(prompts, first, positives, group,
+                redo, _ = calibrate(prompts, first, clicks, group,
                                     lambda ps: _predict_half(predictor, ps, cfg.decoder_batch), cfg.calibration_iou)
         for a in group:
             kept[a] = finish(a, redo.get(a, first[a]))

@@ -3,6 +3,7 @@ import pytest
 
 from pointsam_engine.calibration import (
     MAX_NEIGHBOURS,
+    Clicks,
     calibrate,
     contains_points,
     find_neighbours,
@@ -34,6 +35,14 @@ def test_neighbours_by_iou_threshold_or_by_holding_a_click():
     assert find_neighbours([a, b, c], positives, [0, 1, 2], iou_threshold=0.01) == {0: [1], 1: [0]}
     big = _square(0, 0, 30)  # holds every other click
     assert find_neighbours([big, b, c], positives, [0], iou_threshold=0.5) == {0: [1, 2]}
+    assert find_neighbours([big, b, c], Clicks(positives), [0], iou_threshold=0.5) == {0: [1, 2]}
+
+
+def test_the_click_index_finds_clicks_inside_and_on_the_edge_of_each_box():
+    clicks = Clicks([np.array([[5.0, 5.0], [40.0, 40.0]]), np.zeros((0, 2)), np.array([[10.0, 2.0]])])
+    box, owner = clicks.owners_in(np.array([[0.0, 0.0, 10.0, 10.0], [30.0, 30.0, 50.0, 50.0], [60, 60, 70, 70]]))
+    assert sorted(zip(box.tolist(), owner.tolist())) == [(0, 0), (0, 2), (1, 0)]
+    assert len(clicks) == 3 and clicks[1].shape == (0, 2)
 
 
 def test_second_pass_gets_the_neighbours_positive_clicks_as_negatives():

@@ -3,7 +3,8 @@ import weakref
 
 import numpy as np
 
-from pointsam_engine.calibration import contains_points
+from pointsam_engine import chip_loop
+from pointsam_engine.calibration import Clicks, contains_points
 from pointsam_engine.chip_loop import DECODE_GROUP, decode_chip
 from pointsam_engine.config import SegmentConfig
 from pointsam_engine.masks import Prompt
@@ -59,3 +60,22 @@ def test_objects_in_different_groups_still_calibrate_against_a_held_click():
     # the last object is alone in its group: its mask gave up the first group's last click all the same
     assert contains_points(stub.square(prompts[-1]), clicks[-2]) and not contains_points(kept[-1], clicks[-2])
     assert (DECODE_GROUP - 2, DECODE_GROUP - 1) in pairs and (DECODE_GROUP - 1, DECODE_GROUP) not in pairs
+
+
+def test_a_chip_calibrated_group_by_group_indexes_its_clicks_once(monkeypatch):
+    built = []
+
+    class CountedClicks(Clicks):
+        def owners_in(self, boxes):
+            if self._tree is None:
+                built.append(self)
+            return super().owners_in(boxes)
+
+    monkeypatch.setattr(chip_loop, "Clicks", CountedClicks)
+    count = 3 * DECODE_GROUP
+    stub = SquarePredictor(half=12, chip_size=2048)
+    stub.set_chip(np.zeros((256, 2048, 3), np.uint8))
+    clicks, prompts = _row_of_objects(count, 10.0)
+    _, _, redone = decode_chip(stub, prompts, clicks, count, SegmentConfig(), _stages, lambda a, patch: patch)
+    assert redone == list(range(count))  # every group looked neighbours up
+    assert len(built) == 1  # in one index of the chip's clicks, not one per group (O(objects²) per chip)
