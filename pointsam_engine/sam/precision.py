@@ -5,16 +5,14 @@
   CPU's flags) and on GPUs that support it; 1.5-4x faster than fp32 on this project's CPU (AMX), by load.
 - ``fp16``: float16 autocast, GPUs only.
 - ``int8``: the encoder's ``Linear`` layers in dynamic int8 (torch's own kernels), CPUs only: for CPUs
-  without native bf16, where bf16 is emulated and several times slower than fp32. On an AVX2-only AMD EPYC
-  (no AVX-512, no bf16) vit_b ran 7.1 s per pass against 12.0 s in fp32 and 9.2 s through OpenVINO, which runs
-  fp32 there (``benchmarks/bench_encoder.py``), in 1,620 MB against OpenVINO's 2,216.
+  without native bf16, where bf16 is emulated and about 6x slower than fp32. With this CPU limited to
+  AVX2 it ran 1.6x faster than fp32, a figure from emulation only, so ``auto`` does not pick it.
 - ``openvino``: the encoder converted to OpenVINO's CPU runtime (once per set of weights, kept on disk in
   :func:`openvino_cache_dir`), at OpenVINO's own default precision: bf16 on CPUs with native bf16, fp32 on others.
   SAM's encoders only (not SAM 2.1's). 2.4x faster than ``bf16`` and 5x faster than ``fp32`` for vit_b on this
   project's CPU (``benchmarks/bench_encoder_backends.py``, which also measured torch.compile and ONNX Runtime).
-- ``auto``: on a CPU with native bf16, ``openvino`` for SAM models (else ``bf16``); on other CPUs ``int8`` for SAM
-  models; SAM 2.1 models in bf16 on a CPU with native bf16, else fp32; on a CUDA GPU bf16 where supported, else
-  fp16; fp32 on Apple GPUs.
+- ``auto``: ``openvino`` on a CPU for SAM models, else bf16 on a CPU with native bf16, else fp32; on a CUDA GPU
+  bf16 where supported, else fp16; fp32 on Apple GPUs.
 
 Only the encoder changes: prompts are decoded in float32 on a float32 embedding. The figures behind these
 choices, and the accuracy each keeps, are in the README's Performance section (``benchmarks/bench_encoder.py``);
@@ -65,11 +63,9 @@ def resolve_precision(precision: str = "auto", device: str = "cpu", sam2: bool =
     if precision == "auto":
         if kind == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if kind != "cpu":
-            return "fp32"
-        if cpu_has_native_bf16():
-            return "openvino" if openvino_available() and not sam2 else "bf16"
-        return "fp32" if sam2 else "int8"  # OpenVINO runs fp32 without native bf16: int8 is faster and leaner
+        if kind == "cpu" and not sam2 and openvino_available():
+            return "openvino"
+        return "bf16" if kind == "cpu" and cpu_has_native_bf16() else "fp32"
     if precision == "openvino" and (kind != "cpu" or sam2):
         raise OptionError(f"--precision openvino runs SAM's encoders on the CPU only; for this model on {device} "
                           "use auto, bf16 or fp32")

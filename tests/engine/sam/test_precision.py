@@ -33,10 +33,9 @@ KAMPALA = SHARED_DATA / "A_buildings_georef" / "hotosm_oam_kampala"
 
 # -- which precision runs where ------------------------------------------------------------------
 
-@pytest.mark.parametrize("openvino, native, expected", [(True, True, "openvino"), (True, False, "int8"),
-                                                       (False, True, "bf16"), (False, False, "int8")])
-def test_auto_takes_openvino_or_bf16_on_a_cpu_that_computes_bf16_natively_else_int8(monkeypatch, openvino, native,
-                                                                                       expected):
+@pytest.mark.parametrize("openvino, native, expected", [(True, True, "openvino"), (True, False, "openvino"),
+                                                       (False, True, "bf16"), (False, False, "fp32")])
+def test_auto_takes_openvino_then_bf16_only_on_a_cpu_that_computes_it_natively(monkeypatch, openvino, native, expected):
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
     monkeypatch.setattr(precision_module, "openvino_available", lambda: openvino)
     assert resolve_precision("auto", "cpu") == expected
