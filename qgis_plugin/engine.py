@@ -27,6 +27,7 @@ from .errors import SETUP_HINT, EngineMissingError, EngineRequestError, EngineUn
 
 ENV_PYTHON = "POINTSAM_ENGINE_PYTHON"
 INSTALL_HINT = f"{SETUP_HINT}, or choose the engine Python in Settings > Options > PointSAM"
+EXIT_GRACE_S = 2.0  # an engine that is exiting closes its sockets a moment before its exit status exists
 
 
 def crash_log() -> Path:
@@ -123,12 +124,17 @@ class EngineProcess:
         client.health()
         return client
 
-    def _keep_log_if_dead(self) -> None:
+    def _keep_log_if_dead(self, grace: float = EXIT_GRACE_S) -> None:
         """Copy the log of an engine that exited on its own (a crash, the out-of-memory killer) to
-        :func:`crash_log`, with its exit status: its folder goes when the engine is replaced."""
+        :func:`crash_log`, with its exit status: its folder goes when the engine is replaced. ``grace``: how long
+        an engine that stopped answering may take to exit."""
         proc, log = self._proc, self.log_file
-        if self._client is None or proc is None or proc.poll() is None or log is None or not log.is_file():
-            return  # never came up (its start says why), or still running
+        if self._client is None or proc is None or log is None or not log.is_file():
+            return  # never came up: its start says why
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            return  # still running: it hangs, it did not stop
         with contextlib.suppress(OSError):
             text = log.read_text(errors="replace")
             crash_log().write_text(f"{text}\n[pointsam serve (pid {proc.pid}) exited with status {proc.returncode}]\n")
@@ -151,7 +157,7 @@ class EngineProcess:
         raise EngineUnavailableError(f"the engine did not start: {last}")
 
     def _stop(self) -> None:
-        self._keep_log_if_dead()
+        self._keep_log_if_dead(grace=0)
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()

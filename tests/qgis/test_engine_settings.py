@@ -21,12 +21,13 @@ from .conftest import ROOT, engine_pid_alive, engine_python, wait_until_gone
 def server(plugin, tmp_path_factory):
     """A ``pointsam serve`` the plugin did not start: its process, announcement and connection file."""
     connection_file = tmp_path_factory.mktemp("served") / "serve.json"
-    proc = subprocess.Popen([engine_python(), "-m", "pointsam_engine.cli", "serve", "--port", "0", "--cache-mb", "64",
-                             "--connection-file", str(connection_file)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen([engine_python(), "-m", "pointsam_engine.cli", "serve", "--watch-parent", "--port", "0",
+                             "--cache-mb", "64", "--connection-file", str(connection_file)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     yield proc, json.loads(proc.stdout.readline()), connection_file
     proc.terminate()
     proc.wait(60)
+    proc.stdin.close()
     proc.stdout.close()
 
 
@@ -199,6 +200,36 @@ def test_a_stopped_or_failed_engine_leaves_no_temporary_folder(qgis_app, tmp_pat
     with pytest.raises(EngineMissingError):
         EngineProcess("/usr/bin/python3").client()  # QGIS's own Python: no engine there, it never comes up
     assert list(tmp_path.iterdir()) == [], "an engine that did not start left its folder or a crash log"
+
+
+def test_an_engine_that_stops_answering_as_it_exits_leaves_its_log(qgis_app, tmp_path, monkeypatch):
+    """A dying engine's socket closes a moment before its exit status exists: the refused call that finds it
+    waits for that status and keeps the log all the same."""
+    import sys
+    import tempfile
+
+    from qgis_plugin.client import EngineClient
+    from qgis_plugin.engine import EngineProcess, crash_log
+    from qgis_plugin.errors import EngineUnavailableError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    engine = EngineProcess(sys.executable)
+    engine._folder = tempfile.mkdtemp()
+    engine.log_file.write_text("MemoryError: the engine's last words\n")
+    with socket.socket() as unused:  # a port nobody listens on: refused, as once the engine's socket is closed
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    engine._proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(3)"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    engine._client = EngineClient(f"http://127.0.0.1:{port}", "token", on_unavailable=engine._keep_log_if_dead)
+    try:
+        with pytest.raises(EngineUnavailableError):
+            engine._client.health()
+        kept = crash_log().read_text()
+        assert "the engine's last words" in kept and "exited with status 3" in kept
+    finally:
+        engine.stop()
+    assert list(tmp_path.iterdir()) == [crash_log()]
 
 
 class _RecordingIface:

@@ -24,9 +24,11 @@ class Server:
     def __init__(self, folder: Path, *extra: str):
         self.connection_file = folder / "serve.json"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "pointsam_engine.cli", "serve", "--port", "0",
-                                      "--cache-mb", "64", "--connection-file", str(self.connection_file), *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        # --watch-parent with a stdin pipe: a test run that crashes takes its server with it
+        self.proc = subprocess.Popen([sys.executable, "-m", "pointsam_engine.cli", "serve", "--watch-parent",
+                                      "--port", "0", "--cache-mb", "64", "--connection-file", str(self.connection_file),
+                                      *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
         self.info = json.loads(self._first_line())
         self.url, self.token = self.info["url"], self.info["token"]
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=120)
@@ -50,6 +52,8 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+        finally:
+            self.proc.stdin.close()
 
 
 def scene_click(scene_paths, index=0):
