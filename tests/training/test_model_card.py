@@ -18,6 +18,9 @@ GENERATED_ONLY = {"buildings": 0.880, "ships": 0.753}  # the card of the model t
 # a mIoU by a little more than the card's rounding (an AVX2-only CPU measured ships 0.7343; the card, written on
 # an AVX-512 one, says 0.736)
 CARD_TOLERANCE = 0.003
+# the same rounding flips a borderline mask (one covering about half a neighbour) between merged and not: an
+# Intel Xeon with AMX counts 127 merges without calibration on the dense scenes where the card says 128
+MERGES_TOLERANCE = 2
 
 
 @pytest.fixture(scope="module")
@@ -56,4 +59,6 @@ def test_the_card_reports_the_measured_mask_merges(dense_mask_merges):
     card = (BUNDLED_DIR / "pointsam-tiny.md").read_text()
     row = re.search(r"^\| dense buildings \|(?: [0-9.]+ \|){5} (\d+) \| (\d+) \|", card, re.M)
     assert row, "no mask merges for dense buildings in the model card"
-    assert (int(row.group(1)), int(row.group(2))) == (dense_mask_merges[True], dense_mask_merges[False])
+    for on_card, measured_here in zip((int(row.group(1)), int(row.group(2))),
+                                      (dense_mask_merges[True], dense_mask_merges[False])):
+        assert abs(on_card - measured_here) <= MERGES_TOLERANCE, (row.group(0), dense_mask_merges)
