@@ -43,11 +43,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -422,6 +424,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--model-arch", choices=("vit_b", "tiny"), default="vit_b",
                         help="vit_b: full size, random weights; tiny: a small SAM for smoke runs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the points, roofs and ground texture")
+    parser.add_argument("--convert", action="store_true",
+                        help="start run A from an empty OpenVINO cache, as a user's first run with these weights: "
+                             "converting the encoder (in a child process) is part of its model stage")
     args = parser.parse_args(argv)
     if args.size < 512 or args.points < 1 or not 1 <= args.clusters <= args.points:
         parser.error("need --size >= 512, --points >= 1 and 1 <= --clusters <= --points")
@@ -451,6 +456,21 @@ def prepare_inputs(args: argparse.Namespace) -> tuple:
     return scene, raster, points, sample, sample_points, model
 
 
+@contextlib.contextmanager
+def empty_openvino_cache(out: Path):
+    """Runs started inside find no converted encoder (``XDG_CACHE_HOME`` points at an empty folder, removed after)."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    with tempfile.TemporaryDirectory(prefix="empty-cache-", dir=out) as cache:
+        os.environ["XDG_CACHE_HOME"] = cache
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ["XDG_CACHE_HOME"]
+            else:
+                os.environ["XDG_CACHE_HOME"] = before
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     scene, raster, points, sample, sample_points, model = prepare_inputs(args)
@@ -462,9 +482,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{plans['plan_per_point_passes']} ({plans['plan_per_point_seconds']:.2f} s)")
 
     job = dict(raster=str(raster), model=str(model))
-    print(f"\nrun A: PointSAM plan, {args.points} points, model {model.name}", flush=True)
-    ours = summarize(in_fresh_process(run_segment, {**job, "points": str(points), "output": str(args.out / "pointsam_plan.gpkg"),
-                                       "naive": False, "tag": "pointsam"}))
+    print(f"\nrun A: PointSAM plan, {args.points} points, model {model.name}"
+          f"{', from an empty OpenVINO cache' if args.convert else ''}", flush=True)
+    with empty_openvino_cache(args.out) if args.convert else contextlib.nullcontext():
+        ours = summarize(in_fresh_process(run_segment, {**job, "points": str(points),
+                                                        "output": str(args.out / "pointsam_plan.gpkg"),
+                                                        "naive": False, "tag": "pointsam"}))
     print_run("run A: PointSAM plan (measured)", ours)
     if ours["chip_size"] != chip:
         print(f"  warning: the engine used {ours['chip_size']} px chips, the planner-only counts assumed {chip} px")

@@ -271,7 +271,7 @@ def load_model(model: Optional[str] = None, *, model_type: Optional[str] = None,
     sam.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), False)
     sam.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), False)
     use_fused_attention(sam).eval().to(device)
-    mark_loaded_from(sam.image_encoder, sha256)
+    mark_loaded_from(sam.image_encoder, sha256, path)
     return LoadedModel(sam=sam, name=name, sha256=sha256, model_type=kind, arch=arch,
                        device=device, provenance=provenance, precision=precision)
 

@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional, Tuple
 
 import torch
 
@@ -163,9 +164,25 @@ def openvino_encoder(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torch
     return _derived(encoder, "openvino", _compile_openvino)
 
 
-def mark_loaded_from(encoder: torch.nn.Module, sha256: str) -> None:
-    """Record that ``encoder``'s weights are those of the checkpoint file with this sha256, as loaded."""
-    encoder._loaded_from = (sha256, weights_state(encoder))  # a plain attribute: not saved, not a submodule
+def mark_loaded_from(encoder: torch.nn.Module, sha256: str, path: Path) -> None:
+    """Record that ``encoder``'s weights are those of the checkpoint file ``path`` with this sha256, as loaded."""
+    stat = os.stat(path)
+    # a plain attribute: not saved, not a submodule
+    encoder._loaded_from = (sha256, weights_state(encoder), str(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns))
+
+
+def loaded_checkpoint(encoder: torch.nn.Module) -> Optional[Tuple[str, str]]:
+    """``(path, sha256)`` of the checkpoint file ``encoder`` was loaded from while its weights are still as loaded
+    and the file still the one they came from; else None."""
+    loaded = getattr(encoder, "_loaded_from", None)
+    if loaded is None or loaded[1] != weights_state(encoder):
+        return None
+    sha256, _, path, signature = loaded
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (path, sha256) if (stat.st_ino, stat.st_size, stat.st_mtime_ns) == signature else None
 
 
 def weights_state(encoder: torch.nn.Module) -> tuple:
@@ -183,7 +200,7 @@ def _weights_digest(encoder: torch.nn.Module) -> str:
     digest = hashlib.blake2b(f"{encoder.img_size} {_OPENVINO_GRAPH}".encode(), digest_size=16)
     loaded = getattr(encoder, "_loaded_from", None)
     if loaded is not None and loaded[1] == weights_state(encoder):
-        digest.update(f"file sha256 {loaded[0]}".encode())
+        digest.update(f"file sha256 {loaded[0]}".encode())  # the sha256 names the weights, wherever the file is now
         return digest.hexdigest()
     for tensor in encoder.state_dict().values():
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -213,10 +230,11 @@ def _compile_openvino(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torc
 def _converted_and_compiled(ov, encoder: torch.nn.Module, xml: Path):
     """``encoder`` converted into the cache as ``xml`` and compiled; where the cache cannot be written, converted
     into a temporary folder, removed once compiled (the next process converts again)."""
+    checkpoint = loaded_checkpoint(encoder)
     try:
-        openvino_convert.convert(encoder, xml)
+        openvino_convert.convert(encoder, xml, checkpoint)
         return ov.Core().compile_model(xml, "CPU")
     except OSError:
         with tempfile.TemporaryDirectory(prefix="pointsam-openvino-") as tmp:
-            openvino_convert.convert(encoder, Path(tmp) / xml.name)
+            openvino_convert.convert(encoder, Path(tmp) / xml.name, checkpoint)
             return ov.Core().compile_model(Path(tmp) / xml.name, "CPU")

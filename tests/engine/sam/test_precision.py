@@ -17,12 +17,13 @@ import shapely
 import torch
 
 from pointsam_engine import segment
+from pointsam_engine.catalog import file_sha256
 from pointsam_engine.demo.scenes import render, write_scene
 from pointsam_engine.errors import OptionError
 from pointsam_engine.evaluate import Grid, score_image, summarize
 from pointsam_engine.sam import precision as precision_module
 from pointsam_engine.sam.encoder import use_fused_attention
-from pointsam_engine.sam.model import DEFAULT_MODEL, OFFICIAL_ARCHS, build_sam, load_model
+from pointsam_engine.sam.model import DEFAULT_MODEL, OFFICIAL_ARCHS, build_sam, load_model, resolve_model_path
 from pointsam_engine.sam.precision import cpu_has_native_bf16, encoder_runner, resolve_precision
 from tests.conftest import SHARED_DATA, write_points
 
@@ -123,6 +124,36 @@ def test_openvino_converts_once_per_set_of_weights_in_a_child_and_keeps_it_on_di
     with torch.inference_mode():
         assert not encoder_runner(again, "openvino", "cpu")(x).equal(first), "changed weights are converted again"
     assert len(list((tmp_path / "pointsam" / "openvino").iterdir())) == 4
+
+
+def test_weights_as_loaded_are_converted_from_their_own_file_not_saved_again(monkeypatch, tmp_path):
+    """Saving the encoder for the child would read the whole mapped checkpoint into this process; the child
+    loads it from the file instead, and refuses a file that is no longer the one loaded."""
+    import shutil
+
+    from pointsam_engine.errors import ModelError
+    from pointsam_engine.sam import openvino_convert
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = tmp_path / "model.pt"
+    shutil.copy(resolve_model_path(DEFAULT_MODEL), model)
+    sam = load_model(str(model), device="cpu", precision="fp32").sam
+    assert precision_module.loaded_checkpoint(sam.image_encoder) == (str(model), file_sha256(model))
+    x = torch.rand(1, 3, 256, 256)
+    with monkeypatch.context() as m, torch.inference_mode():
+        m.setattr(torch, "save", _never)
+        converted = encoder_runner(sam, "openvino", "cpu")(x)
+        reference = encoder_runner(sam, "fp32", "cpu")(x)
+    assert float(torch.nn.functional.cosine_similarity(converted.flatten(), reference.flatten(), dim=0)) >= 0.999
+
+    with pytest.raises(ModelError, match=r"failed \(.*model.pt changed since the engine loaded it\)"):
+        openvino_convert.convert(sam.image_encoder, tmp_path / "other.xml", (str(model), "0" * 64))
+    trained = load_model(str(model), device="cpu", precision="fp32").sam.image_encoder
+    with torch.no_grad():
+        trained.blocks[0].attn.qkv.weight.mul_(2)
+    assert precision_module.loaded_checkpoint(trained) is None, "changed weights are saved for the child"
+    model.write_bytes(model.read_bytes() + b"\0")
+    assert precision_module.loaded_checkpoint(sam.image_encoder) is None, "the file no longer holds these weights"
 
 
 def test_the_converted_files_of_weights_as_loaded_are_named_without_reading_them(monkeypatch):
