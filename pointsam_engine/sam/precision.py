@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import functools
 import hashlib
 import itertools
 import os
+import platform
 import tempfile
 import threading
 import warnings
@@ -213,7 +215,7 @@ def _compile_openvino(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torc
 
     xml = openvino_cache_dir() / f"encoder-{_weights_digest(encoder)}.xml"
     if xml.exists() and xml.with_suffix(".bin").exists():
-        compiled = ov.Core().compile_model(xml, "CPU")
+        compiled = _compiled(ov, xml)
     else:
         compiled = _converted_and_compiled(ov, encoder, xml)
     requests = threading.local()  # an infer request runs one inference at a time: one per thread (Dask, the API)
@@ -233,8 +235,48 @@ def _converted_and_compiled(ov, encoder: torch.nn.Module, xml: Path):
     checkpoint = loaded_checkpoint(encoder)
     try:
         openvino_convert.convert(encoder, xml, checkpoint)
-        return ov.Core().compile_model(xml, "CPU")
+        return _compiled(ov, xml)
     except OSError:
         with tempfile.TemporaryDirectory(prefix="pointsam-openvino-") as tmp:
             openvino_convert.convert(encoder, Path(tmp) / xml.name, checkpoint)
-            return ov.Core().compile_model(Path(tmp) / xml.name, "CPU")
+            return _compiled(ov, Path(tmp) / xml.name)
+
+
+def _compiled(ov, xml: Path):
+    """The model in ``xml`` compiled for OpenVINO's CPU runtime, the calling thread's signal stack kept."""
+    with _signal_stack_kept():
+        return ov.Core().compile_model(xml, "CPU")
+
+
+class _SignalStack(ctypes.Structure):
+    """Linux's ``stack_t`` (sigaltstack(2))."""
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def _signal_stack_kept():
+    """Puts the calling thread's alternate signal stack back as it was, on Linux.
+
+    Compiling a model, OpenVINO's CPU runtime (2026.4) gives the thread an alternate signal stack of the model's
+    own and, when the model is freed, puts back the one it found. Models freed out of that order (weights that
+    change, an adapter's encoder dropped) leave the thread on a stack already unmapped, and the next signal handled
+    there crashes the process: Python's handlers run on the alternate stack, so Ctrl-C or SIGTERM, which unwind
+    a run cleanly (no temporary file left), ended in a segmentation fault instead."""
+    libc = _libc() if platform.system() == "Linux" else None
+    if libc is None or not hasattr(libc, "sigaltstack"):
+        yield
+        return
+    found = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(found))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(found), None)
+
+
+@lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None

@@ -8,6 +8,10 @@ precision's embedding has cosine >= 0.999 with fp32's.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import geopandas as gpd
 import numpy as np
 import pyogrio
@@ -193,6 +197,34 @@ def test_openvino_converts_without_a_writable_cache_and_a_failed_conversion_is_o
                                          r"run with --precision bf16 or fp32$"):
         encoder_runner(sam, "openvino", "cpu")
     assert not list((tmp_path / "cache").rglob("*.xml")) and not list((tmp_path / "cache").rglob("*.pt"))
+
+
+FREE_TWO_COMPILED_ENCODERS_THEN_SIGNAL = r"""
+import gc, os, signal, sys, torch
+from pointsam_engine.sam.model import DEFAULT_MODEL, load_model
+from pointsam_engine.sam.precision import encoder_runner
+x = torch.rand(1, 3, 256, 256)
+first, second = (load_model(DEFAULT_MODEL, device="cpu", precision="fp32").sam for _ in range(2))
+with torch.no_grad():
+    second.image_encoder.blocks[0].attn.qkv.weight.mul_(2)
+with torch.inference_mode():
+    encoder_runner(first, "openvino", "cpu")(x)
+    encoder_runner(second, "openvino", "cpu")(x)
+del first
+gc.collect()
+del second
+gc.collect()
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))
+os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_a_signal_after_compiled_encoders_are_freed_in_any_order_is_handled(tmp_path):
+    """OpenVINO gives the compiling thread a signal stack per model; freed out of order, they left it on an unmapped
+    one, and SIGTERM or Ctrl-C then crashed the process instead of unwinding it."""
+    run = subprocess.run([sys.executable, "-c", FREE_TWO_COMPILED_ENCODERS_THEN_SIGNAL], capture_output=True,
+                         text=True, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)}, timeout=600)
+    assert run.returncode == 3, (run.returncode, run.stderr[-2000:])
 
 
 def test_openvino_serves_threads_at_once_each_its_own_answer(monkeypatch, tmp_path):
