@@ -47,8 +47,8 @@ class SegmentConfig:
     model_type: Optional[str] = None
     adapter: Optional[str] = None  # region adapter (LoRA) trained for ``model`` by ``pointsam train``
     device: str = "auto"
-    # the image encoder's arithmetic: auto, fp32, bf16, fp16 or int8 (pointsam_engine.sam.precision); auto: bf16 where
-    # the hardware computes it natively (1.7x fp32 for vit_b on this project's CPU, quiet: benchmarks/bench_encoder.py)
+    # the image encoder's arithmetic: auto, fp32, bf16, fp16, int8 or openvino; auto: the fastest the hardware runs
+    # accurately (pointsam_engine.sam.precision.resolve_precision says which, and why)
     precision: str = "auto"
     cache_dir: Optional[str] = None
     cache_mb: int = 128  # in-memory embeddings (about 4 MB each for 1024² chips)

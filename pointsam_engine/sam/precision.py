@@ -5,14 +5,17 @@
   CPU's flags) and on GPUs that support it; 1.5-4x faster than fp32 on this project's CPU (AMX), by load.
 - ``fp16``: float16 autocast, GPUs only.
 - ``int8``: the encoder's ``Linear`` layers in dynamic int8 (torch's own kernels), CPUs only: for CPUs
-  without native bf16, where bf16 is emulated and about 6x slower than fp32. With this CPU limited to
-  AVX2 it ran 1.6x faster than fp32, a figure from emulation only, so ``auto`` does not pick it.
+  without native bf16, where bf16 is emulated and several times slower than fp32. On an AVX2-only AMD EPYC
+  (no AVX-512, no bf16) vit_b ran 7.1 s per pass against 12.0 s in fp32 and 9.2 s through OpenVINO, which runs
+  fp32 there (``benchmarks/bench_encoder.py``), in 1,620 MB against OpenVINO's 2,216.
 - ``openvino``: the encoder converted to OpenVINO's CPU runtime (once per set of weights, kept on disk in
   :func:`openvino_cache_dir`), at OpenVINO's own default precision: bf16 on CPUs with native bf16, fp32 on others.
   SAM's encoders only (not SAM 2.1's). 2.4x faster than ``bf16`` and 5x faster than ``fp32`` for vit_b on this
   project's CPU (``benchmarks/bench_encoder_backends.py``, which also measured torch.compile and ONNX Runtime).
-- ``auto``: ``openvino`` on a CPU for SAM models, else bf16 on a CPU with native bf16, else fp32; on a CUDA GPU
-  bf16 where supported, else fp16; fp32 on Apple GPUs.
+- ``auto``: on a CPU with native bf16, ``openvino`` for SAM models (else ``bf16``); on other x86 CPUs ``int8`` for
+  SAM models (measured on an AVX2-only CPU; an AVX-512 CPU without bf16 was not measured); on other CPUs
+  ``openvino`` (else fp32); SAM 2.1 models in bf16 on a CPU with native bf16, else fp32; on a CUDA GPU bf16 where
+  supported, else fp16; fp32 on Apple GPUs.
 
 Only the encoder changes: prompts are decoded in float32 on a float32 embedding. The figures behind these
 choices, and the accuracy each keeps, are in the README's Performance section (``benchmarks/bench_encoder.py``);
@@ -42,6 +45,7 @@ import torch
 from ..errors import OptionError
 from ..options import CHOICES
 from . import openvino_convert
+from .lora import merge_lora
 
 PRECISIONS = CHOICES["encoder_precision"].values  # auto, fp32, bf16, fp16, int8, openvino
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,13 +53,21 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bfloat16 in hardware (x86 flags ``avx512_bf16`` or ``amx_bf16``)."""
+    """Whether the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX): as torch reads the CPU, on every
+    system; else the x86 flags ``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``."""
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return True
     try:
         with open("/proc/cpuinfo") as fh:
             flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
     except OSError:
         return False
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def cpu_is_x86() -> bool:
+    """Whether the CPU is x86-64 (where torch's int8 kernels were measured against OpenVINO)."""
+    return platform.machine().lower() in {"x86_64", "amd64"}
 
 
 def resolve_precision(precision: str = "auto", device: str = "cpu", sam2: bool = False) -> str:
@@ -66,9 +78,15 @@ def resolve_precision(precision: str = "auto", device: str = "cpu", sam2: bool =
     if precision == "auto":
         if kind == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if kind == "cpu" and not sam2 and openvino_available():
-            return "openvino"
-        return "bf16" if kind == "cpu" and cpu_has_native_bf16() else "fp32"
+        if kind != "cpu":
+            return "fp32"
+        if cpu_has_native_bf16():
+            return "openvino" if openvino_available() and not sam2 else "bf16"
+        if sam2:
+            return "fp32"
+        if cpu_is_x86():  # OpenVINO computes fp32 there: torch's int8 is faster and leaner
+            return "int8"
+        return "openvino" if openvino_available() else "fp32"
     if precision == "openvino" and (kind != "cpu" or sam2):
         raise OptionError(f"--precision openvino runs SAM's encoders on the CPU only; for this model on {device} "
                           "use auto, bf16 or fp32")
@@ -126,14 +144,15 @@ def _derived(encoder: torch.nn.Module, kind: str, make: Callable[[torch.nn.Modul
 
 
 def int8_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
-    """``encoder`` with its ``Linear`` layers in dynamic int8, cached on it for as long as its weights are unchanged."""
+    """``encoder`` with its ``Linear`` layers in dynamic int8, cached on it for as long as its weights are unchanged.
+    An adapter's layers are folded into their qkv weights first (in the copy), so adapted layers are quantized too."""
     def quantize(module):
         # the copy's modules are new, its tensors the model's own (int8 adds ~1/4 of the Linear weights, no more)
         shared = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
         with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated for torchao, whose int8
             warnings.simplefilter("ignore")  # ran slower than fp32 here (no torch.compile); see the README
-            return torch.ao.quantization.quantize_dynamic(copy.deepcopy(module, shared), {torch.nn.Linear},
-                                                          dtype=torch.qint8, inplace=True)
+            return torch.ao.quantization.quantize_dynamic(merge_lora(copy.deepcopy(module, shared)),
+                                                          {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     return _derived(encoder, "int8", quantize)
 
 

@@ -27,8 +27,9 @@ from pointsam_engine.errors import OptionError
 from pointsam_engine.evaluate import Grid, score_image, summarize
 from pointsam_engine.sam import precision as precision_module
 from pointsam_engine.sam.encoder import use_fused_attention
+from pointsam_engine.sam.lora import LoRAQKV, add_lora
 from pointsam_engine.sam.model import DEFAULT_MODEL, OFFICIAL_ARCHS, build_sam, load_model, resolve_model_path
-from pointsam_engine.sam.precision import cpu_has_native_bf16, encoder_runner, resolve_precision
+from pointsam_engine.sam.precision import cpu_has_native_bf16, encoder_runner, int8_encoder, resolve_precision
 from tests.conftest import SHARED_DATA, write_points
 
 REDUCED = ("bf16", "int8", "openvino")  # the CPU precisions checked against fp32
@@ -38,11 +39,14 @@ KAMPALA = SHARED_DATA / "A_buildings_georef" / "hotosm_oam_kampala"
 
 # -- which precision runs where ------------------------------------------------------------------
 
-@pytest.mark.parametrize("openvino, native, expected", [(True, True, "openvino"), (True, False, "openvino"),
-                                                       (False, True, "bf16"), (False, False, "fp32")])
-def test_auto_takes_openvino_then_bf16_only_on_a_cpu_that_computes_it_natively(monkeypatch, openvino, native, expected):
+@pytest.mark.parametrize("openvino, native, x86, expected", [
+    (True, True, True, "openvino"), (False, True, True, "bf16"), (True, False, True, "int8"),
+    (False, False, True, "int8"), (True, False, False, "openvino"), (False, False, False, "fp32")])
+def test_auto_takes_openvino_or_bf16_on_a_cpu_that_computes_bf16_natively_else_int8_on_x86(monkeypatch, openvino,
+                                                                                             native, x86, expected):
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
     monkeypatch.setattr(precision_module, "openvino_available", lambda: openvino)
+    monkeypatch.setattr(precision_module, "cpu_is_x86", lambda: x86)
     assert resolve_precision("auto", "cpu") == expected
     assert resolve_precision("auto", "cpu", sam2=True) == ("bf16" if native else "fp32"), "SAM 2.1 stays in torch"
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("int8", "cpu") == "int8"
@@ -93,6 +97,27 @@ def test_int8_runs_a_quantized_copy_and_leaves_the_model_trainable():
         sam.image_encoder.blocks[0].attn.qkv.weight.mul_(2)  # weights change, as in training
     with torch.inference_mode():
         assert not encoder_runner(sam, "int8", "cpu")(x).equal(first), "changed weights are quantized again"
+
+
+def test_int8_quantizes_an_adapted_encoder_whole_and_keeps_what_its_adapter_does():
+    torch.manual_seed(0)  # the chip and the adapter's weights
+    sam = load_model(DEFAULT_MODEL, device="cpu", precision="fp32").sam
+    x = torch.rand(1, 3, 256, 256)
+    with torch.inference_mode():
+        base = encoder_runner(sam, "fp32", "cpu")(x)
+    add_lora(sam)
+    with torch.no_grad():
+        for name, weight in sam.image_encoder.named_parameters():
+            if "lora_" in name and name.endswith("_b.weight"):
+                weight.normal_(0, 0.3)  # an adapter that changes the encoder (a new one adds nothing)
+    quantized = int8_encoder(sam.image_encoder)
+    assert not any(type(m) in (LoRAQKV, torch.nn.Linear) for m in quantized.modules()), "every Linear in int8"
+    assert sum(isinstance(m, LoRAQKV) for m in sam.image_encoder.modules()) > 0, "the model keeps its adapter"
+    with torch.inference_mode():
+        adapted, int8 = (encoder_runner(sam, p, "cpu")(x).flatten() for p in ("fp32", "int8"))
+    cosine = torch.nn.functional.cosine_similarity
+    assert float(cosine(adapted, base.flatten(), dim=0)) < 0.9995, "the adapter changes the embedding"
+    assert float(cosine(int8, adapted, dim=0)) >= 0.999
 
 
 def _never(*args, **kwargs):
