@@ -13,6 +13,7 @@ file) and only health-checks it: what the plugin does not own, it never restarts
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -54,6 +55,7 @@ class EngineProcess:
         self._log = None
         self._client: Optional[EngineClient] = None
         self._folder: Optional[str] = None  # the engine's connection file and log, while it runs
+        self._stopping: Optional[subprocess.Popen] = None  # the engine last stopped here (its exit is no crash)
         self._lock = threading.Lock()
 
     @property
@@ -119,22 +121,25 @@ class EngineProcess:
             info = json.loads(line)
         except ValueError:
             raise EngineUnavailableError(f"the engine did not start: {line.strip() or 'no output'}") from None
-        client = EngineClient(info["url"], info["token"], on_unavailable=self._keep_log_if_dead,
+        client = EngineClient(info["url"], info["token"],
+                              on_unavailable=functools.partial(self._keep_log_if_dead, self._proc),
                               hint=f"it restarts on the next run; if it stopped, what it printed last is in {crash_log()}")
         client.health()
         return client
 
-    def _keep_log_if_dead(self, grace: float = EXIT_GRACE_S) -> None:
-        """Copy the log of an engine that exited on its own (a crash, the out-of-memory killer) to
-        :func:`crash_log`, with its exit status: its folder goes when the engine is replaced. ``grace``: how long
-        an engine that stopped answering may take to exit."""
-        proc, log = self._proc, self.log_file
-        if self._client is None or proc is None or log is None or not log.is_file():
-            return  # never came up: its start says why
+    def _keep_log_if_dead(self, proc: subprocess.Popen, grace: float = EXIT_GRACE_S) -> None:
+        """Copy the log of the engine ``proc`` to :func:`crash_log`, with its exit status, if it exited on its own
+        (a crash, the out-of-memory killer): its folder goes when the engine is replaced. ``grace``: how long an
+        engine that stopped answering may take to exit."""
+        log = self.log_file
+        if proc is not self._proc or self._client is None or log is None or not log.is_file():
+            return  # never came up (its start says why), or already replaced
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
             return  # still running: it hangs, it did not stop
+        if proc is self._stopping:
+            return  # stopped here, not a crash
         with contextlib.suppress(OSError):
             text = log.read_text(errors="replace")
             crash_log().write_text(f"{text}\n[pointsam serve (pid {proc.pid}) exited with status {proc.returncode}]\n")
@@ -157,9 +162,11 @@ class EngineProcess:
         raise EngineUnavailableError(f"the engine did not start: {last}")
 
     def _stop(self) -> None:
-        self._keep_log_if_dead(grace=0)
         proc = self._proc
+        if proc is not None:
+            self._keep_log_if_dead(proc, grace=0)
         if proc is not None and proc.poll() is None:
+            self._stopping = proc  # a call that finds it gone meanwhile keeps no crash log
             proc.terminate()
             try:
                 proc.wait(30)

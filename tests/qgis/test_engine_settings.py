@@ -219,9 +219,10 @@ def test_an_engine_that_stops_answering_as_it_exits_leaves_its_log(qgis_app, tmp
     with socket.socket() as unused:  # a port nobody listens on: refused, as once the engine's socket is closed
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    engine._proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(3)"],
+    engine._proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3); raise SystemExit(3)"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    engine._client = EngineClient(f"http://127.0.0.1:{port}", "token", on_unavailable=engine._keep_log_if_dead)
+    engine._client = EngineClient(f"http://127.0.0.1:{port}", "token",
+                                  on_unavailable=lambda: engine._keep_log_if_dead(engine._proc))
     try:
         with pytest.raises(EngineUnavailableError):
             engine._client.health()
