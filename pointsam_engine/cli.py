@@ -41,9 +41,9 @@ class _OneLineErrors(PluginGroup):
 
 
 _REPORT_HELP = "Write the run report (JSON) here; an existing file is replaced only with --overwrite."
-_PRECISION_HELP = ("Encoder arithmetic: auto (fastest accurate here: for SAM on a CPU with native bf16 OpenVINO, on other "
-                   "CPUs int8; SAM 2.1 in bf16 where the CPU has it), fp32 (exact), bf16, fp16 (GPU), int8 (CPU), "
-                   "openvino (CPU, SAM).")
+_PRECISION_HELP = ("Encoder arithmetic: auto (fastest accurate here: for SAM on a CPU with native bf16 OpenVINO, on "
+                   "other x86 CPUs int8, elsewhere OpenVINO; SAM 2.1 in bf16 where the CPU has it), fp32 (exact), bf16, "
+                   "fp16 (GPU), int8 (CPU), openvino (CPU, SAM).")
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -55,8 +55,9 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def cpu_has_native_bf16() -> bool:
     """Whether the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX): as torch reads the CPU, on every
     system; else the x86 flags ``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``."""
-    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-        return True
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # private, and newer than torch 2.1
+        if getattr(torch.cpu, check, lambda: False)():
+            return True
     try:
         with open("/proc/cpuinfo") as fh:
             flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
@@ -189,7 +190,8 @@ def mark_loaded_from(encoder: torch.nn.Module, sha256: str, path: Path) -> None:
     """Record that ``encoder``'s weights are those of the checkpoint file ``path`` with this sha256, as loaded."""
     stat = os.stat(path)
     # a plain attribute: not saved, not a submodule
-    encoder._loaded_from = (sha256, weights_state(encoder), str(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    encoder._loaded_from = (sha256, weights_state(encoder), os.path.abspath(path),
+                            (stat.st_ino, stat.st_size, stat.st_mtime_ns))
 
 
 def loaded_checkpoint(encoder: torch.nn.Module) -> Optional[Tuple[str, str]]:
@@ -267,6 +269,9 @@ def _compiled(ov, xml: Path):
         return ov.Core().compile_model(xml, "CPU")
 
 
+_SS_DISABLE = 2  # sigaltstack(2)
+
+
 class _SignalStack(ctypes.Structure):
     """Linux's ``stack_t`` (sigaltstack(2))."""
     _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
@@ -290,7 +295,10 @@ def _signal_stack_kept():
     try:
         yield
     finally:
-        libc.sigaltstack(ctypes.byref(found), None)
+        if libc.sigaltstack(ctypes.byref(found), None) != 0:
+            # refused (with AMX in use the kernel wants a larger stack than some libraries set): no alternate stack
+            # at all is safe, the model's own is not
+            libc.sigaltstack(ctypes.byref(_SignalStack(None, _SS_DISABLE, 0)), None)
 
 
 @lru_cache(maxsize=1)
