@@ -23,12 +23,15 @@ class Server:
 
     def __init__(self, folder: Path, *extra: str):
         self.connection_file = folder / "serve.json"
+        # a file, not a pipe nobody reads: a full pipe (Dask's workers log there) stalls whoever writes to it next
+        self.log = folder / "serve.log"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         # --watch-parent with a stdin pipe: a test run that crashes takes its server with it
-        self.proc = subprocess.Popen([sys.executable, "-m", "pointsam_engine.cli", "serve", "--watch-parent",
-                                      "--port", "0", "--cache-mb", "64", "--connection-file", str(self.connection_file),
-                                      *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env)
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "pointsam_engine.cli", "serve", "--watch-parent",
+                                          "--port", "0", "--cache-mb", "64", "--connection-file",
+                                          str(self.connection_file), *extra], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         self.info = json.loads(self._first_line())
         self.url, self.token = self.info["url"], self.info["token"]
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=120)
@@ -40,7 +43,8 @@ class Server:
         reader.join(STARTUP_SECONDS)
         if not box.get("line"):
             self.proc.kill()
-            raise RuntimeError(f"pointsam serve did not start: {self.proc.stderr.read()}")
+            raise RuntimeError(f"pointsam serve did not start: {self.log.read_text()}")
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drained: never a full pipe
         return box["line"]
 
     def stop(self) -> int:
