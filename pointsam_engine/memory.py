@@ -26,7 +26,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mal
 
 
 @lru_cache(maxsize=1)
-def _glibc():
+def glibc():
     """glibc's handle, or None (another C library, another system)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
@@ -40,13 +40,13 @@ def _glibc():
 @lru_cache(maxsize=1)
 def reuse_freed_buffers() -> bool:
     """Keep freed decoder-sized buffers in the process for reuse (once per process); True where applied."""
-    libc = _glibc()
+    libc = glibc()
     return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_BYTES)) \
         and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES))
 
 
 def release_freed_memory() -> None:
     """Return freed heap memory to the operating system."""
-    libc = _glibc()
+    libc = glibc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -43,6 +43,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..errors import OptionError
+from ..memory import glibc
 from ..options import CHOICES
 from . import openvino_convert
 from .lora import merge_lora
@@ -194,11 +195,17 @@ def mark_loaded_from(encoder: torch.nn.Module, sha256: str, path: Path) -> None:
                             (stat.st_ino, stat.st_size, stat.st_mtime_ns))
 
 
+def _as_loaded(encoder: torch.nn.Module) -> Optional[tuple]:
+    """What :func:`mark_loaded_from` recorded, while ``encoder``'s weights are still as loaded; else None."""
+    loaded = getattr(encoder, "_loaded_from", None)
+    return loaded if loaded is not None and loaded[1] == weights_state(encoder) else None
+
+
 def loaded_checkpoint(encoder: torch.nn.Module) -> Optional[Tuple[str, str]]:
     """``(path, sha256)`` of the checkpoint file ``encoder`` was loaded from while its weights are still as loaded
     and the file still the one they came from; else None."""
-    loaded = getattr(encoder, "_loaded_from", None)
-    if loaded is None or loaded[1] != weights_state(encoder):
+    loaded = _as_loaded(encoder)
+    if loaded is None:
         return None
     sha256, _, path, signature = loaded
     try:
@@ -221,8 +228,8 @@ def _weights_digest(encoder: torch.nn.Module) -> str:
     named by their file's sha256, so they are never read (the file maps them: unread, they take no memory);
     changed or added ones (training, an adapter's layers) by their bytes."""
     digest = hashlib.blake2b(f"{encoder.img_size} {_OPENVINO_GRAPH}".encode(), digest_size=16)
-    loaded = getattr(encoder, "_loaded_from", None)
-    if loaded is not None and loaded[1] == weights_state(encoder):
+    loaded = _as_loaded(encoder)
+    if loaded is not None:
         digest.update(f"file sha256 {loaded[0]}".encode())  # the sha256 names the weights, wherever the file is now
         return digest.hexdigest()
     for tensor in encoder.state_dict().values():
@@ -286,8 +293,8 @@ def _signal_stack_kept():
     change, an adapter's encoder dropped) leave the thread on a stack already unmapped, and the next signal handled
     there crashes the process: Python's handlers run on the alternate stack, so Ctrl-C or SIGTERM, which unwind
     a run cleanly (no temporary file left), ended in a segmentation fault instead."""
-    libc = _libc() if platform.system() == "Linux" else None
-    if libc is None or not hasattr(libc, "sigaltstack"):
+    libc = glibc()  # Linux's stack_t layout, as below
+    if libc is None:
         yield
         return
     found = _SignalStack()
@@ -299,11 +306,3 @@ def _signal_stack_kept():
             # refused (with AMX in use the kernel wants a larger stack than some libraries set): no alternate stack
             # at all is safe, the model's own is not
             libc.sigaltstack(ctypes.byref(_SignalStack(None, _SS_DISABLE, 0)), None)
-
-
-@lru_cache(maxsize=1)
-def _libc():
-    try:
-        return ctypes.CDLL(None)
-    except OSError:
-        return None
