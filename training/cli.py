@@ -1,6 +1,7 @@
 """The training commands: their options parsed into a config, and the run started.
 
 - ``pointsam pretrain``: a :class:`~training.pretrain.PretrainConfig` for :func:`training.pretrain.pretrain`;
+- ``pointsam average``: two pretrained models' weights averaged (:func:`training.average.average_models`);
 - ``pointsam train``: a :class:`~training.config.TrainConfig` (:func:`train_config`) for :func:`training.loop.train`;
 - :func:`train_job`: the HTTP API's train jobs, with the same options as ``pointsam train``.
 
@@ -56,6 +57,26 @@ def pretrain(output, steps, lr, seed, scenes_per_kind, objects_per_image, init, 
 
         path = write_model_card(output, provenance, echo=click.echo)
         click.echo(f"model card: {path}")
+
+
+@click.command()
+@click.argument("first")
+@click.argument("second")
+@click.option("--weight", required=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="FIRST's share of every weight; SECOND gets the rest.")
+@click.option("-o", "--output", required=True, help="Model file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--card/--no-card", default=True, show_default=True, help="Measure quality and write the model card.")
+def average(first, second, weight, output, overwrite, card) -> None:
+    """Average two pointsam pretrain models of one architecture (a model soup); the card lists it as a stage."""
+    from .average import average_models
+
+    provenance = average_models(first, second, weight, output, overwrite)
+    click.echo(f"saved {output}")
+    if card:
+        from .model_card import write_model_card
+
+        click.echo(f"model card: {write_model_card(output, provenance, echo=click.echo)}")
 
 
 def _zoom(text: str) -> tuple:

@@ -65,11 +65,25 @@ def _eval_seeds() -> str:
 
 
 def _stage_line(p: dict) -> str:
+    if p.get("averaged_with"):
+        other = p["averaged_with"]
+        return (f"weights averaged (`pointsam average`): {p['config']['weight']:g} x the stage above + "
+                f"{other['share']:g} x `{other['file']}` (sha256 {other['sha256'][:12]}, "
+                f"{_stage_name(p, other['sha256'])})")
     c = p["config"]
     share = c.get("kind_share") or "every rendered image alike"
     return (f"{c['steps']} steps x {c['images_per_step']} chips of 256 px, up to {c['objects_per_image']} objects each, "
             f"AdamW lr {c['lr']}, cosine schedule, warm-up {c['warmup']}, focal alpha {c.get('focal_alpha', 0.25)}, "
             f"kinds: {share}{_dense(c)}, seed {c['seed']}, {p['wall_minutes']} min")
+
+
+def _stage_name(p: dict, sha256: str) -> str:
+    """Which earlier stage of ``p``'s own line a file is, by its sha256 ("another model" if none)."""
+    earlier = [stage.get("continued_from") for stage in _stages(p)]
+    for n, link in enumerate(earlier, 1):
+        if link and link["sha256"] == sha256:
+            return f"the model after stage {n - 1}"
+    return "another model"
 
 
 def _dense(c: dict) -> str:
@@ -108,8 +122,8 @@ def write_model_card(model_path, provenance: dict, echo: Callable[[str], None] =
     plain_masks = measure(model_path, calibration=False, keep_overlaps=True)
     with tempfile.TemporaryDirectory() as tmp:
         untrained = measure(untrained_copy(model_path, tmp))
-    cfg = provenance["config"]
     stages = _stages(provenance)
+    cfg = [p for p in stages if not p.get("averaged_with")][-1]["config"]  # the last stage that trained
     lines = [
         "# pointsam-tiny",
         "",

@@ -123,6 +123,12 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
     return provenance
 
 
+def machine(device=None) -> str:
+    """The provenance's machine line: architecture, cores, torch and the device trained on."""
+    line = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return f"{line}, device {device}" if device is not None else line
+
+
 def _provenance(cfg: PretrainConfig, params: int, start: float, device, log: list, earlier=None) -> dict:
     return {
         "continued_from": earlier,
@@ -130,7 +136,7 @@ def _provenance(cfg: PretrainConfig, params: int, start: float, device, log: lis
         "config": asdict(cfg),
         "parameters": params,
         "wall_minutes": round((time.time() - start) / 60, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}",
+        "machine": machine(device),
         "data": "generated scenes (pointsam_engine.demo.scenes): buildings 0.3 m RGB and ships 1.5 m SAR amplitude "
                 "(linear and dB stretch), seeds below 10000" + (f"; {REAL_DATA}" if cfg.real_share else ""),
         "log": list(log),
