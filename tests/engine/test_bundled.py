@@ -15,9 +15,10 @@ from pointsam_engine.cli import main
 from pointsam_engine.demo.run import run_scene
 from pointsam_engine.sam.model import DEFAULT_MODEL, load_model
 
-FRESH_SEEDS = {"buildings": 41001, "ships": 41002}  # never used in training (below 10000) or in the model card
-# a quick guard on one small scene each; the 0.75 bar on the model card's own scenes is checked in
-# tests/training/test_model_card.py (ships vary more: 15 hulls here, many rafted side by side)
+FRESH_SEEDS = {"buildings": (41001, 41002, 41003), "ships": (41002, 41003, 41004)}  # never used in training
+# (seeds below 10000) or in the model card. A quick guard, so the mean over three small scenes: one scene of
+# ~15 hulls, many rafted side by side, ranges 0.59-0.81 for the same model. The 0.75 bar on the model card's own
+# scenes is checked in tests/training/test_model_card.py.
 QUALITY_BAR = {"buildings": 0.75, "ships": 0.65}
 
 
@@ -25,18 +26,22 @@ def test_the_default_model_is_the_bundled_one_with_its_provenance():
     loaded = load_model(DEFAULT_MODEL, device="cpu")
     assert loaded.name == "pointsam-tiny" and loaded.arch.image_size == 256
     stages, stage = [], loaded.provenance
-    while stage:  # a model continued with --init records the run it continued from
+    while stage:  # a model continued with --init (or averaged) records the run it continued from
         stages.append(stage)
         stage = (stage.get("continued_from") or {}).get("provenance")
-    assert sum(s["config"]["steps"] for s in stages) >= 1000 and loaded.provenance["log"][-1]["train_iou"] > 0.5
+    trained = [s for s in stages if "log" in s]  # an averaged stage trains nothing itself
+    assert trained and all("averaged_with" in s for s in stages if "log" not in s)
+    assert sum(s["config"]["steps"] for s in trained) >= 1000 and trained[0]["log"][-1]["train_iou"] > 0.5
 
 
 @pytest.mark.parametrize("kind", ["buildings", "ships"])
-def test_bundled_model_reaches_its_quality_bar_on_a_fresh_scene(kind, tmp_path):
-    run = run_scene(kind, tmp_path, seed=FRESH_SEEDS[kind], size=384, model=DEFAULT_MODEL, preview=False)
-    figures = run["figures"]
-    assert figures["instances"] >= 5 and figures["missed_points"] == 0
-    assert figures["miou"] >= QUALITY_BAR[kind], figures
+def test_bundled_model_reaches_its_quality_bar_on_fresh_scenes(kind, tmp_path):
+    scores = []
+    for seed in FRESH_SEEDS[kind]:
+        figures = run_scene(kind, tmp_path / str(seed), seed=seed, size=384, model=DEFAULT_MODEL, preview=False)["figures"]
+        assert figures["instances"] >= 5 and figures["missed_points"] == 0, figures
+        scores.append(figures["miou"])
+    assert np.mean(scores) >= QUALITY_BAR[kind], scores
 
 
 def test_demo_writes_layers_evaluation_and_previews(tmp_path):
