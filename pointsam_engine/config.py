@@ -129,6 +129,7 @@ class BatchDefaults:
     band_px: int = 16384  # a raster taller than this (working pixels) becomes bands of this many rows, a task each
     allowed_failures: int = 1  # a task whose worker dies more often than this ("lost twice") lands in `failed`
     work_suffix: str = ".work"  # OUT.gpkg's tasks are written into OUT.work/ beside it, one file each
+    worker_log: str = "workers.log"  # in OUT.work/: what the local cluster's workers log, kept with the folder
 
 
 BATCH = BatchDefaults()

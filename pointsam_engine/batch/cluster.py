@@ -30,8 +30,9 @@ def cluster_shape(workers: Optional[int], cores: Optional[int] = None) -> tuple:
     return n, threads
 
 
-def start_client(workers: Optional[int], scheduler: Optional[str]):
-    """A Dask client: on the scheduler at ``scheduler``, or on a new LocalCluster (closed with the client)."""
+def start_client(workers: Optional[int], scheduler: Optional[str], worker_log: Optional[Path] = None):
+    """A Dask client: on the scheduler at ``scheduler``, or on a new LocalCluster (closed with the client) whose
+    workers log into ``worker_log`` (default: the terminal)."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -46,7 +47,8 @@ def start_client(workers: Optional[int], scheduler: Optional[str]):
     torch_threads = str(BATCH.torch_threads)
     with dask.config.set({"distributed.scheduler.allowed-failures": BATCH.allowed_failures,
                           "distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": torch_threads,
-                          "distributed.nanny.pre-spawn-environ.MKL_NUM_THREADS": torch_threads}):
+                          "distributed.nanny.pre-spawn-environ.MKL_NUM_THREADS": torch_threads,
+                          f"distributed.nanny.pre-spawn-environ.{tasks.WORKER_LOG_ENV}": str(worker_log or "")}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR, preload=[tasks.__name__])  # tasks.dask_setup
     client = Client(cluster)
@@ -76,7 +78,7 @@ def run_on_dask(pending: List[TaskSpec], plan: Plan, cfg: SegmentConfig, work: P
     """Run ``pending`` tasks; each outcome (finished or failed) lands in ``outcomes`` as it arrives."""
     from distributed import wait
 
-    client = start_client(workers, scheduler)
+    client = start_client(workers, scheduler, worker_log=work / BATCH.worker_log)
     futures = {}
     try:
         link = dashboard(client)

@@ -69,7 +69,7 @@ def check_batch_inputs(points, output, rasters: Sequence[str], cfg: SegmentConfi
     work = work_folder(output)
     if work.exists():
         check_folder(work, "the work folder")
-        if not resume and any(work.iterdir()):
+        if not resume and any(p.name != BATCH.worker_log for p in work.iterdir()):
             raise OptionError(f"{work} holds the tasks of an earlier run; pass --resume to go on with them, "
                               "or delete that folder to start again")
     return paths

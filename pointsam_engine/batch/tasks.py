@@ -10,6 +10,7 @@ changed. A task that fails returns its one-line reason instead of raising, so th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -29,14 +30,31 @@ _LOCK = threading.Lock()
 LOADS = {"count": 0}  # models this process has loaded (the report shows one per worker, not one per task)
 
 
+WORKER_LOG_ENV = "POINTSAM_WORKER_LOG"  # set by the batch for the worker processes it spawns, never by a user
+
+
 def dask_setup(worker) -> None:
     """Run by every LocalCluster worker process as it starts (a Dask preload of this module): Ctrl-C in a
     terminal reaches the whole process group, and the batch's client shuts the workers down itself, so a worker
-    ignores SIGINT rather than die printing a traceback."""
+    ignores SIGINT rather than die printing a traceback. Its log goes to the file the batch names, not to the
+    terminal: a worker held up while the batch shuts down logs a lost heartbeat, which is not the user's error."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the process's main thread: the worker was not started by a nanny
         pass
+    if os.environ.get(WORKER_LOG_ENV):
+        _log_to_file(logging.getLogger("distributed"), Path(os.environ[WORKER_LOG_ENV]))
+
+
+def _log_to_file(log: logging.Logger, path: Path) -> None:
+    """``log``'s terminal handlers replaced by one appending to ``path``, at the level they had."""
+    terminal = [h for h in log.handlers if type(h) is logging.StreamHandler]
+    handler = logging.FileHandler(path, delay=True)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s pid {os.getpid()} %(name)s %(levelname)s: %(message)s"))
+    handler.setLevel(min((h.level for h in terminal), default=logging.NOTSET))
+    for h in terminal:
+        log.removeHandler(h)
+    log.addHandler(handler)
 
 
 def task_files(work: Path, task: TaskSpec):

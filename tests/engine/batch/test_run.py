@@ -12,10 +12,10 @@ import psutil
 import pytest
 import shapely
 
-from pointsam_engine.batch import batch_segment, cluster, work_folder
+from pointsam_engine.batch import batch_segment, check_batch_inputs, cluster, work_folder
 from pointsam_engine.batch.assign import plan_tasks
-from pointsam_engine.config import SegmentConfig
-from pointsam_engine.errors import Cancelled
+from pointsam_engine.config import BATCH, SegmentConfig
+from pointsam_engine.errors import Cancelled, OptionError
 from pointsam_engine.pipeline import segment
 from tests.engine.batch.scenes import survey
 
@@ -152,3 +152,16 @@ def test_resume_after_a_cancel_runs_only_the_remaining_rasters(tiles, tmp_path, 
     assert result.report["reused"] == kept and result.report["ran"] == 4 - kept
     assert len(result.layers["instances"]) + len(result.layers["skipped"]) == len(gpd.read_file(tiles["points"]))
     assert not work_folder(output).exists()  # nothing failed: the work folder goes
+
+
+def test_a_work_folder_holding_only_the_workers_log_needs_no_resume(tiles, tmp_path):
+    """A batch cancelled before any task finished leaves at most its workers' log: nothing to resume."""
+    output = tmp_path / "survey.gpkg"
+    work = work_folder(output)
+    work.mkdir()
+    (work / BATCH.worker_log).write_text("a lost heartbeat\n")
+    rasters = [str(tiles["tiles"][0].parent)]
+    assert check_batch_inputs(tiles["points"], output, rasters, SegmentConfig())
+    (work / "00000-tile0.json").write_text("{}")
+    with pytest.raises(OptionError, match="--resume"):
+        check_batch_inputs(tiles["points"], output, rasters, SegmentConfig())
