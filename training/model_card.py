@@ -52,7 +52,7 @@ def untrained_copy(model_path, folder) -> Path:
     return path
 
 
-def _stages(provenance: dict) -> list:
+def training_stages(provenance: dict) -> list:
     """Training stages, earliest first (a run started with ``--init`` continues the model it loaded)."""
     stages = [provenance]
     while stages[0].get("continued_from"):
@@ -79,7 +79,7 @@ def _stage_line(p: dict) -> str:
 
 def _stage_name(p: dict, sha256: str) -> str:
     """Which earlier stage of ``p``'s own line a file is, by its sha256 ("another model" if none)."""
-    earlier = [stage.get("continued_from") for stage in _stages(p)]
+    earlier = [stage.get("continued_from") for stage in training_stages(p)]
     for n, link in enumerate(earlier, 1):
         if link and link["sha256"] == sha256:
             return f"the model after stage {n - 1}"
@@ -122,7 +122,7 @@ def write_model_card(model_path, provenance: dict, echo: Callable[[str], None] =
     plain_masks = measure(model_path, calibration=False, keep_overlaps=True)
     with tempfile.TemporaryDirectory() as tmp:
         untrained = measure(untrained_copy(model_path, tmp))
-    stages = _stages(provenance)
+    stages = training_stages(provenance)
     cfg = [p for p in stages if not p.get("averaged_with")][-1]["config"]  # the last stage that trained
     lines = [
         "# pointsam-tiny",

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from pointsam_engine.cli import main
 from pointsam_engine.sam.model import build_sam, file_sha256, load_model, save_pointsam_checkpoint
-from training.model_card import _stage_line, _stages
+from training.model_card import _stage_line, training_stages
 from training.pretrain import POINTSAM_TINY
 
 RECIPE = {"config": {"steps": 2, "images_per_step": 1, "objects_per_image": 3, "lr": 1e-3, "warmup": 1, "seed": 0},
@@ -50,7 +50,7 @@ def test_every_weight_is_the_weighted_mean_and_both_parents_are_recorded(parents
     line = _stage_line(soup.provenance)
     assert "0.7 x the stage above + 0.3 x `base.pt`" in line and file_sha256(base)[:12] in line
     assert "the model after stage 1" in line  # base.pt is the model the first recorded stage produced
-    assert len(_stages(soup.provenance)) == 3  # base, later, the average
+    assert len(training_stages(soup.provenance)) == 3  # base, later, the average
 
 
 @pytest.mark.parametrize("weight", ["0", "1", "1.5", "x"])
