@@ -34,7 +34,7 @@ from .masks import MaskPatch, Prompt
 from .measure import Measurer, grid_tolerances
 from .raster import Normalization, Raster, compute_normalization
 from .sam.cache import embedding_key
-from .vectorize import axis_boxes, clean_mask, oriented_boxes, simplify_each, to_map, trace_logits
+from .vectorize import axis_boxes, clean_mask, oriented_boxes, polygonal, simplify_each, to_map, trace_logits
 
 _NORMALIZATIONS_KEPT = 16
 NEGATIVE_HOLE_PX = 2  # a hole this near a negative click is the negative's doing: it is filled
@@ -101,7 +101,8 @@ class ClickSegmenter:
         with self._lock, _open(raster, cfg) as ras:
             pos_map, neg_map = _to_raster_crs(pos, crs, ras), _to_raster_crs(neg, crs, ras)
             _check_on_data(ras, pos_map, raster)
-            box_w = None if corners is None else _working_box(ras, _to_raster_crs(corners, crs, ras), raster)
+            corners_map = None if corners is None else _to_raster_crs(corners, crs, ras)
+            box_w = None if corners is None else _working_box(ras, corners_map, raster)
             norm = self._normalization(ras, cfg)
             pos_w, neg_w = ras.to_working(pos_map), ras.to_working(neg_map)
             size = predictor.chip_size
@@ -120,6 +121,9 @@ class ClickSegmenter:
             max_hole_px, tolerance = grid_tolerances(ras, cfg.max_hole_area, cfg.simplify)
             keep = trimmed_mask(patch, local_pos, local_neg, max_hole_px)
             outline = trace_logits({0: (patch.shifted(row0, col0), keep)})[0]
+            if corners is not None and outline is not None:
+                # an edge between a pixel centre inside the box and one outside runs past the box: cut there
+                outline = polygonal(outline.intersection(shapely.Polygon(ras.to_working(corners_map))))
             simplified = simplify_each([outline], tolerance / ras.pixel_size)[0]  # on the grid, as segment does
             geom = to_map([simplified or outline], ras.working_transform)[0]
             return _result(geom, ras.crs, out_crs or crs, patch.score, encoded, (row0, col0, size))
