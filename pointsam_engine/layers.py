@@ -15,7 +15,7 @@ from .chip_loop import ChipRun
 from .config import SegmentConfig
 from .measure import Measurer, pixel_metres
 from .points import Instance, PointTable
-from .raster import Raster
+from .raster import Raster, grid_outline
 from .regularize import regularize
 from .vectorize import (
     axis_boxes,
@@ -44,7 +44,8 @@ def build_layers(ras, instances: Sequence[Instance], run: ChipRun, table: PointT
     unregularized = geoms
     pixel_m = pixel_metres(ras)
     geoms, iou_to_mask = regularize(geoms, masks, run.scores[live], cfg.regularize, ras.crs, pixel_m,
-                                    min_hole_m2=hole_px * pixel_m ** 2, settle=not cfg.keep_overlaps)
+                                    min_hole_m2=hole_px * pixel_m ** 2, settle=not cfg.keep_overlaps,
+                                    extent=grid_outline(ras.transform, ras.width, ras.height))
     if cfg.regularize != "none" and not cfg.keep_overlaps:
         # the round trip through the metric frame can leave slivers in degrees: the lower score gives way
         geoms = remove_overlaps(geoms, run.scores[live])

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import rasterio
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
@@ -269,6 +270,12 @@ def cap_block_cache() -> None:
     it too."""
     if "GDAL_CACHEMAX" not in os.environ:
         set_gdal_config("GDAL_CACHEMAX", READ_CACHE_MB * 2**20)
+
+
+def grid_outline(transform: Affine, width: int, height: int):
+    """A grid's outline (its four corners) in its own CRS; a rotated or sheared grid gives a parallelogram."""
+    xs, ys = apply_affine(transform, np.array([0, width, width, 0]), np.array([0, 0, height, height]))
+    return shapely.Polygon(np.column_stack([xs, ys]))
 
 
 def apply_affine(transform: Affine, x, y) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,11 +1,13 @@
 """Outlines an analyst keeps: regularized building footprints and smoothed ship hulls.
 
-``buildings``: right angles, edges along the footprint's dominant direction (the direction whose best-fitting
-rectangle fits the outline best, turned onto a neighbour's where that is within 10° and costs little), notches
-narrower than two pixels closed, jogs flattened, holes below the hole threshold filled. Each footprint becomes
-the simplest of its best rectangle and its right-angled outline with jogs flattened at several widths that
-fits its outline well (IoU less a cost per vertex), so a simple roof is 4 vertices. Each edge lies where
-it fits the outline's area best, so the regularized outlines are neither grown nor shrunk on average.
+``buildings``: right angles, notches narrower than two pixels closed, jogs flattened, holes below the hole
+threshold filled. Each footprint is fitted along a few directions: the one whose best-fitting rectangle fits
+its outline best, the dominant direction of its edges (which a leaky mask's rectangle can miss by tens of
+degrees), and a neighbour's within 10°; along each, the simplest of its best rectangle and its right-angled
+outline with jogs flattened at several widths that fits the outline well (IoU less a cost per vertex), and of
+those the best fit is kept, a neighbour's direction preferred where it fits about as well. A simple roof is 4
+vertices. Each edge lies where it fits the outline's area best, so the regularized outlines are neither grown
+nor shrunk on average, and a footprint the raster's edge cuts off ends at that edge.
 ``buildingregulariser`` (the library samgeo and TerraLab use) was used first and is not any more: it took its
 direction from the staircase, tilting rectangles by a few degrees, kept pixel jogs (12-16 vertices where
 the OSM footprints have 4) and lowered mIoU against them by 0.013-0.020 (``benchmarks/bench_outlines.py``).
@@ -25,7 +27,7 @@ is geographic), where a right angle on the ground is a right angle in coordinate
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import numpy as np
 import shapely
@@ -34,7 +36,7 @@ from scipy import ndimage
 from shapely import affinity
 
 from .measure import Measurer
-from .vectorize import oriented_boxes, overlapping, polygonal, trace
+from .vectorize import oriented_boxes, overlapping, polygonal, polygonal_each, trace
 
 MODES = ("none", "buildings", "ships")
 NOTCH_PX = 1.0  # notches and spikes up to two pixels wide are removed (a morphological closing and opening)
@@ -43,14 +45,15 @@ JOG_SHARES = (0.05, 0.1, 0.15, 0.2, 0.3)  # and wider jogs tried, as shares of t
 VERTEX_COST = 0.016  # the IoU with its outline a footprint's vertex must buy (bench_outlines.py chose it)
 NEIGHBOUR_PX = 10.0  # footprints closer than ten pixels are neighbours; ...
 NEIGHBOUR_DEG = 10.0  # ... those whose directions differ by less than 10° take one direction ...
-ALIGN_LOSS = 0.02  # ... where the smaller one's rectangle loses at most this IoU by it
+ALIGN_LOSS = 0.02  # ... where the smaller one's fit loses at most this by it
+SAME_DEG = 1.0  # an edge direction this close to the rectangle's is not fitted again
 GRID_CELLS = 80  # an outline is resampled on half-pixel cells, or this many across where that is coarser
 MIN_SAMPLES = 16  # footprints with fewer half-pixel cells are kept as they are
 WALL_PX = 2.0  # neighbours that shared a wall in their masks and lie closer than this share it again
 
 
 def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: str, crs, pixel_m: float,
-               min_hole_m2: float = 0.0, settle: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+               min_hole_m2: float = 0.0, settle: bool = True, extent=None) -> Tuple[np.ndarray, np.ndarray]:
     """Regularized outlines of ``geoms`` and each one's IoU with its mask.
 
     Args:
@@ -63,6 +66,9 @@ def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: s
         pixel_m: the raster's pixel size on the ground (metres).
         min_hole_m2: holes smaller than this (m²) are filled.
         settle: give overlaps to one object (off when the run keeps overlaps).
+        extent: the raster's footprint (a polygon in ``crs``); regularized outlines are cut at it, so a footprint
+            the image cuts off ends where the image does instead of going on past its edge (``none`` cuts
+            nothing: its outlines are the mask's, on the raster's grid).
     Returns:
         ``(outlines, iou_to_mask)``; with ``none`` the outlines are ``geoms``.
     """
@@ -79,31 +85,57 @@ def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: s
         out = regularize_buildings(local_masks, px, min_hole_m2 / metres ** 2)
     else:
         out = smooth_hulls(local, px)
+    if extent is not None:
+        out = clip_to(out, to_frame([shapely.segmentize(extent, _edge_step(extent))])[0], 0.01 * px)
     if settle:
         out = settle_overlaps(out, local_masks, scores)
     if settle and mode == "buildings":
         out = settle_overlaps(share_walls(out, local_masks, scores, WALL_PX * px), local_masks, scores)
-    return from_frame(out), iou(out, local_masks)
+    # the way back from the metric frame can fold a spike a fraction of a pixel wide: repaired
+    return polygonal_each(from_frame(out)), iou(out, local_masks)
 
 
 def regularize_buildings(geoms: np.ndarray, pixel: float, min_hole_area: float = 0.0) -> np.ndarray:
     """Right-angled footprints (metric, conformal coordinates; ``pixel`` in them).
 
-    Each footprint's direction is the one whose best-fitting rectangle fits its outline best (turned onto a
-    neighbour's within 10° when that costs little); the outline is resampled on a grid in that direction,
-    notches are closed, and of the rectangle and the grid outline with its jogs flattened at several widths
-    the one with the best IoU with the outline, less :data:`VERTEX_COST` per vertex, is kept.
+    Each footprint is fitted along its best rectangle's direction and its edges' dominant direction
+    (:func:`_own_fit`), then along a larger neighbour's where :func:`_align_neighbours` says so. Along a
+    direction the outline is resampled on a grid, notches are closed, and of the rectangle and the grid outline
+    with its jogs flattened at several widths the one with the best IoU with the outline, less
+    :data:`VERTEX_COST` per vertex, is that direction's fit (:func:`_outline`).
     """
     out = np.array(geoms, dtype=object)
     samples = {i: _samples(g, pixel) for i, g in enumerate(geoms) if g is not None and not g.is_empty}
     samples = {i: s for i, s in samples.items() if len(s[0]) >= MIN_SAMPLES}
-    angles = {i: _dominant_angle(*s) for i, s in samples.items()}
-    angles = _align_neighbours(geoms, samples, angles, NEIGHBOUR_PX * pixel)
-    for i, (angle, _) in angles.items():
-        shape = polygonal(_outline(geoms[i], angle, samples[i][1], pixel))
+    fitted = {i: _own_fit(geoms[i], *s, pixel) for i, s in samples.items()}
+    for i, fit in _align_neighbours(geoms, samples, fitted, pixel).items():
+        shape = polygonal(fit.shape)
         if shape is not None:
             out[i] = _fill_holes(shape, min_hole_area)
     return out
+
+
+class _Fit(NamedTuple):
+    """A footprint's right-angled outline along ``direction`` (degrees, mod 90) and how well it fits."""
+
+    shape: object
+    fit: float
+    direction: float
+
+
+def _own_fit(geom, points: np.ndarray, cell: float, pixel: float) -> _Fit:
+    """The better fit of ``geom`` along its best rectangle's direction and along its edges' dominant direction
+    (a leaky mask's best rectangle can lie tens of degrees off the walls its edges follow)."""
+    directions = [_dominant_angle(points, cell)[0]]
+    edges = _edge_direction(geom, pixel)
+    if edges is not None and abs(_turn(edges, directions[0])) > SAME_DEG:
+        directions.append(edges)
+    return max((_Fit(*_outline(geom, d, cell, pixel), d) for d in directions), key=lambda f: f.fit)
+
+
+def _turn(direction: float, other: float) -> float:
+    """The turn from ``other`` to ``direction`` (degrees, both mod 90), in [-45, 45)."""
+    return (direction - other + 45) % 90 - 45
 
 
 def _samples(geom, pixel: float) -> Tuple[np.ndarray, float]:
@@ -159,28 +191,44 @@ def _dominant_angle(points: np.ndarray, cell: float) -> Tuple[float, float]:
     return float(fine[int(np.argmax(scores))] % 90), float(max(scores))
 
 
-def _align_neighbours(geoms, samples: dict, angles: dict, distance: float) -> dict:
-    """Neighbours closer than ``distance`` whose directions differ by less than :data:`NEIGHBOUR_DEG` take one
-    direction: the larger footprint's, where the smaller one's rectangle fits it within :data:`ALIGN_LOSS` as well."""
-    live = np.array(sorted(angles), dtype=int)
+def _edge_direction(geom, pixel: float):
+    """The direction (degrees, mod 90) most of the outline's length runs along, once its pixel steps are
+    simplified away: a length-weighted histogram of its edges' directions, smoothed over 3°, every 0.5°
+    (None where simplifying leaves no edge)."""
+    rings = [np.asarray(r.coords).reshape(-1, 2) for r in _rings(shapely.simplify(geom, 0.7 * pixel))]
+    steps = np.vstack([np.zeros((0, 2))] + [np.diff(xy, axis=0) for xy in rings])
+    if not len(steps):
+        return None
+    lengths = np.hypot(steps[:, 0], steps[:, 1])
+    directions = np.degrees(np.arctan2(steps[:, 1], steps[:, 0])) % 90
+    grid = np.arange(0.0, 90.0, 0.5)
+    off = _turn(grid[:, None], directions[None])
+    return float(grid[int(np.argmax((lengths * np.exp(-0.5 * (off / 3.0) ** 2)).sum(1)))])
+
+
+def _align_neighbours(geoms, samples: dict, fitted: dict, pixel: float) -> dict:
+    """Footprints closer than :data:`NEIGHBOUR_PX` pixels whose directions differ by less than
+    :data:`NEIGHBOUR_DEG` take one direction: the larger one's, where the smaller one's outline along it fits
+    within :data:`ALIGN_LOSS` of its own best fit."""
+    live = np.array(sorted(fitted), dtype=int)
     if len(live) < 2:
-        return angles
-    left, right = shapely.STRtree(geoms[live]).query(geoms[live], predicate="dwithin", distance=distance)
-    angles = dict(angles)
+        return fitted
+    left, right = shapely.STRtree(geoms[live]).query(geoms[live], predicate="dwithin", distance=NEIGHBOUR_PX * pixel)
+    fitted, own = dict(fitted), {i: f.fit for i, f in fitted.items()}
     for a, b in sorted({(min(i, j), max(i, j)) for i, j in zip(live[left], live[right]) if i != j},
                        key=lambda p: -max(geoms[p[0]].area, geoms[p[1]].area)):
         big, small = (a, b) if geoms[a].area >= geoms[b].area else (b, a)
-        turn = (angles[big][0] - angles[small][0] + 45) % 90 - 45
-        if 0 < abs(turn) < NEIGHBOUR_DEG:
-            fit = _best_rectangle(_occupancy(samples[small][0], angles[big][0], 2 * samples[small][1]), rounds=2)[1]
-            if fit >= angles[small][1] - ALIGN_LOSS:
-                angles[small] = (angles[big][0], fit)
-    return angles
+        direction = fitted[big].direction
+        if 0 < abs(_turn(direction, fitted[small].direction)) < NEIGHBOUR_DEG:
+            shape, fit = _outline(geoms[small], direction, samples[small][1], pixel)
+            if fit >= own[small] - ALIGN_LOSS:
+                fitted[small] = _Fit(shape, fit, direction)
+    return fitted
 
 
-def _outline(geom, angle: float, cell: float, pixel: float):
-    """The right-angled outline of ``geom`` along ``angle``: its best rectangle or its grid outline with jogs
-    flattened, whichever has the best IoU with ``geom`` less :data:`VERTEX_COST` per vertex."""
+def _outline(geom, angle: float, cell: float, pixel: float) -> Tuple[object, float]:
+    """The right-angled outline of ``geom`` along ``angle`` and its fit: its best rectangle or its grid outline
+    with jogs flattened, whichever has the best IoU with ``geom`` less :data:`VERTEX_COST` per vertex."""
     origin = tuple(np.asarray(geom.centroid.coords[0]))
     flat = affinity.rotate(geom, -angle, origin=origin)
     x0, y0, x1, y1 = flat.bounds
@@ -199,7 +247,8 @@ def _outline(geom, angle: float, cell: float, pixel: float):
                 candidates.append(polygonal(shapely.union_all(parts)))
     candidates = np.array([c for c in candidates if c is not None], dtype=object)
     fits = iou(candidates, np.full(len(candidates), flat, dtype=object)) - VERTEX_COST * vertex_counts(candidates)
-    return affinity.rotate(candidates[int(np.argmax(fits))], angle, origin=origin)
+    best = int(np.argmax(fits))
+    return affinity.rotate(candidates[best], angle, origin=origin), float(fits[best])
 
 
 def _without_notches_grid(inside: np.ndarray, width: int) -> np.ndarray:
@@ -275,6 +324,24 @@ def smooth_hulls(geoms: np.ndarray, pixel: float, rounds: int = 3) -> np.ndarray
         smooth = polygonal(shapely.union_all(parts))
         out.append(polygonal(smooth.intersection(box)) if smooth is not None else geom)
     return np.array(out, dtype=object)
+
+
+def clip_to(geoms: np.ndarray, extent, tolerance: float) -> np.ndarray:
+    """Each outline cut at ``extent`` (those inside it unchanged; None where nothing is left), then simplified
+    within ``tolerance``, which drops the vertices a segmentized extent leaves along the cut."""
+    out = np.array(geoms, dtype=object)
+    for i, geom in enumerate(out):
+        if geom is not None and not extent.contains(geom):
+            cut = polygonal(geom.intersection(extent))
+            cut = polygonal(shapely.simplify(cut, tolerance)) if cut is not None and not cut.is_empty else None
+            out[i] = cut if cut is not None and not cut.is_empty else None
+    return out
+
+
+def _edge_step(extent) -> float:
+    """Vertices this far apart along the extent's edges keep them straight in the metric frame (1/256 of its size)."""
+    x0, y0, x1, y1 = extent.bounds
+    return max(x1 - x0, y1 - y0) / 256
 
 
 def settle_overlaps(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from ..config import SegmentConfig
 from ..errors import PointSamError
 from ..measure import pixel_metres
 from ..points import PointTable, group_instances, read_points
-from ..raster import Raster, apply_affine
+from ..raster import Raster, apply_affine, grid_outline
 
 ON_NO_RASTER = "on no raster"
 ON_NODATA_ONLY = "on nodata in every raster holding it"
@@ -50,9 +50,7 @@ class Footprint:
 
     def polygon(self):
         """The raster's outline in its own CRS."""
-        xs, ys = apply_affine(self.transform, np.array([0, self.width, self.width, 0]),
-                              np.array([0, 0, self.height, self.height]))
-        return shapely.Polygon(np.column_stack([xs, ys]))
+        return grid_outline(self.transform, self.width, self.height)
 
 
 @dataclass(frozen=True)

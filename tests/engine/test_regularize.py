@@ -209,3 +209,40 @@ def test_buildings_fit_the_mask_not_its_simplified_outline():
     assert vertex_counts([out])[0] == 4 and ious[0] > 0.98
     (hull,), _ = regularize([cut], [rect], np.ones(1), "ships", CRS, PIXEL)
     assert hull.within(cut.buffer(1e-6))
+
+
+def test_an_l_whose_best_rectangle_is_not_along_its_walls_keeps_its_walls():
+    # an L of two equal arms: a rectangle fits it best a few degrees off its walls, its edges run along them
+    ell = affinity.translate(shapely.Polygon([(0, 0), (60, 0), (60, 20), (20, 20), (20, 60), (0, 60)]), 25, 25)
+    (out,), _ = run(staircase(ell), "buildings")
+    edges = np.diff(np.asarray(out.exterior.coords), axis=0)
+    directions = np.degrees(np.arctan2(edges[:, 1], edges[:, 0])) % 90
+    assert np.all(np.minimum(directions, 90 - directions) < 0.5)
+    assert out.intersection(truth(ell)).area / out.union(truth(ell)).area > 0.97
+
+
+@pytest.mark.parametrize("transform, crs", [(TRANSFORM, CRS), (Affine(2.7e-6, 0, 32.59, 0, -2.7e-6, 0.35), "EPSG:4326")],
+                         ids=["metres", "degrees"])  # degrees: ~0.3 m pixels at Kampala, fitted in a local frame
+def test_a_footprint_the_raster_edge_cuts_off_ends_at_the_edge(transform, crs):
+    rect = affinity.rotate(shapely.box(-20, 30, 50, 70), 31, origin=(15, 50))  # a third of it off the raster
+    labels = rasterize([(rect, 1)], out_shape=(120, 120), fill=0)
+    mask = to_map([trace(labels == 1, 0, 0)], transform)
+    extent = to_map([shapely.box(0, 0, 120, 120)], transform)[0]
+    (past,), _ = regularize(mask, mask, np.ones(1), "buildings", crs, PIXEL)
+    (out,), ious = regularize(mask, mask, np.ones(1), "buildings", crs, PIXEL, extent=extent)
+    assert past.difference(extent).area > 1e-3 * extent.area  # fitted alone, it runs on past the raster's edge
+    assert out.is_valid and out.difference(extent).area < 1e-9 * extent.area
+    assert out.area == pytest.approx(past.intersection(extent).area, rel=1e-4)
+    assert ious[0] == pytest.approx(out.intersection(mask[0]).area / out.union(mask[0]).area, rel=1e-3)
+
+
+def test_a_neighbour_takes_the_direction_the_larger_footprint_keeps():
+    # the L keeps its walls' direction (its best rectangle's lies a few degrees off); the small house beside it,
+    # 4° off the walls, takes the walls' direction, not the one the L dropped
+    ell = affinity.translate(shapely.Polygon([(0, 0), (60, 0), (60, 20), (20, 20), (20, 60), (0, 60)]), 20, 25)
+    house = affinity.rotate(shapely.box(86, 30, 106, 58), 4)
+    outs, _ = run(staircase(ell, house), "buildings")
+    for out in outs:
+        edges = np.diff(np.asarray(out.exterior.coords), axis=0)
+        directions = np.degrees(np.arctan2(edges[:, 1], edges[:, 0])) % 90
+        assert np.all(np.minimum(directions, 90 - directions) < 0.5)
