@@ -10,6 +10,7 @@ machine gains nothing from running two encoders at once.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 import traceback
@@ -23,6 +24,12 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 
 Work = Callable[[Callable[[float, str], None], threading.Event], dict]
+COUNT = re.compile(r"\d[\d.,]*")
+
+
+def step_of(stage: str) -> str:
+    """The step a stage belongs to: its text with counts blanked ("encoding chip 3/40" and "... 4/40" are one)."""
+    return COUNT.sub("#", stage)
 
 
 class CancelToken(threading.Event):
@@ -63,6 +70,7 @@ class Job:
     state: str = QUEUED
     progress: float = 0.0
     stage: str = "queued"
+    stages: List[str] = field(default_factory=lambda: ["queued"])
     message: str = ""
     result: Optional[dict] = None
     error: Optional[dict] = None
@@ -72,8 +80,21 @@ class Job:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "state": self.state, "progress": round(self.progress, 4),
-                "stage": self.stage, "message": self.message, "result": self.result, "error": self.error,
-                "created": self.created, "finished": self.finished}
+                "stage": self.stage, "stages": list(self.stages), "message": self.message, "result": self.result,
+                "error": self.error, "created": self.created, "finished": self.finished}
+
+    def enter(self, stage: str) -> None:
+        """Make ``stage`` the job's stage. ``stages`` lists each step once, in the order first entered, with its latest
+        count, so a client that polls after a short job has ended can still say what it did, and a long job's list
+        stays as short as its kinds of step."""
+        step = step_of(stage)
+        for i, seen in enumerate(self.stages):
+            if step_of(seen) == step:
+                self.stages[i] = stage
+                break
+        else:
+            self.stages.append(stage)
+        self.stage = stage
 
 
 class JobRunner:
@@ -135,12 +156,14 @@ class JobRunner:
             with self._lock:
                 if job.state != QUEUED:
                     continue
-                job.state, job.stage = RUNNING, "starting"
+                job.state = RUNNING
+                job.enter("starting")
             self._run(job)
 
     def _run(self, job: Job) -> None:
         def progress(fraction: float, stage: str) -> None:
-            job.progress, job.stage = max(job.progress, min(float(fraction), 1.0)), stage
+            job.progress = max(job.progress, min(float(fraction), 1.0))
+            job.enter(stage)
 
         try:
             result = job.work(progress, job.cancel)
@@ -157,4 +180,5 @@ class JobRunner:
             self._finish(job, SUCCEEDED, stage="done", message="done")
 
     def _finish(self, job: Job, state: str, *, stage: str, message: str, error: Optional[dict] = None) -> None:
-        job.state, job.stage, job.message, job.error, job.finished = state, stage, message, error, time.time()
+        job.enter(stage)
+        job.state, job.message, job.error, job.finished = state, message, error, time.time()

@@ -86,14 +86,19 @@ class EngineClient:
 
     def follow(self, job: dict, progress: Callable[[float, str], None], is_cancelled: Callable[[], bool],
                poll: float = 0.2) -> dict:
-        """Poll a job until it ends, reporting progress; cancels it when ``is_cancelled()``. Returns its result."""
-        cancel_sent = False
+        """Poll a job until it ends, reporting progress and every step it went through, those it passed between two
+        polls too; cancels it when ``is_cancelled()``. Returns its result."""
+        cancel_sent, reported = False, len(job.get("stages", ())) - 1
         while job["state"] not in FINISHED:
             if is_cancelled() and not cancel_sent:
                 job, cancel_sent = self.cancel(job["id"]), True
                 continue
             time.sleep(poll)
             job = self.job(job["id"])
+            for stage in job.get("stages", [])[reported + 1:]:
+                if stage != job["stage"]:
+                    progress(job["progress"], stage)
+            reported = max(len(job.get("stages", ())) - 1, 0)
             progress(job["progress"], job["stage"])
         if job["state"] != "succeeded":
             raise JobFailedError(job["message"] or f"the engine job {job['state']}")

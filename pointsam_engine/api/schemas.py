@@ -312,6 +312,8 @@ class JobView(BaseModel):
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     progress: float
     stage: str
+    stages: List[str] = Field(description="Each step the job went through, once, in the order first "
+                                          "entered; a step that counts (chip 3 of 40) shows its latest count")
     message: str
     result: Optional[Dict[str, Any]] = None
     error: Optional[Dict[str, Any]] = None

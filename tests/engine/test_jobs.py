@@ -48,6 +48,20 @@ def test_progress_is_reported_never_goes_back_and_ends_at_one(runner):
     assert job.to_dict()["progress"] == 1.0 and job.finished >= job.created
 
 
+def test_a_job_lists_each_step_once_in_order_with_its_latest_count(runner):
+    def work(progress, cancel):
+        progress(0.1, "reading")
+        for chip in (1, 2, 10):
+            progress(0.1 * chip, f"encoding chip {chip}/10")
+            progress(0.1 * chip, f"chip {chip}/10")
+        progress(0.9, "chip 10/10 traced")  # the same count, another step
+        return {}
+
+    job = _wait(runner.submit("segment", work))
+    assert job.to_dict()["stages"] == ["queued", "starting", "reading", "encoding chip 10/10", "chip 10/10",
+                                       "chip 10/10 traced", "done"]
+
+
 def test_one_worker_runs_the_jobs_one_at_a_time_in_submission_order(runner):
     meter, order = Concurrency(), []
 

@@ -112,6 +112,24 @@ def test_follow_reports_progress_and_returns_the_result(client, engine):
     assert seen[-1] == (1.0, "done") and [f for f, _ in seen] == sorted(f for f, _ in seen)
 
 
+def test_follow_reports_the_steps_of_a_job_that_ended_between_two_polls(client, engine):
+    def work(progress, cancel):
+        progress(0.1, "reading")
+        for chip in range(1, 4):
+            progress(0.2 * chip, f"encoding chip {chip}/3")
+            progress(0.2 * chip, f"chip {chip}/3")
+        progress(0.9, "writing")
+        return {}
+
+    queued = engine.jobs.submit("segment", work)
+    job = queued.to_dict()
+    while queued.state != "succeeded":
+        time.sleep(0.01)
+    seen = []
+    client.follow(job, lambda fraction, stage: seen.append(stage), lambda: False, poll=0.01)
+    assert seen == ["starting", "reading", "encoding chip 3/3", "chip 3/3", "writing", "done"]
+
+
 def test_follow_raises_the_failed_jobs_message(client, engine):
     def work(progress, cancel):
         raise OutputError("out.gpkg has layer(s) bboxes; pass --overwrite")
