@@ -70,7 +70,7 @@ class Job:
     state: str = QUEUED
     progress: float = 0.0
     stage: str = "queued"
-    stages: List[str] = field(default_factory=lambda: ["queued"])
+    steps: Dict[str, str] = field(default_factory=lambda: {"queued": "queued"})
     message: str = ""
     result: Optional[dict] = None
     error: Optional[dict] = None
@@ -80,21 +80,15 @@ class Job:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "state": self.state, "progress": round(self.progress, 4),
-                "stage": self.stage, "stages": list(self.stages), "message": self.message, "result": self.result,
+                "stage": self.stage, "stages": list(self.steps.values()), "message": self.message, "result": self.result,
                 "error": self.error, "created": self.created, "finished": self.finished}
 
     def enter(self, stage: str) -> None:
         """Make ``stage`` the job's stage. ``stages`` lists each step once, in the order first entered, with its latest
         count, so a client that polls after a short job has ended can still say what it did, and a long job's list
-        stays as short as its kinds of step."""
-        step = step_of(stage)
-        for i, seen in enumerate(self.stages):
-            if step_of(seen) == step:
-                self.stages[i] = stage
-                break
-        else:
-            self.stages.append(stage)
+        stays as short as its kinds of step. The stage is set first: a poll in between sees no step before it."""
         self.stage = stage
+        self.steps[step_of(stage)] = stage
 
 
 class JobRunner:

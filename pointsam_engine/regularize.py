@@ -108,7 +108,8 @@ def regularize_buildings(geoms: np.ndarray, pixel: float, min_hole_area: float =
     samples = {i: _samples(g, pixel) for i, g in enumerate(geoms) if g is not None and not g.is_empty}
     samples = {i: s for i, s in samples.items() if len(s[0]) >= MIN_SAMPLES}
     fitted = {i: _own_fit(geoms[i], *s, pixel) for i, s in samples.items()}
-    for i, fit in _align_neighbours(geoms, samples, fitted, pixel).items():
+    cells = {i: s[1] for i, s in samples.items()}
+    for i, fit in _align_neighbours(geoms, cells, fitted, pixel).items():
         shape = polygonal(fit.shape)
         if shape is not None:
             out[i] = _fill_holes(shape, min_hole_area)
@@ -126,7 +127,7 @@ class _Fit(NamedTuple):
 def _own_fit(geom, points: np.ndarray, cell: float, pixel: float) -> _Fit:
     """The better fit of ``geom`` along its best rectangle's direction and along its edges' dominant direction
     (a leaky mask's best rectangle can lie tens of degrees off the walls its edges follow)."""
-    directions = [_dominant_angle(points, cell)[0]]
+    directions = [_dominant_angle(points, cell)]
     edges = _edge_direction(geom, pixel)
     if edges is not None and abs(_turn(edges, directions[0])) > SAME_DEG:
         directions.append(edges)
@@ -178,17 +179,16 @@ def _best_rectangle(fill: np.ndarray, rounds: int = 4) -> Tuple[Tuple[int, int, 
     return (r0, r1, c0, c1), iou_now
 
 
-def _dominant_angle(points: np.ndarray, cell: float) -> Tuple[float, float]:
-    """``(angle, iou)``: the direction (degrees, mod 90) whose best rectangle fits the points best, and its IoU;
-    searched every 3° then every 0.5° on cells twice the sampling's (a bounded, cheap estimate)."""
+def _dominant_angle(points: np.ndarray, cell: float) -> float:
+    """The direction (degrees, mod 90) whose best rectangle fits the points best, searched every 3° then every
+    0.5° on cells twice the sampling's (a bounded, cheap estimate)."""
     def fit(angle):
         return _best_rectangle(_occupancy(points, angle, 2 * cell), rounds=2)[1]
 
     coarse = np.arange(0.0, 90.0, 3.0)
     best = coarse[int(np.argmax([fit(a) for a in coarse]))]
     fine = best + np.arange(-2.5, 2.6, 0.5)
-    scores = [fit(a) for a in fine]
-    return float(fine[int(np.argmax(scores))] % 90), float(max(scores))
+    return float(fine[int(np.argmax([fit(a) for a in fine]))] % 90)
 
 
 def _edge_direction(geom, pixel: float):
@@ -206,21 +206,23 @@ def _edge_direction(geom, pixel: float):
     return float(grid[int(np.argmax((lengths * np.exp(-0.5 * (off / 3.0) ** 2)).sum(1)))])
 
 
-def _align_neighbours(geoms, samples: dict, fitted: dict, pixel: float) -> dict:
+def _align_neighbours(geoms, cells: dict, fitted: dict, pixel: float) -> dict:
     """Footprints closer than :data:`NEIGHBOUR_PX` pixels whose directions differ by less than
     :data:`NEIGHBOUR_DEG` take one direction: the larger one's, where the smaller one's outline along it fits
-    within :data:`ALIGN_LOSS` of its own best fit."""
+    within :data:`ALIGN_LOSS` of its own best fit (``cells``: each footprint's sampling cell)."""
     live = np.array(sorted(fitted), dtype=int)
     if len(live) < 2:
         return fitted
     left, right = shapely.STRtree(geoms[live]).query(geoms[live], predicate="dwithin", distance=NEIGHBOUR_PX * pixel)
-    fitted, own = dict(fitted), {i: f.fit for i, f in fitted.items()}
+    fitted, own, tried = dict(fitted), {i: f.fit for i, f in fitted.items()}, {}
     for a, b in sorted({(min(i, j), max(i, j)) for i, j in zip(live[left], live[right]) if i != j},
                        key=lambda p: -max(geoms[p[0]].area, geoms[p[1]].area)):
         big, small = (a, b) if geoms[a].area >= geoms[b].area else (b, a)
         direction = fitted[big].direction
         if 0 < abs(_turn(direction, fitted[small].direction)) < NEIGHBOUR_DEG:
-            shape, fit = _outline(geoms[small], direction, samples[small][1], pixel)
+            if (small, direction) not in tried:  # several neighbours can offer one direction
+                tried[small, direction] = _outline(geoms[small], direction, cells[small], pixel)
+            shape, fit = tried[small, direction]
             if fit >= own[small] - ALIGN_LOSS:
                 fitted[small] = _Fit(shape, fit, direction)
     return fitted

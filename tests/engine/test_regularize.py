@@ -211,13 +211,18 @@ def test_buildings_fit_the_mask_not_its_simplified_outline():
     assert hull.within(cut.buffer(1e-6))
 
 
+def off_axis(geom) -> np.ndarray:
+    """How far (degrees) each edge of ``geom``'s exterior lies off the grid's axes."""
+    edges = np.diff(np.asarray(geom.exterior.coords), axis=0)
+    directions = np.degrees(np.arctan2(edges[:, 1], edges[:, 0])) % 90
+    return np.minimum(directions, 90 - directions)
+
+
 def test_an_l_whose_best_rectangle_is_not_along_its_walls_keeps_its_walls():
     # an L of two equal arms: a rectangle fits it best a few degrees off its walls, its edges run along them
     ell = affinity.translate(shapely.Polygon([(0, 0), (60, 0), (60, 20), (20, 20), (20, 60), (0, 60)]), 25, 25)
     (out,), _ = run(staircase(ell), "buildings")
-    edges = np.diff(np.asarray(out.exterior.coords), axis=0)
-    directions = np.degrees(np.arctan2(edges[:, 1], edges[:, 0])) % 90
-    assert np.all(np.minimum(directions, 90 - directions) < 0.5)
+    assert np.all(off_axis(out) < 0.5)
     assert out.intersection(truth(ell)).area / out.union(truth(ell)).area > 0.97
 
 
@@ -243,6 +248,4 @@ def test_a_neighbour_takes_the_direction_the_larger_footprint_keeps():
     house = affinity.rotate(shapely.box(86, 30, 106, 58), 4)
     outs, _ = run(staircase(ell, house), "buildings")
     for out in outs:
-        edges = np.diff(np.asarray(out.exterior.coords), axis=0)
-        directions = np.degrees(np.arctan2(edges[:, 1], edges[:, 0])) % 90
-        assert np.all(np.minimum(directions, 90 - directions) < 0.5)
+        assert np.all(off_axis(out) < 0.5)

@@ -5,6 +5,7 @@ one-line :class:`EngineRequestError`, a silent or absent engine, and following a
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from types import SimpleNamespace
 
@@ -121,10 +122,15 @@ def test_follow_reports_the_steps_of_a_job_that_ended_between_two_polls(client, 
         progress(0.9, "writing")
         return {}
 
+    gate = threading.Event()
+    engine.jobs.submit("segment", lambda progress, cancel: {"opened": gate.wait(30)})  # holds the one worker
     queued = engine.jobs.submit("segment", work)
-    job = queued.to_dict()
-    while queued.state != "succeeded":
+    job = queued.to_dict()  # as submit answers it: still queued
+    gate.set()
+    deadline = time.monotonic() + 30
+    while queued.state not in ("succeeded", "failed") and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert job["state"] == "queued" and queued.state == "succeeded"
     seen = []
     client.follow(job, lambda fraction, stage: seen.append(stage), lambda: False, poll=0.01)
     assert seen == ["starting", "reading", "encoding chip 3/3", "chip 3/3", "writing", "done"]
