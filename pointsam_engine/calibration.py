@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 import numpy as np
 import shapely
 
-from .masks import MaskPatch, Prompt
+from .masks import MaskPatch, Prompt, positive
 
 MAX_NEIGHBOURS = 8  # negatives per calibrated prompt: the nearest neighbours' clicks. SAM was trained with up to
 # about a dozen clicks per prompt, and the decoder's cost grows with each one (40 doubled it)
@@ -46,7 +46,7 @@ def shared_pixels(a: Optional[MaskPatch], b: Optional[MaskPatch]) -> int:
     if a is None or b is None:
         return 0
     win = _window(a, b)
-    return 0 if win is None else np.count_nonzero((_view(a, win) > 0) & (_view(b, win) > 0))
+    return 0 if win is None else np.count_nonzero(positive(_view(a, win)) & positive(_view(b, win)))
 
 
 def mask_iou(a: Optional[MaskPatch], b: Optional[MaskPatch]) -> float:
@@ -63,7 +63,7 @@ def contains_points(patch: Optional[MaskPatch], points: np.ndarray) -> bool:
     rows = np.floor(points[:, 1]).astype(int) - patch.row0
     cols = np.floor(points[:, 0]).astype(int) - patch.col0
     inside = (rows >= 0) & (rows < patch.shape[0]) & (cols >= 0) & (cols < patch.shape[1])
-    return bool(inside.any() and (patch.logits[rows[inside], cols[inside]] > 0).any())
+    return bool(inside.any() and positive(patch.logits[rows[inside], cols[inside]]).any())
 
 
 class Clicks:
@@ -151,7 +151,7 @@ def _holds_each(patch: MaskPatch, clicks: Sequence[np.ndarray]) -> np.ndarray:
     cols = np.floor(points[:, 0]).astype(int) - patch.col0
     inside = (rows >= 0) & (rows < patch.shape[0]) & (cols >= 0) & (cols < patch.shape[1])
     hit = np.zeros(len(points), dtype=bool)
-    hit[inside] = patch.logits[rows[inside], cols[inside]] > 0
+    hit[inside] = positive(patch.logits[rows[inside], cols[inside]])
     return np.bincount(group[hit], minlength=len(clicks)) > 0
 
 
@@ -167,7 +167,7 @@ class _Overlap:
 
     def _mask(self, k: int) -> np.ndarray:
         if k not in self._masks:
-            self._masks[k] = self.patches[k].logits > 0
+            self._masks[k] = self.patches[k].mask
             self._areas[k] = np.count_nonzero(self._masks[k])
         return self._masks[k]
 
@@ -270,7 +270,7 @@ def resolve_overlaps(patches: List[Optional[MaskPatch]], among: Optional[int] = 
         a, b = patches[i], patches[j]
         win = _window(a, b)
         va, vb = _view(a, win), _view(b, win)
-        both = (va > 0) & (vb > 0)
+        both = positive(va) & positive(vb)
         if not both.any():
             continue
         resolved.add((i, j))

@@ -16,7 +16,7 @@ import numpy as np
 from .calibration import Clicks, calibrate, overlapping_pairs, resolve_overlaps
 from .chips import Chip, ChipPlan, finalization_schedule, neighbours
 from .errors import Cancelled
-from .masks import CLICK_LOGIT, MaskPatch, Prompt
+from .masks import CLICK_LOGIT, MaskPatch, Prompt, signed_by
 from .memory import release_freed_memory
 from .sam.cache import embedding_key
 from .vectorize import clean_mask, trace_logits
@@ -238,7 +238,7 @@ def _compact(patch: MaskPatch) -> MaskPatch:
     """Cut to the mask's box and a pixel around it (where the outline's edge is interpolated), and keep
     logits as float16 while the patch waits to be settled."""
     patch = patch.cropped(margin=1)
-    return MaskPatch(patch.row0, patch.col0, patch.logits.astype(np.float16), patch.score)
+    return MaskPatch(patch.row0, patch.col0, patch.logits.astype(np.float16), patch.score)  # a copy: the crop's base is released
 
 
 def pair_of(a: int, b: int) -> tuple:
@@ -250,7 +250,7 @@ def clean_patch(patch: MaskPatch, clicks: np.ndarray, max_hole_px: float) -> Opt
     (where tracing interpolates the edge). The pixels of the object's own clicks that the mask holds get
     :data:`CLICK_LOGIT`, so settling shared pixels never gives them to a neighbour."""
     keep = clean_mask(patch, clicks, max_hole_px)
-    logits = np.where(keep, np.maximum(patch.logits, 1e-3), np.minimum(patch.logits, -1e-3)).astype(np.float16)
+    logits = signed_by(patch.logits, keep)
     rows = np.floor(clicks[:, 1]).astype(int) - patch.row0
     cols = np.floor(clicks[:, 0]).astype(int) - patch.col0
     inside = (rows >= 0) & (rows < keep.shape[0]) & (cols >= 0) & (cols < keep.shape[1])

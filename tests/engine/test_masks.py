@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pointsam_engine.masks import MASK_THRESHOLD, MaskPatch
+from pointsam_engine.masks import MASK_THRESHOLD, MaskPatch, positive, signed_by
 
 
 def _patch():
@@ -42,3 +42,27 @@ def test_shifting_moves_the_window_not_the_logits():
     assert (moved.row0, moved.col0) == (0, 207) and moved.logits is patch.logits and moved.score == patch.score
     assert _cells(moved) == {(r - 100, c + 7) for r, c in _cells(patch)}
     assert (patch.row0, patch.col0) == (100, 200)  # the original stays
+
+
+def _half_logits():
+    """Every finite float16 and the infinities, zeros of both signs among them, as SAM's logits can be."""
+    bits = np.arange(-32768, 32768, dtype=np.int32).astype(np.int16)
+    values = bits.view(np.float16)
+    return values[~np.isnan(values)]
+
+
+def test_the_mask_of_float16_logits_is_the_float_comparison_on_every_value():
+    logits = _half_logits()
+    assert np.array_equal(positive(logits), logits.astype(np.float32) > MASK_THRESHOLD)
+    assert np.array_equal(MaskPatch(0, 0, logits.reshape(1, -1), 0.5).mask[0], positive(logits))
+
+
+def test_signing_logits_by_a_mask_keeps_them_bit_for_bit_as_the_float_rule_would():
+    logits = _half_logits()
+    keep = np.random.default_rng(0).random(len(logits)) < 0.5
+    for dtype in (np.float16, np.float32):
+        given = logits.astype(dtype)
+        expected = np.where(keep, np.maximum(given, 1e-3), np.minimum(given, -1e-3)).astype(np.float16)
+        signed = signed_by(given, keep)
+        assert signed.dtype == np.float16 and np.array_equal(signed.view(np.int16), expected.view(np.int16))
+        assert np.array_equal(positive(signed), keep)
