@@ -188,7 +188,11 @@ def openvino_encoder(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torch
 
 
 def mark_loaded_from(encoder: torch.nn.Module, sha256: str, path: Path) -> None:
-    """Record that ``encoder``'s weights are those of the checkpoint file ``path`` with this sha256, as loaded."""
+    """Record that ``encoder``'s weights are those of the checkpoint file ``path`` with this sha256, as loaded.
+    Weights loaded under ``torch.inference_mode()`` are not recorded: such tensors keep no count of their changes,
+    so whether they are still as loaded cannot be told (their converted files are named by their bytes)."""
+    if any(t.is_inference() for t in encoder.state_dict().values()):
+        return
     stat = os.stat(path)
     # a plain attribute: not saved, not a submodule
     encoder._loaded_from = (sha256, weights_state(encoder), os.path.abspath(path),

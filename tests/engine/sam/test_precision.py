@@ -185,6 +185,13 @@ def test_weights_as_loaded_are_converted_from_their_own_file_not_saved_again(mon
     assert precision_module.loaded_checkpoint(sam.image_encoder) is None, "the file no longer holds these weights"
 
 
+def test_a_model_loaded_under_inference_mode_loads_and_its_weights_are_named_by_their_bytes():
+    """Inference tensors keep no count of in-place changes, so the file's sha256 cannot vouch for them."""
+    with torch.inference_mode():
+        sam = load_model(resolve_model_path(DEFAULT_MODEL), device="cpu", precision="fp32").sam
+    assert precision_module.loaded_checkpoint(sam.image_encoder) is None
+
+
 def test_the_converted_files_of_weights_as_loaded_are_named_without_reading_them(monkeypatch):
     """Weights still as their checkpoint file holds them are named by the file's sha256 (reading them would make
     the mapped file resident); changed ones, or added ones (an adapter's layers), by their bytes."""
