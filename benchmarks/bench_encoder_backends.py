@@ -6,12 +6,15 @@ The engine runs the encoder in eager PyTorch (fused attention; ``--precision`` f
 - ``torch.compile`` (inductor) of the engine's encoder, fp32 and under bf16 autocast, with inductor's on-disk
   cache (the compile time is printed: the first run pays it, later processes reuse the cache);
 - ONNX Runtime (CPU execution provider) on the engine's fp32 encoder exported to ONNX;
-- OpenVINO (CPU plugin; on a CPU with AMX or AVX512-BF16 it runs bf16 by default) on the same ONNX file.
+- OpenVINO (CPU plugin; on a CPU with AMX or AVX512-BF16 it runs bf16 by default) on the same ONNX file;
+- OpenVINO in int8: the same model quantized by NNCF (OpenVINO's own compression tool) after training, its
+  activations' ranges calibrated on :data:`CALIBRATION_SCENES` generated building scenes.
 
 Each variant encodes the same 1024² chip; after one warm-up pass the variants run in turns, ``--passes`` rounds,
-so load hits them alike. Prints seconds per pass (median), the time to get each ready (export, compile) and
-the embedding's cosine with the engine's fp32. Variants whose package is missing are skipped with the reason
-(``pip install onnx onnxscript onnxruntime openvino``: none is a dependency of the project).
+so load hits them alike. Prints seconds per pass (median), the time to get each ready (export, compile,
+quantize) and the embedding's cosine with the engine's fp32, on that chip (uniform noise) and on a generated
+building scene none of the variants was calibrated on. Variants whose package is missing are skipped with the
+reason (``pip install onnx onnxscript onnxruntime nncf``: only openvino is a dependency of the project).
 
     .venv/bin/python benchmarks/bench_encoder_backends.py [--model vit_b] [--passes 3]
 """
@@ -37,6 +40,19 @@ def _engine(model_type: str, precision: str):
 
     loaded = load_model(str(_checkpoint(model_type)), device="cpu", precision=precision)
     return loaded.sam, encoder_runner(loaded.sam, precision, "cpu")
+
+
+CALIBRATION_SCENES = 8  # generated building scenes (seeds 1-8) that calibrate OpenVINO int8; seed 0 is measured
+
+
+def scene_chip(seed: int):
+    """A generated 1024² building scene as the encoder's input ``(1, 3, 1024, 1024)`` float32, before SAM's
+    preprocessing."""
+    import torch
+
+    from pointsam_engine.demo.scenes import render
+
+    return torch.from_numpy(render("buildings", seed=seed).image.astype("float32"))[None]
 
 
 def variants(model_type: str, folder: Path) -> Dict[str, Callable]:
@@ -70,6 +86,18 @@ def variants(model_type: str, folder: Path) -> Dict[str, Callable]:
         compiled_model = ov.Core().compile_model(str(onnx_file()), "CPU")
         return lambda x: torch.from_numpy(np.asarray(compiled_model(x.numpy())[0]))
 
+    def openvino_int8():
+        import nncf
+        import openvino as ov
+
+        sam, _ = _engine(model_type, "fp32")
+        with torch.inference_mode():
+            chips = [sam.preprocess(scene_chip(seed)).numpy() for seed in range(1, CALIBRATION_SCENES + 1)]
+        quantized = nncf.quantize(ov.Core().read_model(str(onnx_file())), nncf.Dataset(chips),
+                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(chips))
+        compiled_model = ov.Core().compile_model(quantized, "CPU")
+        return lambda x: torch.from_numpy(np.asarray(compiled_model(x.numpy())[0]))
+
     return {
         "engine fp32 (eager)": lambda: _engine(model_type, "fp32")[1],
         "engine bf16 (eager)": lambda: _engine(model_type, "bf16")[1],
@@ -77,6 +105,7 @@ def variants(model_type: str, folder: Path) -> Dict[str, Callable]:
         "torch.compile bf16": compiled("bf16"),
         "ONNX Runtime fp32": onnxruntime,
         "OpenVINO (CPU default)": openvino,
+        "OpenVINO int8 (NNCF)": openvino_int8,
     }
 
 
@@ -93,7 +122,8 @@ def main() -> None:
     sam, _ = _engine(args.model, "fp32")
     with torch.inference_mode():
         chip = sam.preprocess(_chip("cpu")).contiguous()
-    ready, build_seconds = {}, {}
+        scene = sam.preprocess(scene_chip(0)).contiguous()
+    ready, build_seconds, on_scene = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         for name, build in variants(args.model, Path(tmp)).items():
             if args.only and name not in args.only.split(","):
@@ -107,6 +137,7 @@ def main() -> None:
                 continue
             build_seconds[name] = time.perf_counter() - start
             ready[name] = (encode, reference.float().flatten())
+            on_scene[name] = encode(scene).float().flatten()
             print(f"ready {name} in {build_seconds[name]:.0f} s", flush=True)
         seconds = {name: [] for name in ready}
         for _ in range(args.passes):
@@ -114,14 +145,19 @@ def main() -> None:
                 start = time.perf_counter()
                 encode(chip)
                 seconds[name].append(time.perf_counter() - start)
-    base = ready.get("engine fp32 (eager)", next(iter(ready.values())))[1].double()
+    reference = "engine fp32 (eager)" if "engine fp32 (eager)" in ready else next(iter(ready))
     print(f"\n{args.model}, 1024² chip, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.passes} interleaved rounds")
-    print("| variant | seconds per pass (median) | ready in (s: build, export, compile + first pass) | cosine to engine fp32 |")
-    print("|---|---|---|---|")
+    print(f"| variant | seconds per pass (median) | ready in (s: build, export, compile + first pass) "
+          f"| cosine to {reference}: noise chip | generated scene |")
+    print("|---|---|---|---|---|")
+
+    def cosine(a, b) -> float:
+        return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
     for name, (encode, embedding) in ready.items():
-        cosine = float(torch.nn.functional.cosine_similarity(embedding.double(), base, dim=0))
-        print(f"| {name} | {statistics.median(seconds[name]):.2f} | {build_seconds[name]:.0f} | {cosine:.5f} |")
+        print(f"| {name} | {statistics.median(seconds[name]):.2f} | {build_seconds[name]:.0f} "
+              f"| {cosine(embedding, ready[reference][1]):.5f} | {cosine(on_scene[name], on_scene[reference]):.5f} |")
 
 
 if __name__ == "__main__":

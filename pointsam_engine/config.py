@@ -56,7 +56,8 @@ class SegmentConfig:
     calibration: bool = True
     calibration_iou: float = 0.1
     keep_overlaps: bool = False  # True: each object keeps its own mask where masks overlap (no pixel goes to the higher logit)
-    decoder_batch: int = 8  # larger batches are no faster on a CPU and cost ~25 MB per prompt at 1024²
+    # prompts decoded together; None: as many as suit the model's size (pointsam_engine.sam.decode.decoder_batch_for)
+    decoder_batch: Optional[int] = None
     # vectorize
     # ground measures whatever the CRS (geodesic on geographic CRSs; see measure.grid_tolerances)
     min_area: float = 0.0  # m²: objects whose area_m2 is smaller are skipped

@@ -96,6 +96,20 @@ def decode(sam, embedding: torch.Tensor, prompts: Sequence[Prompt],
     return predict_masks(sam, image_context(sam, embedding) if context is None else context, sparse, read)
 
 
+DECODER_BATCH_MB = 32  # prompts decoded together by default hold about this much (benchmarks/bench_decoder_batch.py)
+
+
+def decoder_batch_for(sam) -> int:
+    """How many prompts to decode together by default: as many as fit :data:`DECODER_BATCH_MB` of the image-side
+    work each prompt has of its own (the image rows the two-way transformer updates, then the 4x upscaled
+    features, twice as many values). Past that, the batch no longer stays in the CPU's caches and each prompt
+    costs more: a full-size SAM (a 64² x 256 grid, 12 MB a prompt) decodes fastest two to four at a time, the
+    bundled model (32² x 128) about sixteen."""
+    (h, w), width = sam.prompt_encoder.image_embedding_size, sam.mask_decoder.transformer_dim
+    per_prompt = 3 * h * w * width * 4  # float32
+    return max(1, DECODER_BATCH_MB * 2 ** 20 // per_prompt)
+
+
 def decode_groups(sam, embedding: torch.Tensor, prompts: Sequence[Prompt], batch: Optional[int] = None,
                   context: Optional[ImageContext] = None) -> List[Decoded]:
     """Every prompt decoded once, in batches of one :func:`layout` and at most ``batch`` prompts (None: no limit).

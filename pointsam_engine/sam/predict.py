@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..masks import MASK_THRESHOLD, MaskPatch, Prompt
 from .cache import EmbeddingCache
-from .decode import decode_groups, embed, embedding_from_numpy, embedding_to_numpy
+from .decode import decode_groups, decoder_batch_for, embed, embedding_from_numpy, embedding_to_numpy
 from .mask_decoder import ImageContext, image_context
 from .model import LoadedModel
 from .precision import encoder_runner
@@ -54,10 +54,12 @@ def upsample_region(low_res: torch.Tensor, factor: int, out_shape) -> Optional[M
 class ChipPredictor:
     """Encode a chip once with :meth:`set_chip`, then :meth:`predict` any number of prompts on it."""
 
-    def __init__(self, model: LoadedModel, cache: Optional[EmbeddingCache] = None, decoder_batch: int = 8):
+    def __init__(self, model: LoadedModel, cache: Optional[EmbeddingCache] = None,
+                 decoder_batch: Optional[int] = None):
         self.model = model
         self.cache = cache if cache is not None else EmbeddingCache()
-        self.decoder_batch = max(1, int(decoder_batch))
+        # prompts decoded together; None: as many as suit the model's size (decode.decoder_batch_for)
+        self.decoder_batch = max(1, int(decoder_batch)) if decoder_batch else decoder_batch_for(model.sam)
         self.encoder_passes = 0
         self._encode = encoder_runner(model.sam, model.precision, model.device)
         self._embedding: Optional[torch.Tensor] = None
