@@ -2,10 +2,11 @@
 
 A segment run decodes a chip's prompts a batch at a time (``ChipPredictor.decoder_batch``; by default
 :func:`pointsam_engine.sam.decode.decoder_batch_for` sizes it by the model). For the bundled model and for a
-full-size SAM (``vit_b``, random weights in the official layout, as ``bench_encoder.py``), on a generated 1024²
-buildings scene encoded once, this prints the time per prompt of ``ChipPredictor.predict`` (decoder and
-upsampling) at each batch size and at the default, for single clicks (SAM's three outputs) and for prompts of
-one click and eight negatives (a calibrated prompt). Best of ``--rounds`` rounds of ``--prompts`` prompts.
+full-size SAM (``vit_b``, random weights in the official layout, as ``bench_encoder.py``), on a generated
+buildings scene of the model's chip size encoded once, this prints the time per prompt of
+``ChipPredictor.predict`` (decoder and upsampling) at each batch size and at the default, for single clicks on
+the scene's buildings (SAM's three outputs) and for prompts of such a click and eight negatives on the chip (a
+calibrated prompt). Best of ``--rounds`` rounds of about ``--prompts`` prompts, a whole number of batches.
 
     .venv/bin/python benchmarks/bench_decoder_batch.py [--batches 1,2,4,8,16,32] [--prompts 32] [--rounds 4]
 """
@@ -48,25 +49,25 @@ def main() -> None:
     from pointsam_engine.sam.model import DEFAULT_MODEL, load_model, resolve_model_path
     from pointsam_engine.sam.predict import ChipPredictor
 
-    scene = render("buildings", seed=0)
-    image = np.ascontiguousarray(scene.image.transpose(1, 2, 0))
-    rng = np.random.default_rng(0)
-    clicks = scene.clicks[:args.prompts]
-    prompts = {"single click": [Prompt(c[None], np.array([1])) for c in clicks]}
-    prompts["1 click + 8 negatives"] = [Prompt(np.vstack([c, rng.uniform(0, 1024, (8, 2))]), np.array([1] + [0] * 8))
-                                        for c in clicks]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(clicks)} prompts, best of {args.rounds}")
-    print("| model | batch | ms per prompt: " + " | ".join(prompts) + " |")
-    print("|---|---|" + "---|" * len(prompts))
+    layouts = ("single click", "1 click + 8 negatives")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, about {args.prompts} prompts, "
+          f"best of {args.rounds}")
+    print("| model | batch | ms per prompt: " + " | ".join(layouts) + " |")
+    print("|---|---|" + "---|" * len(layouts))
     for name, path in (("bundled", resolve_model_path(DEFAULT_MODEL)), ("vit_b (random)", _checkpoint("vit_b"))):
         model = load_model(str(path), device="cpu")
+        size = model.image_size
+        scene = render("buildings", size=size, seed=0)
+        rng = np.random.default_rng(0)
         default = decoder_batch_for(model.sam)
-        batches = sorted({int(b) for b in args.batches.split(",")} | {default})
         predictor = ChipPredictor(model, EmbeddingCache(0))
-        predictor.set_chip(image[:model.image_size, :model.image_size])
-        for batch in batches:
+        predictor.set_chip(np.ascontiguousarray(scene.image.transpose(1, 2, 0)))
+        for batch in sorted({int(b) for b in args.batches.split(",")} | {default}):
+            clicks = scene.clicks[np.arange(batch * max(1, round(args.prompts / batch))) % len(scene.clicks)]
+            prompts = ([Prompt(c[None], np.array([1])) for c in clicks],
+                       [Prompt(np.vstack([c, rng.uniform(0, size, (8, 2))]), np.array([1] + [0] * 8)) for c in clicks])
             predictor.decoder_batch = batch
-            per_layout = [per_prompt_ms(predictor, ps, args.rounds) for ps in prompts.values()]
+            per_layout = [per_prompt_ms(predictor, ps, args.rounds) for ps in prompts]
             label = f"{batch} (default)" if batch == default else str(batch)
             print(f"| {name} | {label} | " + " | ".join(f"{ms:.1f}" for ms in per_layout) + " |", flush=True)
 

@@ -148,7 +148,7 @@ def main() -> None:
     reference = "engine fp32 (eager)" if "engine fp32 (eager)" in ready else next(iter(ready))
     print(f"\n{args.model}, 1024² chip, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.passes} interleaved rounds")
-    print(f"| variant | seconds per pass (median) | ready in (s: build, export, compile + first pass) "
+    print(f"| variant | seconds per pass (median) | ready in (s: build, export, compile or quantize + first pass) "
           f"| cosine to {reference}: noise chip | generated scene |")
     print("|---|---|---|---|---|")
 

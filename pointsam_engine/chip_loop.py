@@ -154,17 +154,18 @@ def decode_chip(predictor, prompts: List[Prompt], positives: List[np.ndarray], n
     """
     overlapped, kept, redone = set(), [None] * n_own, []
     clicks = Clicks(positives)
+    batch = cfg.decoder_batch or getattr(predictor, "decoder_batch", 1)
     for group in _groups(positives[:n_own], DECODE_GROUP):
         with stages("decode"):
             first = [None] * len(prompts)
-            for a, patch in zip(group, _predict_half(predictor, [prompts[a] for a in group])):
+            for a, patch in zip(group, _predict_half(predictor, [prompts[a] for a in group], batch)):
                 first[a] = patch
         overlapped |= overlapping_pairs(first)
         redo: dict = {}
         if cfg.calibration:
             with stages("calibrate"):
                 redo, _ = calibrate(prompts, first, clicks, group,
-                                    lambda ps: _predict_half(predictor, ps), cfg.calibration_iou)
+                                    lambda ps: _predict_half(predictor, ps, batch), cfg.calibration_iou)
         for a in group:
             kept[a] = finish(a, redo.get(a, first[a]))
         redone += sorted(redo)
@@ -221,11 +222,9 @@ def _settle(j: int, held, near, patches: Dict[int, MaskPatch], pos_w, run: ChipR
         run.polygons[i] = polygon
 
 
-def _predict_half(predictor, prompts: List[Prompt]) -> List[Optional[MaskPatch]]:
-    """Decode the predictor's batch of prompts at a time and keep float16 logits, so a chip's float32 masks never
-    pile up."""
+def _predict_half(predictor, prompts: List[Prompt], batch: int) -> List[Optional[MaskPatch]]:
+    """Decode ``batch`` prompts at a time and keep float16 logits, so a chip's float32 masks never pile up."""
     out: List[Optional[MaskPatch]] = []
-    batch = predictor.decoder_batch
     for start in range(0, len(prompts), batch):
         out += [_half(p) for p in predictor.predict(prompts[start:start + batch])]
     return out

@@ -25,12 +25,13 @@ def positive(logits: np.ndarray) -> np.ndarray:
 def signed_by(logits: np.ndarray, keep: np.ndarray, margin: float = 1e-3) -> np.ndarray:
     """The logits with their sign set by ``keep``: at least ``margin`` where it is True, at most ``-margin``
     elsewhere (``np.where(keep, max(logits, margin), min(logits, -margin))``), as float16. Computed on the
-    float16 bits (see :func:`positive`): a magnitude below ``margin`` is a smaller unsigned 15-bit value."""
-    half = logits.astype(np.float16, copy=False)
-    bits = half.view(np.int16)
+    float16 bits (see :func:`positive`): a magnitude below ``margin`` is a smaller unsigned 15-bit value. A NaN
+    (never a logit) becomes ``margin`` where kept."""
+    keep = np.asarray(keep, dtype=bool)
+    out = logits.astype(np.float16)  # a copy, rounded first: rounding keeps the order, so the result is the same
+    bits = out.view(np.int16)
     small = (bits & 0x7FFF) < np.array(margin, np.float16).view(np.int16)
-    above = positive(half)
-    out = half.copy()
+    above = positive(out)
     out[keep & (small | ~above)] = margin
     out[~keep & (small | above)] = -margin
     return out

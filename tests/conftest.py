@@ -69,7 +69,6 @@ class SquarePredictor:
 
     def __init__(self, half: int = 10, chip_size: int = 256, label: str = "stub@000000000000"):
         self.half, self.chip_size, self.label = half, chip_size, label
-        self.decoder_batch = 8
         self.calls: List[List[Prompt]] = []
         self.chips: List[tuple] = []
         self.encoder_passes = 0

@@ -34,6 +34,9 @@ from ..raster import Raster, apply_affine, grid_outline
 ON_NO_RASTER = "on no raster"
 ON_NODATA_ONLY = "on nodata in every raster holding it"
 NO_OBJECT = "negative point with no object"
+# settings a finished task's layers do not depend on (the output CRS is applied when the tasks are merged; the
+# others set only speed), so --resume keeps the tasks finished under other values
+NOT_IN_TASK_KEY = ("overwrite", "out_crs", "cache_dir", "cache_mb", "decoder_batch")
 
 
 @dataclass
@@ -180,7 +183,7 @@ def _owners(points, anchors: np.ndarray, footprints: Dict[str, Footprint], cfg: 
 def _tasks(instances, owner, band, paths: List[str], footprints, frame, cfg: SegmentConfig,
            band_px: int) -> List[TaskSpec]:
     tasks = []
-    cfg_key = json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "out_crs", "cache_dir")},
+    cfg_key = json.dumps({k: v for k, v in asdict(cfg).items() if k not in NOT_IN_TASK_KEY},
                          sort_keys=True, default=str)
     for k, path in enumerate(paths):
         mine = np.flatnonzero(owner == k)

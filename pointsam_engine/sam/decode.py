@@ -96,15 +96,18 @@ def decode(sam, embedding: torch.Tensor, prompts: Sequence[Prompt],
     return predict_masks(sam, image_context(sam, embedding) if context is None else context, sparse, read)
 
 
-DECODER_BATCH_MB = 32  # prompts decoded together by default hold about this much (benchmarks/bench_decoder_batch.py)
+DECODER_BATCH_MB = 32  # on a CPU, prompts decoded together by default hold about this much
+GPU_DECODER_BATCH = 8  # elsewhere: the batch every model had before (not measured against others on a GPU)
 
 
-def decoder_batch_for(sam) -> int:
-    """How many prompts to decode together by default: as many as fit :data:`DECODER_BATCH_MB` of the image-side
-    work each prompt has of its own (the image rows the two-way transformer updates, then the 4x upscaled
-    features, twice as many values). Past that, the batch no longer stays in the CPU's caches and each prompt
-    costs more: a full-size SAM (a 64² x 256 grid, 12 MB a prompt) decodes fastest two to four at a time, the
-    bundled model (32² x 128) about sixteen."""
+def decoder_batch_for(sam, device="cpu") -> int:
+    """How many prompts to decode together by default. On a CPU, as many as fit :data:`DECODER_BATCH_MB` of the
+    image-side work each prompt has of its own (the image rows the two-way transformer updates, then the 4x
+    upscaled features, twice as many values): past the CPU's caches each prompt costs more. A full-size SAM
+    (a 64² x 256 grid, 12 MB a prompt) then decodes 2 at a time, the bundled model (32² x 128) 21
+    (``benchmarks/bench_decoder_batch.py`` prints both against other batch sizes)."""
+    if str(device).split(":")[0] != "cpu":
+        return GPU_DECODER_BATCH
     (h, w), width = sam.prompt_encoder.image_embedding_size, sam.mask_decoder.transformer_dim
     per_prompt = 3 * h * w * width * 4  # float32
     return max(1, DECODER_BATCH_MB * 2 ** 20 // per_prompt)

@@ -10,7 +10,7 @@
   fp32 there (``benchmarks/bench_encoder.py``), in 1,620 MB against OpenVINO's 2,216.
 - ``openvino``: the encoder converted to OpenVINO's CPU runtime (once per set of weights, kept on disk in
   :func:`openvino_cache_dir`), at OpenVINO's own default precision: bf16 on CPUs with native bf16, fp32 on others.
-  SAM's encoders only (not SAM 2.1's). 2.4x faster than ``bf16`` and 5x faster than ``fp32`` for vit_b on this
+  SAM's encoders only (not SAM 2.1's). 2.3x faster than ``bf16`` and 4.9x faster than ``fp32`` for vit_b on this
   project's CPU (``benchmarks/bench_encoder_backends.py``, which also measured torch.compile and ONNX Runtime).
 - ``auto``: on a CPU with native bf16, ``openvino`` for SAM models (else ``bf16``); on other x86 CPUs ``int8`` for
   SAM models (measured on an AVX2-only CPU; an AVX-512 CPU without bf16 was not measured); on other CPUs

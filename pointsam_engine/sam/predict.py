@@ -59,7 +59,8 @@ class ChipPredictor:
         self.model = model
         self.cache = cache if cache is not None else EmbeddingCache()
         # prompts decoded together; None: as many as suit the model's size (decode.decoder_batch_for)
-        self.decoder_batch = max(1, int(decoder_batch)) if decoder_batch else decoder_batch_for(model.sam)
+        self.decoder_batch = max(1, int(decoder_batch)) if decoder_batch is not None else \
+            decoder_batch_for(model.sam, model.device)
         self.encoder_passes = 0
         self._encode = encoder_runner(model.sam, model.precision, model.device)
         self._embedding: Optional[torch.Tensor] = None

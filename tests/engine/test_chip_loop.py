@@ -81,10 +81,11 @@ def test_a_chip_calibrated_group_by_group_indexes_its_clicks_once(monkeypatch):
     assert len(built) == 1  # in one index of the chip's clicks, not one per group (O(objects²) per chip)
 
 
-def test_the_chip_loop_decodes_the_predictors_batch_of_prompts_at_a_time():
-    stub = SquarePredictor(half=8, chip_size=2048)
-    stub.decoder_batch = 3
-    stub.set_chip(np.zeros((256, 2048, 3), np.uint8))
-    clicks, prompts = _row_of_objects(10, 20.0)
-    decode_chip(stub, prompts, clicks, 10, SegmentConfig(), _stages, lambda a, patch: patch)
-    assert max(len(call) for call in stub.calls) == 3
+def test_the_chip_loop_decodes_the_predictors_batch_of_prompts_at_a_time_unless_the_options_give_one():
+    for option, expected in ((None, 3), (5, 5)):
+        stub = SquarePredictor(half=8, chip_size=2048)
+        stub.decoder_batch = 3
+        stub.set_chip(np.zeros((256, 2048, 3), np.uint8))
+        clicks, prompts = _row_of_objects(10, 20.0)
+        decode_chip(stub, prompts, clicks, 10, SegmentConfig(decoder_batch=option), _stages, lambda a, patch: patch)
+        assert max(len(call) for call in stub.calls) == expected

@@ -58,11 +58,13 @@ def test_the_mask_of_float16_logits_is_the_float_comparison_on_every_value():
 
 
 def test_signing_logits_by_a_mask_keeps_them_bit_for_bit_as_the_float_rule_would():
-    logits = _half_logits()
-    keep = np.random.default_rng(0).random(len(logits)) < 0.5
-    for dtype in (np.float16, np.float32):
-        given = logits.astype(dtype)
-        expected = np.where(keep, np.maximum(given, 1e-3), np.minimum(given, -1e-3)).astype(np.float16)
-        signed = signed_by(given, keep)
+    near = np.random.default_rng(1).normal(0, 2e-3, 20000)  # values around the margin
+    half = np.concatenate([_half_logits(), near.astype(np.float16)])
+    single = np.concatenate([near, [7e4, -7e4, 65519.0, 65520.0, 1e-3, -1e-3]]).astype(np.float32)  # float16 rounds these
+    for given in (half, single):
+        keep = np.random.default_rng(0).random(len(given)) < 0.5
+        with np.errstate(over="ignore"):  # float32 past float16's range rounds to an infinity
+            expected = np.where(keep, np.maximum(given, 1e-3), np.minimum(given, -1e-3)).astype(np.float16)
+            signed = signed_by(given, keep)
         assert signed.dtype == np.float16 and np.array_equal(signed.view(np.int16), expected.view(np.int16))
         assert np.array_equal(positive(signed), keep)

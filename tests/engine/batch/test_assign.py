@@ -61,3 +61,13 @@ def test_a_tall_raster_becomes_bands_owning_their_objects(tiles):
         for task in plan.tasks:
             rows = [src.index(points.geometry[f].x, points.geometry[f].y)[0] for f in task.fids]
             assert all(r // 200 == task.band for r in rows)
+
+
+def test_a_task_is_redone_on_resume_when_an_option_of_its_layers_changes_not_one_of_speed(tiles):
+    def keys(cfg):
+        return [task.key for task in plan_tasks(tiles["points"], [str(p) for p in tiles["tiles"]], cfg,
+                                                band_px=16384).tasks]
+
+    base = SegmentConfig()
+    assert keys(base.replace(decoder_batch=3, cache_mb=16)) == keys(base)
+    assert all(a != b for a, b in zip(keys(base.replace(calibration_iou=0.3)), keys(base)))

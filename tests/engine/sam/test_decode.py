@@ -6,7 +6,15 @@ import torch
 
 from pointsam_engine.masks import Prompt
 from pointsam_engine.sam.cache import EmbeddingCache
-from pointsam_engine.sam.decode import DECODER_BATCH_MB, decode_groups, decoder_batch_for, embed, layout, multimask
+from pointsam_engine.sam.decode import (
+    DECODER_BATCH_MB,
+    GPU_DECODER_BATCH,
+    decode_groups,
+    decoder_batch_for,
+    embed,
+    layout,
+    multimask,
+)
 from pointsam_engine.sam.model import OFFICIAL_ARCHS, build_sam, load_model
 from pointsam_engine.sam.predict import ChipPredictor, upsample_region
 from training.losses import mask_iou
@@ -98,8 +106,10 @@ def test_batches_hold_at_most_the_decoder_batch(chip):
 def test_a_full_size_sam_decodes_fewer_prompts_together_than_the_bundled_model(chip):
     """Batches past the CPU's caches cost more per prompt: the default batch follows the image-side work a prompt
     has of its own, which a 64² x 256 grid has 8x of the bundled model's 32² x 128."""
-    vit_b = build_sam(OFFICIAL_ARCHS["vit_b"])
+    with torch.device("meta"):  # the layout only: no weights
+        vit_b = build_sam(OFFICIAL_ARCHS["vit_b"])
     small, large = decoder_batch_for(chip.model.sam), decoder_batch_for(vit_b)
     assert 1 <= large < small and chip.decoder_batch == small
     assert large * 3 * 64 * 64 * 256 * 4 <= DECODER_BATCH_MB * 2 ** 20
+    assert decoder_batch_for(vit_b, "cuda:0") == GPU_DECODER_BATCH  # caches do not set a GPU's batch
     assert ChipPredictor(chip.model, EmbeddingCache(0), decoder_batch=3).decoder_batch == 3  # a given batch wins
