@@ -55,8 +55,9 @@ def scene_chip(seed: int):
     return torch.from_numpy(render("buildings", seed=seed).image.astype("float32"))[None]
 
 
-def variants(model_type: str, folder: Path) -> Dict[str, Callable]:
-    """name -> a function that returns a ready encoder (chip tensor -> embedding tensor); building it may take long."""
+def variants(model_type: str, folder: Path, preprocess: Callable) -> Dict[str, Callable]:
+    """name -> a function that returns a ready encoder (chip tensor -> embedding tensor); building it may take long.
+    ``preprocess``: SAM's pixel normalisation and padding (calibration chips go through it as the bench chip did)."""
     import numpy as np
     import torch
 
@@ -83,20 +84,19 @@ def variants(model_type: str, folder: Path) -> Dict[str, Callable]:
     def openvino():
         import openvino as ov
 
-        compiled_model = ov.Core().compile_model(str(onnx_file()), "CPU")
+        return on_openvino(ov.Core().compile_model(str(onnx_file()), "CPU"))
+
+    def on_openvino(compiled_model):
         return lambda x: torch.from_numpy(np.asarray(compiled_model(x.numpy())[0]))
 
     def openvino_int8():
         import nncf
         import openvino as ov
 
-        sam, _ = _engine(model_type, "fp32")
-        with torch.inference_mode():
-            chips = [sam.preprocess(scene_chip(seed)).numpy() for seed in range(1, CALIBRATION_SCENES + 1)]
+        chips = [preprocess(scene_chip(seed)).numpy() for seed in range(1, CALIBRATION_SCENES + 1)]
         quantized = nncf.quantize(ov.Core().read_model(str(onnx_file())), nncf.Dataset(chips),
                                   model_type=nncf.ModelType.TRANSFORMER, subset_size=len(chips))
-        compiled_model = ov.Core().compile_model(quantized, "CPU")
-        return lambda x: torch.from_numpy(np.asarray(compiled_model(x.numpy())[0]))
+        return on_openvino(ov.Core().compile_model(quantized, "CPU"))
 
     return {
         "engine fp32 (eager)": lambda: _engine(model_type, "fp32")[1],
@@ -125,7 +125,7 @@ def main() -> None:
         scene = sam.preprocess(scene_chip(0)).contiguous()
     ready, build_seconds, on_scene = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        for name, build in variants(args.model, Path(tmp)).items():
+        for name, build in variants(args.model, Path(tmp), sam.preprocess).items():
             if args.only and name not in args.only.split(","):
                 continue
             start = time.perf_counter()
