@@ -16,7 +16,7 @@ import numpy as np
 from .calibration import Clicks, calibrate, overlapping_pairs, resolve_overlaps
 from .chips import Chip, ChipPlan, finalization_schedule, neighbours
 from .errors import Cancelled
-from .masks import CLICK_LOGIT, MaskPatch, Prompt, signed_by
+from .masks import CLICK_LOGIT, MaskPatch, Prompt, as_half, signed_by
 from .memory import release_freed_memory
 from .sam.cache import embedding_key
 from .vectorize import clean_mask, trace_logits
@@ -232,7 +232,7 @@ def _predict_half(predictor, prompts: List[Prompt], batch: int) -> List[Optional
 
 def _half(patch: Optional[MaskPatch]) -> Optional[MaskPatch]:
     """Logits as float16: masks of a whole chip's objects are held at once, and comparisons need no more."""
-    return None if patch is None else MaskPatch(patch.row0, patch.col0, patch.logits.astype(np.float16), patch.score)
+    return None if patch is None else MaskPatch(patch.row0, patch.col0, as_half(patch.logits), patch.score)
 
 
 def _compact(patch: MaskPatch) -> MaskPatch:

@@ -22,6 +22,15 @@ def positive(logits: np.ndarray) -> np.ndarray:
     return (bits > 0) & (bits <= _HALF_INF)
 
 
+def as_half(logits: np.ndarray) -> np.ndarray:
+    """``logits`` as float16, the form masks are held in (float16 ones as they are). Cast by torch: numpy's
+    float32 -> float16 cast is not vectorized (2.0 ms for a 1024² chip here, torch 0.2 ms); both round to
+    nearest even, so the bits are numpy's."""
+    import torch  # here: the engine's command line reads this module without loading torch
+
+    return torch.from_numpy(np.asarray(logits)).to(torch.float16).numpy()
+
+
 def signed_by(logits: np.ndarray, keep: np.ndarray, margin: float = 1e-3) -> np.ndarray:
     """The logits with their sign set by ``keep``: at least ``margin`` where it is True, at most ``-margin``
     elsewhere (``np.where(keep, max(logits, margin), min(logits, -margin))``), as float16. Computed on the

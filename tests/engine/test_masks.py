@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pointsam_engine.masks import MASK_THRESHOLD, MaskPatch, positive, signed_by
+from pointsam_engine.masks import MASK_THRESHOLD, MaskPatch, as_half, positive, signed_by
 
 
 def _patch():
@@ -68,3 +68,24 @@ def test_signing_logits_by_a_mask_keeps_them_bit_for_bit_as_the_float_rule_would
             signed = signed_by(given, keep)
         assert signed.dtype == np.float16 and np.array_equal(signed.view(np.int16), expected.view(np.int16))
         assert np.array_equal(positive(signed), keep)
+
+
+def test_logits_held_as_float16_have_the_bits_numpy_casts_them_to():
+    rng = np.random.default_rng(2)
+    # every float16 value, values between it and its neighbours (the midpoints, where rounding ties, among
+    # them), past float16's range, below its subnormals, both zeros
+    finite = _half_logits()[np.isfinite(_half_logits())]
+    with np.errstate(over="ignore"):  # the largest float16's gap is an infinity
+        halves, gaps = finite.astype(np.float32), np.abs(np.spacing(finite)).astype(np.float32)
+    steps = np.concatenate([gaps, -gaps]) * rng.choice([0.5, 0.25, 0.75], 2 * len(halves)).astype(np.float32)
+    values = np.concatenate([halves, np.tile(halves, 2) + steps, [7e4, -7e4, 65519.0, 65520.0, 1e-9, -0.0],
+                             rng.normal(0, 30, 10000)]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16)
+    held = as_half(values)
+    assert held.dtype == np.float16 and np.array_equal(held.view(np.int16), expected.view(np.int16))
+    grid = values[:40000].reshape(200, 200)[5:150:3, ::7]  # a strided window, as a crop of a chip's logits
+    with np.errstate(over="ignore"):
+        assert np.array_equal(as_half(grid).view(np.int16), grid.astype(np.float16).view(np.int16))
+    already = expected[:10]
+    assert as_half(already) is already or np.shares_memory(as_half(already), already)
