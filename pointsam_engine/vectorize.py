@@ -36,7 +36,7 @@ def clean_mask(patch: MaskPatch, keep_points: np.ndarray, max_hole_px: float) ->
     mask = patch.mask
     if max_hole_px > 0:
         mask = _fill_small_holes(mask, max_hole_px)
-    labels, n = ndimage.label(mask, _FOUR_CONNECTED)  # as shapes() traces
+    labels, n = _parts(mask)  # 4-connected, as shapes() traces
     if n <= 1:
         return mask
     rows = np.floor(keep_points[:, 1]).astype(int) - patch.row0
@@ -47,7 +47,14 @@ def clean_mask(patch: MaskPatch, keep_points: np.ndarray, max_hole_px: float) ->
     hit[0] = False
     if not hit.any():
         hit[1 + int(np.argmax(np.bincount(labels.ravel(), minlength=n + 1)[1:]))] = True
-    return hit[labels]
+    return np.take(hit, labels)
+
+
+def _parts(mask: np.ndarray) -> Tuple[np.ndarray, int]:
+    """``mask``'s 4-connected parts labelled 1..n, and n. Labels are numpy's index type, which ``np.bincount``
+    and ``np.take`` read without a converted copy (on a 1024² chip: 2.0 ms and 0.8 ms, against 2.4 and 2.2 for
+    ``ndimage.label``'s default int32 and fancy indexing)."""
+    return ndimage.label(mask, _FOUR_CONNECTED, output=np.intp)
 
 
 def _fill_small_holes(mask: np.ndarray, max_hole_px: float) -> np.ndarray:
@@ -55,13 +62,13 @@ def _fill_small_holes(mask: np.ndarray, max_hole_px: float) -> np.ndarray:
     ``max_hole_px`` pixels filled: one labelling of the background, padded so the outside is one part."""
     padded = np.ones((mask.shape[0] + 2, mask.shape[1] + 2), dtype=bool)  # np.pad costs 5x more per small mask
     padded[1:-1, 1:-1] = ~mask
-    background, n = ndimage.label(padded, _FOUR_CONNECTED)
+    background, n = _parts(padded)
     if n <= 1:
         return mask
     sizes = np.bincount(background.ravel(), minlength=n + 1)
     fill = sizes < max_hole_px
     fill[[0, background[0, 0]]] = False  # the mask itself, and the outside
-    return mask | fill[background[1:-1, 1:-1]]
+    return mask | np.take(fill, background[1:-1, 1:-1])
 
 
 def trace(mask: np.ndarray, row0: int, col0: int):
