@@ -2,7 +2,8 @@
 
 Each predicted instance is paired with the truth polygon that holds its prompt point (matched through
 ``point_fid`` when the points are given; otherwise the truth it overlaps most). A click that produced
-no prediction counts as IoU 0. Also counted: missed clicks, truth objects hit by two clicks, and merges
+no prediction counts as IoU 0; a click off the raster's grid is not scored (segment skipped it: there was
+no image there). Also counted: missed clicks, clicks off the grid, truth objects hit by two clicks, and merges
 (a prediction covering at least half of a truth object other than its own).
 """
 
@@ -47,6 +48,11 @@ class Grid:
     def from_dict(cls, data: dict) -> "Grid":
         return cls(Affine(*data["transform"]), tuple(data["shape"]), CRS.from_user_input(data["crs"]))
 
+    def footprint(self):
+        """The area the grid covers, a polygon in its CRS."""
+        rows, cols = self.shape
+        return shapely.Polygon([self.transform * corner for corner in ((0, 0), (cols, 0), (cols, rows), (0, rows))])
+
     @classmethod
     def from_raster(cls, path) -> "Grid":
         import rasterio
@@ -73,6 +79,7 @@ class ImageScore:
     truth_hit_twice: int = 0
     merges: int = 0
     clicks_on_background: int = 0
+    clicks_off_raster: int = 0
     ious: List[float] = field(default_factory=list)
 
 
@@ -100,6 +107,9 @@ def score_image(pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, grid: Grid,
     result = ImageScore(0.0, 0.0, 0)
     if points is not None:
         points = points.to_crs(grid.crs)
+        on_grid = shapely.intersects(points.geometry.values, grid.footprint())
+        result.clicks_off_raster = int((~on_grid).sum())
+        points = points[on_grid]
         clicks = points.geometry.values
         holder = {}
         for fid, click in zip(points.index, clicks):
@@ -152,6 +162,7 @@ def summarize(images: Sequence[ImageScore]) -> dict:
         "truth_hit_twice": int(sum(s.truth_hit_twice for s in images)),
         "merges": int(sum(s.merges for s in images)),
         "clicks_on_background": int(sum(s.clicks_on_background for s in images)),
+        "clicks_off_raster": int(sum(s.clicks_off_raster for s in images)),
     }
 
 
@@ -174,7 +185,24 @@ def evaluate_files(pred_path, truth_path, points_path=None, *, raster=None, trut
     points = None
     if points_path is not None:
         points = pyogrio.read_dataframe(points_path, layer=points_layer, fid_as_index=True)
+    _check_scoreable(truth, points, grid, truth_path, points_path, pred_path)
     return summarize([score_image(pred, truth, grid, points)])
+
+
+def _check_scoreable(truth: gpd.GeoDataFrame, points: Optional[gpd.GeoDataFrame], grid: Grid, truth_path,
+                     points_path, pred_path) -> None:
+    """Refuse, in one line, truth or clicks that leave nothing to score on the predictions' grid."""
+    area = grid.footprint()
+    if truth.empty:
+        raise PointsError(f"the truth {truth_path} has no polygons; give the reference polygons of the area")
+    if not truth.to_crs(grid.crs).intersects(area).any():
+        raise PointsError(f"no truth polygon of {truth_path} lies on the raster {pred_path} was made from; give "
+                          "the reference polygons of that area")
+    if points is not None and points.empty:
+        raise PointsError(f"the points {points_path} have no features; give the clicks the predictions were made from")
+    if points is not None and not points.to_crs(grid.crs).intersects(area).any():
+        raise PointsError(f"no point of {points_path} lies on the raster {pred_path} was made from; give the "
+                          "clicks the predictions were made from")
 
 
 def check_inputs(pred_path, truth_path, points_path=None, *, raster=None, truth_layer=None, points_layer=None,
@@ -221,7 +249,8 @@ def _layer_info(what: str, path, layer: Optional[str]) -> dict:
 def format_table(figures: dict) -> str:
     rows = [("mIoU", f"{figures['miou']:.3f}"), ("mF1", f"{figures['mf1']:.3f}"),
             ("instances", figures["instances"]), ("missed points", figures["missed_points"]),
-            ("truth hit by two points", figures["truth_hit_twice"]), ("merges", figures["merges"])]
+            ("truth hit by two points", figures["truth_hit_twice"]), ("merges", figures["merges"]),
+            ("clicks off the raster (not scored)", figures["clicks_off_raster"])]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

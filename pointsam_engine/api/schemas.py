@@ -289,6 +289,7 @@ class Evaluation(BaseModel):
     truth_hit_twice: int
     merges: int
     clicks_on_background: int
+    clicks_off_raster: int = Field(description="Clicks off the raster's grid: segment skipped them, not scored.")
 
 
 class PredictResponse(BaseModel):

@@ -22,7 +22,8 @@ from qgis.core import (
 from .common import POINTS, RASTER, EngineAlgorithm
 
 FIGURES = (("MIOU", "miou", "mIoU"), ("MF1", "mf1", "mF1"), ("INSTANCES", "instances", "Instances scored"),
-           ("MERGES", "merges", "Merges"), ("MISSED_POINTS", "missed_points", "Missed points"))
+           ("MERGES", "merges", "Merges"), ("MISSED_POINTS", "missed_points", "Missed points"),
+           ("CLICKS_OFF_RASTER", "clicks_off_raster", "Clicks off the raster (not scored)"))
 
 
 class Evaluate(EngineAlgorithm):

@@ -106,6 +106,10 @@ def _world(base: Path, tiny_model: Path) -> dict:
                             w["pred_no_grid"], layer="instances")
     w["truth"] = inputs / "truth.gpkg"
     gpd.GeoDataFrame({"id": [1]}, geometry=[square], crs="EPSG:32633").to_file(w["truth"])
+    w["truth_far"] = inputs / "truth_far.gpkg"
+    gpd.GeoDataFrame({"id": [1]}, geometry=[shapely.box(0, 0, 10, 10)], crs="EPSG:32633").to_file(w["truth_far"])
+    w["truth_empty"] = inputs / "truth_empty.gpkg"
+    gpd.GeoDataFrame({"id": []}, geometry=[], crs="EPSG:32633").to_file(w["truth_empty"], geometry_type="Polygon")
     w["truth_nocrs"] = inputs / "truth_nocrs.shp"
     gpd.GeoDataFrame({"id": [1]}, geometry=[square]).to_file(w["truth_nocrs"])
     w["adapter_file"] = inputs / "region.adapter.pt"
@@ -268,6 +272,10 @@ def _evaluate_cases():
         e("truth without CRS", ["{pred}", "{truth_nocrs}"], "have no CRS"),
         e("predictions without point_fid", ["{pred_no_fid}", "{truth}", "--points", "{points}"], "no point_fid field"),
         e("predictions without a grid", ["{pred_no_grid}", "{truth}"], "does not record its raster grid"),
+        e("no truth polygon", ["{pred}", "{truth_empty}"], "truth .* has no polygons"),
+        e("truth of another area", ["{pred}", "{truth_far}"], "no truth polygon of .* lies on the raster"),
+        e("no click", [*EV, "--points", "{empty}"], "points .* have no features"),
+        e("clicks of another area", [*EV, "--points", "{far}"], "no point of .* lies on the raster"),
         e("missing --raster", [*EV, "--raster", "{out}/none.tif"], "raster .* does not exist"),
         e("text file as --raster", [*EV, "--raster", "{text}"], "GDAL cannot read it"),
         e("--raster without CRS", [*EV, "--raster", "{nocrs}"], "has no CRS"),
@@ -416,6 +424,8 @@ def _api_cases():
         a("evaluate: missing predictions", "/v1/evaluate", {"pred": "{out}/none.gpkg", "truth": "{truth}"},
           "does not exist"),
         a("evaluate: raster as truth", "/v1/evaluate", {"pred": "{pred}", "truth": "{raster}"}, "not a vector file"),
+        a("evaluate: clicks of another area", "/v1/evaluate", {"pred": "{pred}", "truth": "{truth}", "points": "{far}"},
+          "no point of .* lies on the raster"),
         a("segment: output outside --output-root", "/v1/jobs/segment", {**seg, "output": "{a_file}.gpkg"},
           "outside .* --output-root", 403),
     ]

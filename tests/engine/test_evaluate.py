@@ -46,6 +46,19 @@ def test_a_missed_point_counts_as_zero():
     assert score.missed_points == 1 and score.miou == pytest.approx(0.5) and score.instances == 2
 
 
+def test_clicks_off_the_grid_are_counted_apart_and_not_scored():
+    """Truth polygons and clicks over a wider area than the raster (a city's footprints, one chip's run): the
+    clicks segment skipped as outside the raster are not misses."""
+    truth = _frame([_sq(10, 10), _sq(200, 10), _sq(-50, 40)])
+    pred = _frame([_sq(10, 10)], point_fid=[1])
+    score = score_image(pred, truth, GRID, _points([(15, 15), (205, 15), (-45, 45)], [1, 2, 3]))
+    assert (score.miou, score.instances, score.missed_points, score.clicks_off_raster) == (1.0, 1, 0, 2)
+    on_edge = _frame([_sq(10, 10), _sq(95, 45, 5)])  # the second on the grid's last columns
+    edge = score_image(pred, on_edge, GRID, _points([(15, 15), (99.5, 47)], [1, 2]))
+    assert (edge.missed_points, edge.clicks_off_raster) == (1, 0)
+    assert summarize([score, edge])["clicks_off_raster"] == 2
+
+
 def test_a_prediction_covering_two_objects_is_a_merge_and_two_clicks_on_one_object_are_counted():
     truth = _frame([_sq(10, 10), _sq(20, 10), _sq(60, 60)])
     merged = shapely.box(500010, 4000010, 500030, 4000020)
