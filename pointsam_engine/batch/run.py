@@ -22,7 +22,7 @@ import pandas as pd
 from .. import __version__
 from ..chip_loop import check_cancel
 from ..config import BATCH, FAILED, SegmentConfig
-from ..errors import OptionError, PointsError
+from ..errors import OptionError, PointsError, RasterError
 from ..output import check_distinct, check_file_target, check_folder, check_target, write_geopackage
 from .assign import Plan, plan_tasks
 from .merge import LAYERS, merge, read_task_layers
@@ -98,6 +98,7 @@ def batch_segment(points, output, rasters: Sequence[str], config: Optional[Segme
     paths = check_batch_inputs(points, output, rasters, cfg, resume=resume, workers=workers, scheduler=scheduler)
     notify(0.0, "reading footprints")
     plan = plan_tasks(points, paths, cfg, band_px)
+    check_runnable(plan, points)
     work = work_folder(output)
     work.mkdir(exist_ok=True)
     outcomes = {t.id: finished(work, t) for t in plan.tasks} if resume else {}
@@ -118,6 +119,19 @@ def batch_segment(points, output, rasters: Sequence[str], config: Optional[Segme
         shutil.rmtree(work, ignore_errors=True)
     notify(1.0, "done")
     return result
+
+
+def check_runnable(plan: Plan, points) -> None:
+    """Refuse, before anything is written, a batch that has no task to run: no raster could be read, or no
+    object lies on one (the one-line errors ``pointsam segment`` gives for one raster)."""
+    if plan.tasks:
+        return
+    if not plan.footprints:
+        _, why = plan.failed[0]
+        raise RasterError(why if len(plan.failed) == 1 else
+                          f"none of the {len(plan.failed)} rasters of --rasters can be read; the first: {why}")
+    raise PointsError(f"no point of {points} lies on data of the {len(plan.footprints)} raster(s) of --rasters; "
+                      "check that the layers cover the same area and that the point layer's CRS is right")
 
 
 def _merge_and_write(plan: Plan, outcomes: dict, work: Path, output, cfg: SegmentConfig, cancel) -> BatchResult:

@@ -41,6 +41,12 @@ def _case(tiles, tmp_path, case):
         out.write_bytes(b"not a geopackage")
     if case == "report taken":
         (tmp_path / "taken.json").write_text("{}")
+    if case == "only a file that is not a raster":
+        (tmp_path / "scan.tif").write_text("not a raster")
+    if case == "points of another area":
+        far = gpd.read_file(tiles["points"])
+        far.geometry = far.geometry.translate(1e5, 1e5)
+        far.to_file(tmp_path / "far.gpkg")
     if case == "work folder left":
         (tmp_path / "out.work").mkdir()
         (tmp_path / "out.work" / "00000-tile0.json").write_text("{}")
@@ -52,12 +58,15 @@ def _case(tiles, tmp_path, case):
             "work folder left": [tiles["points"], "-o", out, "--rasters", rasters],
             "bad workers": [tiles["points"], "-o", out, "--rasters", rasters, "--workers", "0"],
             "report taken": [tiles["points"], "-o", out, "--rasters", rasters, "--report", tmp_path / "taken.json"],
-            "report is output": [tiles["points"], "-o", out, "--rasters", rasters, "--report", out]}[case]
+            "report is output": [tiles["points"], "-o", out, "--rasters", rasters, "--report", out],
+            "only a file that is not a raster": [tiles["points"], "-o", out, "--rasters", tmp_path / "scan.tif"],
+            "points of another area": [tmp_path / "far.gpkg", "-o", out, "--rasters", rasters]}[case]
     return out, [str(a) for a in args]
 
 
 @pytest.mark.parametrize("case", ["no points", "no rasters", "workers and scheduler", "output taken",
-                                  "work folder left", "bad workers", "report taken", "report is output"])
+                                  "work folder left", "bad workers", "report taken", "report is output",
+                                  "only a file that is not a raster", "points of another area"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tiles, tmp_path, case):
     out, args = _case(tiles, tmp_path, case)
     before = sorted(p.name for p in tmp_path.rglob("*"))
