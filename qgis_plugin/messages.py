@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 from .errors import PluginError
 
@@ -34,11 +34,15 @@ CHIP = re.compile(r"^chip (\d+)/(\d+)$")
 BANDS_HELP = "Bands: give band numbers separated by commas, e.g. 3,2,1 (or one band, e.g. 1)"
 
 
-def in_plugin_terms(message: str) -> str:
-    """The engine's ``message`` with its command-line options named as the fields where the analyst sets them.
+def in_plugin_terms(message: str, copies: Optional[Dict[str, str]] = None) -> str:
+    """The engine's ``message`` with its command-line options named as the fields where the analyst sets them,
+    and the temporary copies the plugin wrote of the analyst's layers (``copies``: path -> layer name) named
+    as those layers.
 
     Text in backquotes (a command to run) is kept as it is; options without a field stay as they are.
     """
+    for path, name in (copies or {}).items():
+        message = message.replace(path, f"'{name}'")
     parts = message.split("`")
     for i in range(0, len(parts), 2):  # even parts lie outside backquotes
         text = parts[i]

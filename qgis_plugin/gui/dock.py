@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from qgis.core import QgsMapLayerProxyModel, QgsProject
 from qgis.gui import QgsDockWidget, QgsDoubleSpinBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
@@ -79,6 +79,7 @@ class PointSamDock(QgsDockWidget):
         self.task: Optional[BackgroundCall] = None  # the run or download the progress bar follows
         self.listing: Optional[BackgroundCall] = None
         self.added: list = []
+        self.copies: Dict[str, str] = {}  # the run's copies of the analyst's layers: path -> layer name
         self.answer: dict = catalog.last_models() or {}
         self.adapters: List[dict] = catalog.adapters(self.answer)
         self._select_after: Optional[str] = None
@@ -181,7 +182,7 @@ class PointSamDock(QgsDockWidget):
 
     def fail(self, message: str) -> None:
         """An error: one line, in the dock's words, in the log and in QGIS's message bar."""
-        message = in_plugin_terms(message)
+        message = in_plugin_terms(message, self.copies)
         self.say(f"error: {message}")
         self.notify(message)
 
@@ -336,6 +337,7 @@ class PointSamDock(QgsDockWidget):
         if self.regularize.currentData() != "none":
             body["regularize"] = self.regularize.currentData()
         body["points"] = write_layer(points, os.path.join(folder, "points.gpkg"), "points", self.selected_only.isChecked())
+        self.copies = {body["points"]: points.name()}
         return {**body, **self.choice()}
 
     def temporary_output(self, raster_name: str) -> str:

@@ -55,6 +55,10 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
 
     NAME = DISPLAY_NAME = HELP = ""
 
+    def __init__(self):
+        super().__init__()
+        self.copies: Dict[str, str] = {}  # the run's copies of the analyst's layers (path -> layer name)
+
     def name(self) -> str:
         return self.NAME
 
@@ -117,17 +121,18 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         source = self.parameterAsSource(parameters, key, context)
         if source is None:
             raise QgsProcessingException(self.invalidSourceError(parameters, key))
-        return self.engine_call(lambda: write_layer(source.materialize(QgsFeatureRequest()),
+        path = self.engine_call(lambda: write_layer(source.materialize(QgsFeatureRequest()),
                                                     os.path.join(folder, f"{name}.gpkg"), name))
+        self.copies[path] = source.sourceName()
+        return path
 
     # -- the engine ---------------------------------------------------------------------------------
-    @staticmethod
-    def engine_call(call: Callable[[], T]) -> T:
+    def engine_call(self, call: Callable[[], T]) -> T:
         """``call()``, with the plugin's one-line errors raised as ``QgsProcessingException``."""
         try:
             return call()
         except PluginError as exc:
-            raise QgsProcessingException(in_plugin_terms(str(exc))) from None
+            raise QgsProcessingException(in_plugin_terms(str(exc), self.copies)) from None
 
     def client(self, feedback) -> EngineClient:
         if settings.engine_starts_on_next_call():

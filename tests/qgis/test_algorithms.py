@@ -131,6 +131,7 @@ def test_evaluate_without_point_fid_gives_the_engines_one_line(plugin, scene):
         processing.run("pointsam:evaluate", {"PREDICTIONS": scene["truth"], "REFERENCE": scene["truth"],
                                              "POINTS": scene["points"], "RASTER": scene["raster"]})
     assert "no point_fid field" in str(error.value) and "\n" not in str(error.value)
+    assert "the predictions 'buildings_truth' (layer instances)" in str(error.value), str(error.value)
 
 
 def _segment_then_evaluate() -> QgsProcessingModelAlgorithm:

@@ -10,7 +10,16 @@ import os
 import threading
 import time
 
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
+from qgis.core import (
+    QgsApplication,
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
 from qgis.gui import QgsMapCanvas
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import QHBoxLayout, QWidget
@@ -126,6 +135,15 @@ def test_dock_errors_reach_the_message_bar_as_one_line(plugin, scene):
     dock.bands.setText("9")  # the engine refuses it: the scene has three bands
     _run(dock)
     assert len(shown) == 3 and "band 9 does not exist" in shown[2] and "Traceback" not in shown[2]
+    dock.bands.setText("")
+    far = QgsVectorLayer(f"Point?crs={raster.crs().authid()}", "far clicks", "memory")
+    far.dataProvider().addFeatures([QgsFeature(far.fields())])
+    far.dataProvider().changeGeometryValues({1: QgsGeometry.fromPointXY(QgsPointXY(raster.extent().xMaximum() + 1e4,
+                                                                                   raster.extent().yMaximum()))})
+    QgsProject.instance().addMapLayer(far)
+    dock.points.setLayer(far)
+    _run(dock)  # the engine names the copy of the layer it was given; the dock names the layer
+    assert len(shown) == 4 and shown[3].startswith("no point of 'far clicks' lies inside"), shown[3]
     QgsProject.instance().removeAllMapLayers()
 
 
