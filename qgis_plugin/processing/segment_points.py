@@ -26,7 +26,7 @@ from qgis.core import (
 from ..defaults import CHOICES, SEGMENT
 from ..layers import skipped_reasons
 from ..messages import skipped_summary
-from .common import CLASS_FIELD, INSTANCE_FIELD, LABEL_FIELD, POINTS, RASTER, EngineAlgorithm, into_geopackage
+from .common import CLASS_FIELD, INSTANCE_FIELD, LABEL_FIELD, POINTS, RASTER, URI, EngineAlgorithm, into_geopackage
 
 FIELDS = (INSTANCE_FIELD, LABEL_FIELD, CLASS_FIELD)
 
@@ -61,6 +61,7 @@ class SegmentPoints(EngineAlgorithm):
             self.addParameter(QgsProcessingParameterFeatureSink(key, label, QgsProcessing.SourceType.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.check_sinks(parameters, context)
         raster = self.parameterAsRasterLayer(parameters, RASTER, context)
         with tempfile.TemporaryDirectory(prefix="pointsam-") as folder:
             output = os.path.join(folder, "result.gpkg")
@@ -76,6 +77,20 @@ class SegmentPoints(EngineAlgorithm):
             if skipped:
                 feedback.pushWarning(skipped)
             return self._copy_layers(output, parameters, context)
+
+    def check_sinks(self, parameters, context) -> None:
+        """Refuse, before the engine runs, an output file QGIS could not write when the results are copied in."""
+        for key, label, _ in self.SINKS:
+            destination = self.parameterAsOutputLayer(parameters, key, context)
+            if not destination or URI.match(destination):
+                continue  # a temporary layer, or a database QGIS reaches itself
+            path = os.path.abspath(destination)
+            folder = os.path.dirname(path)
+            if not os.path.isdir(folder):
+                raise QgsProcessingException(f"{label}: the folder {folder} does not exist; choose another output")
+            if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+                raise QgsProcessingException(f"{label}: {path if os.path.exists(path) else 'the folder ' + folder} is "
+                                             "not writable; choose another output")
 
     def _copy_layers(self, gpkg: str, parameters, context) -> dict:
         results = {}

@@ -40,6 +40,7 @@ class SegmentRasters(SegmentPoints):
                                                        optional=True, minValue=1))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.check_sinks(parameters, context)
         layers = self.parameterAsLayerList(parameters, RASTERS, context)
         with tempfile.TemporaryDirectory(prefix="pointsam-") as folder:
             output = os.path.join(folder, "result.gpkg")

@@ -5,6 +5,8 @@ chained into Evaluate in a graphical-modeler model."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 from qgis.core import (
@@ -224,6 +226,38 @@ def test_segment_points_into_the_users_geopackage_keeps_its_other_layers_and_sty
             "done")
     assert feedback.stages[-1] == "done" and all(stage.startswith(said) for stage in feedback.stages), feedback.stages
     assert len(feedback.stages) > 1, "the stages on the way are shown, not only the end"
+
+
+def _read_only(folder, on: bool) -> None:
+    """Make ``folder`` unwritable (or writable again): by its mode, or for root, whom modes do not stop, by the
+    immutable attribute (skips where the file system has none)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o500 if on else 0o700)
+    elif subprocess.run(["chattr", "+i" if on else "-i", str(folder)], capture_output=True).returncode and on:
+        pytest.skip("root can write to any folder, and this file system has no immutable attribute")
+
+
+@pytest.mark.parametrize("where", ["read-only folder", "missing folder"])
+def test_segment_points_refuses_an_output_it_cannot_write_before_the_engine_runs(plugin, scene, tmp_path, where):
+    import processing
+
+    folder = tmp_path / ("ro" if where == "read-only folder" else "gone")
+    if where == "read-only folder":
+        folder.mkdir()
+        _read_only(folder, True)
+    feedback = _Feedback()
+    try:
+        with pytest.raises(QgsProcessingException) as error:
+            processing.run("pointsam:segmentpoints", {"RASTER": scene["raster"], "POINTS": scene["points"],
+                                                      "INSTANCES": str(folder / "out.gpkg"), "BOXES": TEMPORARY,
+                                                      "BBOXES": TEMPORARY}, feedback=feedback)
+    finally:
+        if folder.exists():
+            _read_only(folder, False)
+    message = str(error.value)
+    assert message.startswith("Instances: ") and "choose another output" in message and "\n" not in message
+    assert not feedback.stages and not feedback.seen, "refused before the engine was asked"
+    assert not folder.exists() or not any(folder.iterdir())
 
 
 def test_model_offers_the_models_the_engine_last_listed_without_asking_it(plugin):
