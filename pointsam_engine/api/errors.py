@@ -72,5 +72,8 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
 
 async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":  # malformed JSON: a bad request, as a body that is not UTF-8
+        at = next((f" (at character {part})" for part in first.get("loc", ())[1:] if isinstance(part, int)), "")
+        return error_response(400, _HTTP[400][0], f"the request body is not JSON{at}; send one JSON object")
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
     return error_response(422, "InvalidRequest", f"{where}: {first.get('msg', 'invalid')}; see /v1/openapi.json")

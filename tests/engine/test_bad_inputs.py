@@ -388,6 +388,7 @@ def _api_cases():
         a("no such job", "/v1/jobs/123", None, "no job 123", 404, "GET"),
         a("cancel no such job", "/v1/jobs/123", None, "no job 123", 404, "DELETE"),
         a("body not UTF-8", "/v1/predict", b"\xff\xfe{", "cannot be read as JSON", 400),
+        a("body not JSON", "/v1/jobs/segment", b"{bad json", "is not JSON \\(at character 1\\)", 400),
         a("deeply nested JSON", "/v1/predict", b"[" * 100_000 + b"]" * 100_000, "cannot be read as JSON", 400),
         a("body over the cap (chunked)", "/v1/predict", "chunked", "over the size limit", 413),
         a("predict: missing raster", "/v1/predict", {**pred, "raster": "{out}/none.tif"}, "does not exist"),
