@@ -17,7 +17,7 @@ from tests.engine.test_output import sha256, user_geopackage
     ("POST", "/v1/predict", {"content": b'{"raster": "\xff"}', "headers": {"Content-Type": "application/json"}},
      400, "BadRequest", "cannot be read as JSON"),
     ("POST", "/v1/predict", {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
-     422, "InvalidRequest", "see /v1/openapi.json"),
+     400, "BadRequest", "the request body is not JSON"),
     ("POST", "/v1/predict", {"json": {"positive": [[0, 0]]}}, 422, "InvalidRequest", "raster: Field required"),
     ("POST", "/v1/predict", {"content": b"x" * 2000}, 413, "BodyTooLarge", "over 1024 bytes"),
     ("GET", "/v1/jobs/nope", {}, 404, "NoSuchJob", "no job nope; list jobs with GET /v1/jobs"),
@@ -42,7 +42,7 @@ def test_engine_errors_answer_their_class_and_status(api, stub_engine, monkeypat
 
 def test_bad_json_and_bad_paths_answer_4xx_with_one_line(server, scene, tmp_path):
     broken = server.client.post("/v1/predict", content=b"{not json", headers={"Content-Type": "application/json"})
-    assert broken.status_code == 422 and broken.json()["error"] == "InvalidRequest"
+    assert broken.status_code == 400 and broken.json()["error"] == "BadRequest"
     missing = server.client.post("/v1/predict", json={"raster": "/nowhere/x.tif", "positive": [[0, 0]]})
     assert missing.status_code == 422
     body = missing.json()
