@@ -149,3 +149,7 @@ def _check_readable(cfg: TrainConfig) -> None:
             raise PointsError(f"{what} {path} cannot be read ({first}); give a GeoPackage, Shapefile or GeoJSON") from None
         if not info.get("geometry_type"):
             raise PointsError(f"{what} {path} has no geometries (a table, e.g. a CSV); give a point layer")
+        kind = str(info["geometry_type"]).lower()
+        if what == "--val-polygons" and "polygon" not in kind:
+            raise PointsError(f"--val-polygons {path} holds {kind}, not polygons; give the reference polygons of the "
+                              "raster's objects")

@@ -82,10 +82,12 @@ def area_growth(areas: Dict[str, float], reference: Dict[str, float]) -> float:
 
 
 def object_areas(polygons: gpd.GeoDataFrame, prefix: str = "") -> Dict[str, float]:
-    """Each object's polygon area (its parts summed), keyed by ``prefix`` + the ``instance`` field."""
+    """Each object's polygon area (its parts summed), keyed by ``prefix`` + the ``instance`` field: the engine's
+    ``area_m2`` (on the ellipsoid, whatever the CRS) where the layer has it, else the planar area."""
     if len(polygons) == 0:
         return {}
-    by_object = polygons.geometry.area.groupby(polygons["instance"].astype(str)).sum()
+    area = polygons["area_m2"] if "area_m2" in polygons else polygons.geometry.area
+    by_object = area.groupby(polygons["instance"].astype(str)).sum()
     return {prefix + key: float(area) for key, area in by_object.items()}
 
 

@@ -363,6 +363,7 @@ def _train_cases():
         t("text file as raster", ["--raster", "{text}", "--points", "{points}", *o], "cannot read raster"),
         t("CSV as points", ["--raster", "{raster}", "--points", "{csv}", *o], "no geometries"),
         t("raster as points", ["--raster", "{raster}", "--points", "{raster}", *o], "cannot be read"),
+        t("--val-polygons are points", [*TR, *o, "--val-polygons", "{points}"], "--val-polygons .* holds point, not polygons"),
         t("unpaired inputs", [*TR, "--raster", "{raster}", *o], "in pairs"),
         t("-o exists", [*TR, "-o", "{out}/region.adapter.pt"], "exists; pass --overwrite",
           _existing_file("region.adapter.pt")),

@@ -17,3 +17,11 @@ def test_area_growth_is_the_median_ratio_over_the_objects_both_runs_hold():
     assert area_growth(areas, base) == 2.0  # ratios 2, 1, 4; "gone" has no polygon now
     assert area_growth(base, base) == 1.0
     assert np.isnan(area_growth(areas, {})) and object_areas(squares.iloc[:0], prefix="0:") == {}
+
+
+def test_object_areas_are_the_engines_ground_areas_on_a_geographic_grid_without_a_warning(recwarn):
+    degrees = gpd.GeoDataFrame({"instance": ["a", "b"], "area_m2": [120.0, 30.0]},
+                               geometry=[shapely.box(85.5, 27.6, 85.5001, 27.6001), shapely.box(85.6, 27.6, 85.6001,
+                                                                                                 27.6001)], crs=4326)
+    assert object_areas(degrees) == {"a": 120.0, "b": 30.0}
+    assert not [w for w in recwarn if "geographic CRS" in str(w.message)]
