@@ -42,15 +42,22 @@ def no_pam_sidecars() -> None:
     pyogrio.set_gdal_config_options({"GDAL_PAM_ENABLED": "NO"})
 
 
-def check_writable(path, option: str = "output") -> Path:
-    """Refuse, before any work, a file path the run could not create: a folder, a missing or read-only
-    folder, a name too long for the file system. Returns ``path`` as a :class:`Path`."""
-    path = Path(path)
+def check_name_length(path: Path, option: str = "output") -> None:
+    """Refuse a file name too long for its folder's file system, with the temporary name written beside it (the
+    first check of an output: any other look at such a path fails with the system's own 'File name too long')."""
     folder = path.parent if str(path.parent) else Path(".")
     limit = _name_max(folder) - 40  # the temporary name beside it is about 40 bytes longer
     if len(os.fsencode(path.name)) > limit:
         raise OutputError(f"{option} name {path.name[:24]}... is too long ({len(os.fsencode(path.name))} bytes; at most "
                           f"{limit} here); choose a shorter name")
+
+
+def check_writable(path, option: str = "output") -> Path:
+    """Refuse, before any work, a file path the run could not create: a folder, a missing or read-only
+    folder, a name too long for the file system. Returns ``path`` as a :class:`Path`."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    check_name_length(path, option)
     if path.is_dir() or str(path).endswith(os.sep):
         raise OutputError(f"{option} {path} is a folder; give a file name inside it, e.g. {path / 'result'}")
     if not folder.is_dir():
@@ -186,6 +193,7 @@ def check_target(path, overwrite: bool, suffix: str = ".gpkg", kind: str = "a Ge
     (an adapter, a model) is replaced whole, and only with ``overwrite``. An empty file counts as absent.
     """
     path = Path(path)
+    check_name_length(path)
     if path.is_dir():
         raise OutputError(f"output {path} is a folder; give a file name such as {path / ('result' + suffix)}")
     if not path.name.lower().endswith(suffix):
