@@ -28,6 +28,7 @@ from .errors import SETUP_HINT, EngineMissingError, EngineRequestError, EngineUn
 
 ENV_PYTHON = "POINTSAM_ENGINE_PYTHON"
 INSTALL_HINT = f"{SETUP_HINT}, or choose the engine Python in Settings > Options > PointSAM"
+FOLDER_PREFIX = "pointsam-plugin-"  # then the pid of the QGIS that started the engine: pointsam-plugin-4242-k2j9
 EXIT_GRACE_S = 2.0  # an engine that is exiting closes its sockets a moment before its exit status exists
 
 
@@ -98,7 +99,8 @@ class EngineProcess:
             return False
 
     def _start(self) -> EngineClient:
-        self._folder = tempfile.mkdtemp(prefix="pointsam-plugin-")
+        sweep_stale_folders()
+        self._folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
         try:
             return self._launch()
         except BaseException:
@@ -181,6 +183,30 @@ class EngineProcess:
         if self._folder is not None:  # only now: the engine has exited, nothing writes its log any more
             shutil.rmtree(self._folder, ignore_errors=True)
         self._proc, self._client, self._log, self._folder = None, None, None, None
+
+
+def sweep_stale_folders(root: Optional[str] = None) -> None:
+    """Remove the engine folders (in ``root``, default the temporary folder) of QGIS processes that have exited.
+
+    A QGIS that quits stops its engine and removes the folder; ``qgis_process`` exits without running Python's
+    exit handlers, so its engine (which exits with it, ``--watch-parent``) leaves the folder. Only on POSIX systems,
+    where asking whether a pid runs is harmless (on Windows, ``os.kill(pid, 0)`` sends Ctrl-C)."""
+    if os.name != "posix":
+        return
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        pid = folder.name[len(FOLDER_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 class RemoteEngine:

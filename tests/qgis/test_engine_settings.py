@@ -179,6 +179,7 @@ def test_a_stopped_or_failed_engine_leaves_no_temporary_folder(qgis_app, tmp_pat
         client = engine.client()
         first, pid = engine.log_file, engine.pid
         assert first.parent.parent == tmp_path and first.is_file(), "the log is there while the engine runs"
+        assert first.parent.name.startswith(f"pointsam-plugin-{os.getpid()}-"), "named by the QGIS that started it"
         with open(first, "a") as log:
             log.write("Traceback (most recent call last): the engine's last words\n")
         os.kill(pid, 9)  # the engine dies: the next call starts another one, in a folder of its own
