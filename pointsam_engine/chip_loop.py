@@ -106,7 +106,11 @@ def segment_chips(ras, norm, predictor, plan: ChipPlan, pos_w, neg_w, cfg, max_h
             with stages("resolve"):
                 return None if patch is None else clean_patch(patch, positives[a], max_hole_px)
 
-        before, results, redone = decode_chip(predictor, prompts, positives, n_own, cfg, stages, finish)
+        def decoded(done: int, k=k, n_own=n_own) -> None:  # a chip can own hundreds of objects: say how far it is
+            notify(0.05 + 0.85 * (k + done / max(n_own, 1)) / len(plan.chips),
+                   f"decoding chip {k + 1}/{len(plan.chips)}: {done}/{n_own} objects")
+
+        before, results, redone = decode_chip(predictor, prompts, positives, n_own, cfg, stages, finish, decoded)
         run.pairs_before |= {pair_of(members[a], members[b]) for a, b in before}
         run.calibrated[[members[a] for a in redone]] = True
         with stages("resolve"):
@@ -139,7 +143,7 @@ def encode_chip(ras, chip: Chip, norm, predictor, fingerprint: str, run: ChipRun
 
 
 def decode_chip(predictor, prompts: List[Prompt], positives: List[np.ndarray], n_own: int, cfg, stages,
-                finish: Callable[[int, Optional[MaskPatch]], Any]):
+                finish: Callable[[int, Optional[MaskPatch]], Any], decoded: Callable[[int], None] = lambda done: None):
     """Decode the chip's first ``n_own`` prompts and calibrate them against every prompt's clicks.
 
     Neighbours owned by other chips are not decoded here: their clicks still count for calibration (a mask
@@ -147,12 +151,12 @@ def decode_chip(predictor, prompts: List[Prompt], positives: List[np.ndarray], n
     :data:`DECODE_GROUP` at a time, nearest together, so a chip's raw masks never pile up (a coarse chip can
     own hundreds of objects): within a group masks are neighbours by overlap or by a held click, across groups
     by a held click. Each object's final mask goes to ``finish(index, mask)`` as soon as it is known; what
-    ``finish`` returns is kept.
+    ``finish`` returns is kept; ``decoded(count)`` hears how many own objects are done after each group.
 
     Returns ``(pairs of own objects whose first-pass masks overlap; finish's results; the indices calibration
     predicted again)``.
     """
-    overlapped, kept, redone = set(), [None] * n_own, []
+    overlapped, kept, redone, done = set(), [None] * n_own, [], 0
     clicks = Clicks(positives)
     batch = cfg.decoder_batch or getattr(predictor, "decoder_batch", 1)
     for group in _groups(positives[:n_own], DECODE_GROUP):
@@ -169,6 +173,8 @@ def decode_chip(predictor, prompts: List[Prompt], positives: List[np.ndarray], n
         for a in group:
             kept[a] = finish(a, redo.get(a, first[a]))
         redone += sorted(redo)
+        done += len(group)
+        decoded(done)
     return overlapped, kept, sorted(redone)
 
 

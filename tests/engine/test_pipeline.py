@@ -159,6 +159,24 @@ def test_progress_reaches_one_and_cancel_writes_nothing(tmp_path, blocks_scene, 
     assert not out.exists()
 
 
+def test_a_chip_of_many_objects_reports_how_far_its_decoding_has_come(tmp_path):
+    """One chip, 70 objects: progress moves while they are decoded, not only when the chip is done."""
+    from pointsam_engine.chip_loop import DECODE_GROUP
+
+    raster, transform = _utm_scene(tmp_path)
+    cells = [(row, col) for row in range(20, 300, 40) for col in range(20, 400, 40)]
+    points = write_points(tmp_path / "p.gpkg", pixel_centres(transform, cells))
+    seen = []
+    segment(raster, points, predictor=SquarePredictor(half=5, chip_size=512),
+            progress=lambda fraction, stage: seen.append((fraction, stage)))
+    decoding = [(f, stage) for f, stage in seen if stage.startswith("decoding chip 1/1")]
+    assert [stage for _, stage in decoding] == [f"decoding chip 1/1: {n}/{len(cells)} objects"
+                                                for n in (DECODE_GROUP, 2 * DECODE_GROUP, len(cells))]
+    encoding = next(f for f, stage in seen if stage.startswith("encoding chip"))
+    chip_done = next(f for f, stage in seen if stage == "chip 1/1")
+    assert encoding < decoding[0][0] < decoding[1][0] < chip_done and decoding[-1][0] == chip_done
+
+
 def test_no_positive_point_is_an_error(tmp_path, stub):
     raster, transform = _utm_scene(tmp_path)
     points = write_points(tmp_path / "p.gpkg", pixel_centres(transform, [(10, 10)]), lab=[0])

@@ -222,8 +222,8 @@ def test_segment_points_into_the_users_geopackage_keeps_its_other_layers_and_sty
     assert len(_rows(output, "instances")) == len(_rows(output, "boxes")) == _count(scene["points"])
     assert result["INSTANCES"] == f"{output}|layername=instances"
     said = ("starting engine…", "waiting for the engine", "starting the job", "reading the raster and points",
-            "encoding chip", "segmenting: chip", "objects larger than a chip", "tracing polygons", "writing the GeoPackage",
-            "done")
+            "encoding chip", "decoding chip", "segmenting: chip", "objects larger than a chip", "tracing polygons",
+            "writing the GeoPackage", "done")
     assert feedback.stages[-1] == "done" and all(stage.startswith(said) for stage in feedback.stages), feedback.stages
     assert len(feedback.stages) > 1, "the stages on the way are shown, not only the end"
 
