@@ -151,7 +151,7 @@ def decode_chip(predictor, prompts: List[Prompt], positives: List[np.ndarray], n
     :data:`DECODE_GROUP` at a time, nearest together, so a chip's raw masks never pile up (a coarse chip can
     own hundreds of objects): within a group masks are neighbours by overlap or by a held click, across groups
     by a held click. Each object's final mask goes to ``finish(index, mask)`` as soon as it is known; what
-    ``finish`` returns is kept; ``decoded(count)`` hears how many own objects are done after each group.
+    ``finish`` returns is kept; ``decoded(count)`` hears how many own objects are done after each group but the last.
 
     Returns ``(pairs of own objects whose first-pass masks overlap; finish's results; the indices calibration
     predicted again)``.
@@ -174,7 +174,8 @@ def decode_chip(predictor, prompts: List[Prompt], positives: List[np.ndarray], n
             kept[a] = finish(a, redo.get(a, first[a]))
         redone += sorted(redo)
         done += len(group)
-        decoded(done)
+        if done < n_own:  # the last group's end is the chip's own
+            decoded(done)
     return overlapped, kept, sorted(redone)
 
 

@@ -27,6 +27,7 @@ from rasterio.windows import transform as window_transform
 from .config import INSTANCES
 from .errors import PointsError, RasterError
 from .output import no_pam_sidecars
+from .raster import grid_outline, on_grid
 
 no_pam_sidecars()
 
@@ -50,8 +51,12 @@ class Grid:
 
     def footprint(self):
         """The area the grid covers, a polygon in its CRS."""
-        rows, cols = self.shape
-        return shapely.Polygon([self.transform * corner for corner in ((0, 0), (cols, 0), (cols, rows), (0, rows))])
+        return grid_outline(self.transform, self.shape[1], self.shape[0])
+
+    def holds(self, points: gpd.GeoSeries) -> np.ndarray:
+        """Whether each point (in the grid's CRS) lies on the grid's pixels, by segment's rule."""
+        centres = shapely.centroid(np.asarray(points.values))
+        return on_grid(self.transform, self.shape[1], self.shape[0], shapely.get_x(centres), shapely.get_y(centres))
 
     @classmethod
     def from_raster(cls, path) -> "Grid":
@@ -107,9 +112,9 @@ def score_image(pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, grid: Grid,
     result = ImageScore(0.0, 0.0, 0)
     if points is not None:
         points = points.to_crs(grid.crs)
-        on_grid = shapely.intersects(points.geometry.values, grid.footprint())
-        result.clicks_off_raster = int((~on_grid).sum())
-        points = points[on_grid]
+        held = grid.holds(points.geometry)
+        result.clicks_off_raster = int((~held).sum())
+        points = points[held]
         clicks = points.geometry.values
         holder = {}
         for fid, click in zip(points.index, clicks):
@@ -185,23 +190,24 @@ def evaluate_files(pred_path, truth_path, points_path=None, *, raster=None, trut
     points = None
     if points_path is not None:
         points = pyogrio.read_dataframe(points_path, layer=points_layer, fid_as_index=True)
-    _check_scoreable(truth, points, grid, truth_path, points_path, pred_path)
+    _check_scoreable(truth, points, grid, truth_path, points_path,
+                     f"the raster {raster}" if raster else f"the raster {pred_path} was made from")
     return summarize([score_image(pred, truth, grid, points)])
 
 
 def _check_scoreable(truth: gpd.GeoDataFrame, points: Optional[gpd.GeoDataFrame], grid: Grid, truth_path,
-                     points_path, pred_path) -> None:
+                     points_path, grid_name: str) -> None:
     """Refuse, in one line, truth or clicks that leave nothing to score on the predictions' grid."""
     area = grid.footprint()
     if truth.empty:
         raise PointsError(f"the truth {truth_path} has no polygons; give the reference polygons of the area")
     if not truth.to_crs(grid.crs).intersects(area).any():
-        raise PointsError(f"no truth polygon of {truth_path} lies on the raster {pred_path} was made from; give "
+        raise PointsError(f"no truth polygon of {truth_path} lies on {grid_name}; give "
                           "the reference polygons of that area")
     if points is not None and points.empty:
         raise PointsError(f"the points {points_path} have no features; give the clicks the predictions were made from")
-    if points is not None and not points.to_crs(grid.crs).intersects(area).any():
-        raise PointsError(f"no point of {points_path} lies on the raster {pred_path} was made from; give the "
+    if points is not None and not grid.holds(points.to_crs(grid.crs).geometry).any():
+        raise PointsError(f"no point of {points_path} lies on {grid_name}; give the "
                           "clicks the predictions were made from")
 
 

@@ -46,6 +46,10 @@ def check_name_length(path: Path, option: str = "output") -> None:
     """Refuse a file name too long for its folder's file system, with the temporary name written beside it (the
     first check of an output: any other look at such a path fails with the system's own 'File name too long')."""
     folder = path.parent if str(path.parent) else Path(".")
+    for part in folder.parts:  # a folder of the path: no file system takes a name over 255 bytes
+        if len(os.fsencode(part)) > 255:
+            raise OutputError(f"{option} folder name {part[:24]}... is too long ({len(os.fsencode(part))} bytes; at "
+                              "most 255); choose a shorter name")
     limit = _name_max(folder) - 40  # the temporary name beside it is about 40 bytes longer
     if len(os.fsencode(path.name)) > limit:
         raise OutputError(f"{option} name {path.name[:24]}... is too long ({len(os.fsencode(path.name))} bytes; at most "
@@ -127,11 +131,11 @@ def check_folder(path, option: str, *, create: bool = False, writable: bool = Tr
 
 
 def _name_max(folder: Path) -> int:
-    while not folder.is_dir() and folder != folder.parent:
-        folder = folder.parent
     try:
+        while not folder.is_dir() and folder != folder.parent:
+            folder = folder.parent
         return os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # a folder name itself too long, among others
         return 255
 
 

@@ -148,9 +148,8 @@ class Raster:
 
     def on_data(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """For map coordinates: whether each lies on the raster, and whether it lies on data (not nodata)."""
-        cols, rows = apply_affine(~self.transform, np.asarray(x, float), np.asarray(y, float))
-        cols, rows = np.asarray(cols), np.asarray(rows)
-        on_raster = np.isfinite(cols) & np.isfinite(rows) & (cols >= 0) & (cols < self.width) & (rows >= 0) & (rows < self.height)
+        on_raster = on_grid(self.transform, self.width, self.height, x, y)
+        cols, rows = (np.asarray(v) for v in apply_affine(~self.transform, np.asarray(x, float), np.asarray(y, float)))
         on_data = np.zeros(len(cols), dtype=bool)
         idx = np.flatnonzero(on_raster)
         on_data[idx] = self.valid_at(np.floor(rows[idx]), np.floor(cols[idx]))
@@ -270,6 +269,12 @@ def cap_block_cache() -> None:
     it too."""
     if "GDAL_CACHEMAX" not in os.environ:
         set_gdal_config("GDAL_CACHEMAX", READ_CACHE_MB * 2**20)
+
+
+def on_grid(transform: Affine, width: int, height: int, x, y) -> np.ndarray:
+    """Whether each map coordinate lies on a grid's pixels (the right and bottom edges are the next pixels': off)."""
+    cols, rows = (np.asarray(v) for v in apply_affine(~transform, np.asarray(x, float), np.asarray(y, float)))
+    return np.isfinite(cols) & np.isfinite(rows) & (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
 
 
 def grid_outline(transform: Affine, width: int, height: int):

@@ -52,8 +52,7 @@ def clean_mask(patch: MaskPatch, keep_points: np.ndarray, max_hole_px: float) ->
 
 def _parts(mask: np.ndarray) -> Tuple[np.ndarray, int]:
     """``mask``'s 4-connected parts labelled 1..n, and n. Labels are numpy's index type, which ``np.bincount``
-    and ``np.take`` read without a converted copy (on a 1024² chip: 2.0 ms and 0.8 ms, against 2.4 and 2.2 for
-    ``ndimage.label``'s default int32 and fancy indexing)."""
+    and ``np.take`` read without first converting a copy (``ndimage.label``'s default is int32)."""
     return ndimage.label(mask, _FOUR_CONNECTED, output=np.intp)
 
 

@@ -193,19 +193,21 @@ def sweep_stale_folders(root: Optional[str] = None) -> None:
     where asking whether a pid runs is harmless (on Windows, ``os.kill(pid, 0)`` sends Ctrl-C)."""
     if os.name != "posix":
         return
-    for folder in Path(root or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
-        pid = folder.name[len(FOLDER_PREFIX):].split("-")[0]
-        if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # tidying up never stops an engine from starting
+        for folder in Path(root or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+            pid = folder.name[len(FOLDER_PREFIX):].split("-")[0]
+            if pid.isdigit() and not _running(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _running(pid: int) -> bool:
+    """Whether ``pid`` may be a running process (kept when it cannot be asked: another user's, out of range)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # another user's process
+    except (PermissionError, OverflowError, ValueError):
+        return True
     return True
 
 

@@ -18,7 +18,7 @@ from .errors import PluginError
 FIELDS = {"--bands": "Bands", "--min-area": "Minimum area (m²)", "--max-hole-area": "Maximum hole area (m²)",
           "--simplify": "Simplify (m)", "--instance-field": "Instance field", "--label-field": "Label field",
           "--class-field": "Class field", "--model": "Model", "--adapter": "Adapter", "--sar-db": "SAR: stretch in dB",
-          "--raster": "Raster", "--points": "Points", "--output": "Output", "-o": "Output",
+          "--raster": "Raster", "--rasters": "Rasters", "--points": "Points", "--output": "Output", "-o": "Output",
           "--no-calibration": "Negative prompt calibration"}
 # whole phrases first: options the dock has no field for, and the confirmation that stands for --overwrite
 PHRASES = ((re.compile(r"pass --overwrite to replace (it|them)"), r"confirm replacing \1 when PointSAM asks"),
@@ -41,14 +41,15 @@ def in_plugin_terms(message: str, copies: Optional[Dict[str, str]] = None) -> st
 
     Text in backquotes (a command to run) is kept as it is; options without a field stay as they are.
     """
-    for path, name in (copies or {}).items():
-        message = message.replace(path, f"'{name}'")
     parts = message.split("`")
     for i in range(0, len(parts), 2):  # even parts lie outside backquotes
         text = parts[i]
         for pattern, replacement in PHRASES:
             text = pattern.sub(replacement, text)
-        parts[i] = OPTION.sub(_field_for, text)
+        text = OPTION.sub(_field_for, text)
+        for path, name in (copies or {}).items():  # last: a layer's name is the analyst's text, never rewritten
+            text = text.replace(path, f"'{name}'")
+        parts[i] = text
     return "`".join(parts)
 
 

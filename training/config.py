@@ -147,8 +147,9 @@ def _check_readable(cfg: TrainConfig) -> None:
         except Exception as exc:  # pyogrio's DataSource/DataLayer errors: not a vector file, no such layer
             first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             raise PointsError(f"{what} {path} cannot be read ({first}); give a GeoPackage, Shapefile or GeoJSON") from None
+        wanted = "the reference polygons" if what == "--val-polygons" else "a point layer"
         if not info.get("geometry_type"):
-            raise PointsError(f"{what} {path} has no geometries (a table, e.g. a CSV); give a point layer")
+            raise PointsError(f"{what} {path} has no geometries (a table, e.g. a CSV); give {wanted}")
         kind = str(info["geometry_type"]).lower()
         if what == "--val-polygons" and "polygon" not in kind:
             raise PointsError(f"--val-polygons {path} holds {kind}, not polygons; give the reference polygons of the "

@@ -130,8 +130,10 @@ def check_runnable(plan: Plan, points) -> None:
         _, why = plan.failed[0]
         raise RasterError(why if len(plan.failed) == 1 else
                           f"none of the {len(plan.failed)} rasters of --rasters can be read; the first: {why}")
-    raise PointsError(f"no point of {points} lies on data of the {len(plan.footprints)} raster(s) of --rasters; "
-                      "check that the layers cover the same area and that the point layer's CRS is right")
+    unread = f" ({len(plan.failed)} other(s) could not be read, the first: {plan.failed[0][1]})" if plan.failed else ""
+    raise PointsError(f"no point of {points} lies on data of the {len(plan.footprints)} readable raster(s) of "
+                      f"--rasters{unread}; check that the layers cover the same area and that the point layer's CRS "
+                      "is right")
 
 
 def _merge_and_write(plan: Plan, outcomes: dict, work: Path, output, cfg: SegmentConfig, cancel) -> BatchResult:

@@ -79,10 +79,10 @@ def decode(sam, embedding: torch.Tensor, prompts: Sequence[Prompt],
     ``context``: :func:`~pointsam_engine.sam.mask_decoder.image_context` of ``embedding``, when the caller keeps
     it across calls (computed here otherwise).
 
-    The decoder runs in float32 whatever the encoder's precision. Under bf16 autocast it was 1.3-1.5x faster per
-    vit_b prompt on a CPU with AMX but 1.2x slower with oneDNN held to AVX512-BF16 (as CPUs without AMX), and it
-    moved the bundled model's masks (mean IoU with fp32's 0.985 on the z19 Kampala chips with the encoder in
-    bf16 too, against 0.995 with the encoder alone; 4 December 2026).
+    The decoder runs in float32 whatever the encoder's precision. Under bf16 autocast it was faster per vit_b
+    prompt only on a CPU with AMX (slower with oneDNN held to AVX512-BF16, as on CPUs without AMX), and it moved
+    the bundled model's masks about three times as far from fp32's as the encoder in bf16 alone did (measured
+    once, 4 December 2026: commit 8bf3b69 gives the figures; no benchmark keeps them).
     """
     if is_sam2(sam):  # SAM 2.1's decoder reads the embedding's high-resolution maps too: no context
         return sam2_backend.decode(sam, embedding, prompts, multimask(prompts[0]))

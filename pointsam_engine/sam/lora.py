@@ -115,8 +115,7 @@ def add_lora(sam: nn.Module, rank: int = 4, alpha: Optional[float] = None,
     if rank < 1:
         raise OptionError(f"LoRA rank must be at least 1, got {rank}")
     if not blocks or any(not 0 <= i < len(encoder_blocks) for i in blocks):
-        raise OptionError(f"LoRA blocks {blocks} (--blocks) are empty or outside the encoder's blocks "
-                          f"0-{len(encoder_blocks) - 1}; give blocks in that range")
+        raise OptionError(f"LoRA blocks {blocks} are empty or outside the encoder's blocks 0-{len(encoder_blocks) - 1}")
     if _adapted(sam):
         raise OptionError("this model already has LoRA adapters; build a fresh model or use merge_lora first")
     for p in sam.parameters():

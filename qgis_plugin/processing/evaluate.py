@@ -32,7 +32,8 @@ class Evaluate(EngineAlgorithm):
     NAME, DISPLAY_NAME = "evaluate", "Evaluate against reference polygons"
     HELP = ("Per-instance IoU and F1 on the raster's grid, averaged (mIoU, mF1): each instance is paired with "
             "the reference polygon holding its click (through point_fid when the points are given). Also "
-            "counts missed clicks (IoU 0) and merges (an instance covering half of another reference object).")
+            "counts missed clicks (IoU 0), merges (an instance covering half of another reference object) and clicks "
+            "off the raster, which are not scored.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         polygons = [QgsProcessing.SourceType.TypeVectorPolygon]
@@ -57,7 +58,7 @@ class Evaluate(EngineAlgorithm):
                 body["points"] = self.write_source(parameters, POINTS, context, folder, "points")
             client = self.client(feedback)
             figures = self.engine_call(lambda: client.evaluate(**body))
-        results = {key: figures[name] for key, name, _ in FIGURES}
+        results = {key: figures[name] for key, name, _ in FIGURES if name in figures}  # an older engine has fewer
         feedback.pushInfo(json.dumps(figures))
         path = self.parameterAsFileOutput(parameters, self.JSON, context)
         if path:

@@ -10,6 +10,7 @@ its layer added to that file: the file's other layers are kept.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 from qgis.core import (
@@ -81,16 +82,16 @@ class SegmentPoints(EngineAlgorithm):
     def check_sinks(self, parameters, context) -> None:
         """Refuse, before the engine runs, an output file QGIS could not write when the results are copied in."""
         for key, label, _ in self.SINKS:
-            destination = self.parameterAsOutputLayer(parameters, key, context)
-            if not destination or URI.match(destination):
+            path = _output_file(self.parameterAsOutputLayer(parameters, key, context))
+            if path is None:
                 continue  # a temporary layer, or a database QGIS reaches itself
-            path = os.path.abspath(destination)
             folder = os.path.dirname(path)
             if not os.path.isdir(folder):
                 raise QgsProcessingException(f"{label}: the folder {folder} does not exist; choose another output")
-            if not os.access(path if os.path.exists(path) else folder, os.W_OK):
-                raise QgsProcessingException(f"{label}: {path if os.path.exists(path) else 'the folder ' + folder} is "
-                                             "not writable; choose another output")
+            # a GeoPackage also writes a journal beside itself: its folder must be writable too
+            for target in (folder, path) if os.path.exists(path) else (folder,):
+                if not os.access(target, os.W_OK):
+                    raise QgsProcessingException(f"{label}: {target} is not writable; choose another output")
 
     def _copy_layers(self, gpkg: str, parameters, context) -> dict:
         results = {}
@@ -105,6 +106,18 @@ class SegmentPoints(EngineAlgorithm):
             results[key] = dest
             del layer
         return results
+
+
+def _output_file(destination: str):
+    """The file an output destination writes (a path, or the ``dbname`` of an ``ogr:`` URI); None for a
+    temporary layer or a database."""
+    match = OGR_FILE.match(destination or "")
+    if match:
+        return os.path.abspath(match.group(1))
+    return None if not destination or URI.match(destination) else os.path.abspath(destination)
+
+
+OGR_FILE = re.compile(r"^ogr:dbname='([^']+)'")
 
 
 class PointsToBoxes(SegmentPoints):

@@ -226,6 +226,7 @@ def _segment_cases():
         s("-o not .gpkg", [*SEG, "-o", "{out}/out.shp"], "must end in .gpkg"),
         s("-o under a file", [*SEG, "-o", "{a_file}/out.gpkg"], "does not exist"),
         s("-o a 300-character name", [*SEG, "-o", "{out}/{long}"], SHORTER),
+        s("-o in a folder of a 300-character name", [*SEG, "-o", "{out}/" + "d" * 300 + "/out.gpkg"], SHORTER),
         s("-o a file of another kind", [*SEG, "-o", "{out}/notes.gpkg", "--overwrite"], "not a GeoPackage",
           _not_a_geopackage),
         s("-o has the run's layers", [*SEG, "-o", "{out}/earlier.gpkg"], r"already has layer\(s\) instances",

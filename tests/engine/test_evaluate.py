@@ -53,10 +53,11 @@ def test_clicks_off_the_grid_are_counted_apart_and_not_scored():
     pred = _frame([_sq(10, 10)], point_fid=[1])
     score = score_image(pred, truth, GRID, _points([(15, 15), (205, 15), (-45, 45)], [1, 2, 3]))
     assert (score.miou, score.instances, score.missed_points, score.clicks_off_raster) == (1.0, 1, 0, 2)
-    on_edge = _frame([_sq(10, 10), _sq(95, 45, 5)])  # the second on the grid's last columns
-    edge = score_image(pred, on_edge, GRID, _points([(15, 15), (99.5, 47)], [1, 2]))
-    assert (edge.missed_points, edge.clicks_off_raster) == (1, 0)
-    assert summarize([score, edge])["clicks_off_raster"] == 2
+    on_edge = _frame([_sq(10, 10), _sq(95, 45, 5), _sq(100, 45, 5)])  # the second on the grid's last columns
+    # segment's rule: the last column's pixels are on the grid, the grid's right edge is the next pixel's (off)
+    edge = score_image(pred, on_edge, GRID, _points([(15, 15), (99.5, 47), (100, 47)], [1, 2, 3]))
+    assert (edge.missed_points, edge.clicks_off_raster) == (1, 1)
+    assert summarize([score, edge])["clicks_off_raster"] == 3
 
 
 def test_a_prediction_covering_two_objects_is_a_merge_and_two_clicks_on_one_object_are_counted():

@@ -87,5 +87,7 @@ def test_logits_held_as_float16_have_the_bits_numpy_casts_them_to():
     grid = values[:40000].reshape(200, 200)[5:150:3, ::7]  # a strided window, as a crop of a chip's logits
     with np.errstate(over="ignore"):
         assert np.array_equal(as_half(grid).view(np.int16), grid.astype(np.float16).view(np.int16))
-    already = expected[:10]
-    assert as_half(already) is already or np.shares_memory(as_half(already), already)
+    for given in (expected[:10], values[:1000].astype(np.float64), values[:1000][::-1]):  # as numpy casts them too
+        with np.errstate(over="ignore"):
+            assert np.array_equal(as_half(given).view(np.int16), given.astype(np.float16).view(np.int16))
+        assert not np.shares_memory(as_half(given), given)

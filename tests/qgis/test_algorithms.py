@@ -237,19 +237,29 @@ def _read_only(folder, on: bool) -> None:
         pytest.skip("root can write to any folder, and this file system has no immutable attribute")
 
 
-@pytest.mark.parametrize("where", ["read-only folder", "missing folder"])
+@pytest.mark.parametrize("where", ["read-only folder", "missing folder", "a GeoPackage in a read-only folder",
+                                   "an ogr: URI into a read-only folder"])
 def test_segment_points_refuses_an_output_it_cannot_write_before_the_engine_runs(plugin, scene, tmp_path, where):
+    """A GeoPackage writes a journal beside itself, so a writable file in a read-only folder is refused too."""
     import processing
 
-    folder = tmp_path / ("ro" if where == "read-only folder" else "gone")
-    if where == "read-only folder":
+    from .test_dock import _foreign_geopackage, _rows
+
+    folder = tmp_path / ("gone" if where == "missing folder" else "ro")
+    target = folder / "out.gpkg"
+    if where != "missing folder":
         folder.mkdir()
+        if "GeoPackage" in where:
+            _foreign_geopackage(target)
         _read_only(folder, True)
+    files = sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+    before = _rows(target) if target.exists() else None
+    destination = f"ogr:dbname='{target}' table=\"instances\" (geom)" if "ogr" in where else str(target)
     feedback = _Feedback()
     try:
         with pytest.raises(QgsProcessingException) as error:
             processing.run("pointsam:segmentpoints", {"RASTER": scene["raster"], "POINTS": scene["points"],
-                                                      "INSTANCES": str(folder / "out.gpkg"), "BOXES": TEMPORARY,
+                                                      "INSTANCES": destination, "BOXES": TEMPORARY,
                                                       "BBOXES": TEMPORARY}, feedback=feedback)
     finally:
         if folder.exists():
@@ -257,7 +267,8 @@ def test_segment_points_refuses_an_output_it_cannot_write_before_the_engine_runs
     message = str(error.value)
     assert message.startswith("Instances: ") and "choose another output" in message and "\n" not in message
     assert not feedback.stages and not feedback.seen, "refused before the engine was asked"
-    assert not folder.exists() or not any(folder.iterdir())
+    assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else None) == files  # before reading it
+    assert (_rows(target) if target.exists() else None) == before
 
 
 def test_model_offers_the_models_the_engine_last_listed_without_asking_it(plugin):

@@ -25,10 +25,10 @@ def test_engine_messages_name_the_fields_not_the_command_line_options(engine, pl
 
 
 def test_the_plugins_copies_of_layers_are_named_as_the_layers():
-    copies = {"/tmp/pointsam-dock-x1/points.gpkg": "Banepa clicks"}
+    copies = {"/tmp/pointsam-dock-x1/points.gpkg": "Banepa `-o` --points clicks"}
     message = "no point of /tmp/pointsam-dock-x1/points.gpkg lies inside r.tif; check the layers' CRS or pass --bands"
-    assert in_plugin_terms(message, copies) == "no point of 'Banepa clicks' lies inside r.tif; check the layers' CRS " \
-        "or set Bands"
+    assert in_plugin_terms(message, copies) == "no point of 'Banepa `-o` --points clicks' lies inside r.tif; check " \
+        "the layers' CRS or set Bands", "the layer's name is kept as it is"
 
 
 def test_commands_in_backquotes_and_options_without_a_field_are_kept():

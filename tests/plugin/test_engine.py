@@ -22,6 +22,8 @@ def test_folders_of_exited_qgis_processes_are_swept_and_the_others_kept(tmp_path
     unnamed.mkdir()
     other = tmp_path / f"other-{exited.pid}"
     other.mkdir()
+    huge = tmp_path / f"{FOLDER_PREFIX}{'9' * 30}-x"  # no pid can be that: kept, and no error
+    huge.mkdir()
     sweep_stale_folders(str(tmp_path))
     assert not stale.exists()
-    assert running.exists() and unnamed.exists() and other.exists()
+    assert running.exists() and unnamed.exists() and other.exists() and huge.exists()
