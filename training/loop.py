@@ -143,11 +143,11 @@ def _set_up(cfg: TrainConfig, fabric, echo: Callable[[str], None]) -> _Run:
     rng = shared if fabric.world_size == 1 else np.random.default_rng([cfg.seed, fabric.global_rank])
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.model, device="cpu")
+    optimizer, schedule = _trainable(model.sam, cfg)  # before the data: blocks the encoder lacks are refused at once
     regions = _load_regions(cfg, model.image_size, shared, echo)
     chips = [c for r in regions for c in r.chips if len(c.owned)]
     if not chips:
         raise PointsError("every click fell into the validation blocks; lower --val-fraction or give more clicks")
-    optimizer, schedule = _trainable(model.sam, cfg)
     step_module, optimizer = fabric.setup(_Step(model.sam), optimizer)
     model = dataclasses.replace(model, device=str(fabric.device))
     if cfg.resume:
@@ -169,7 +169,12 @@ def _set_up(cfg: TrainConfig, fabric, echo: Callable[[str], None]) -> _Run:
 
 def _trainable(sam: nn.Module, cfg: TrainConfig) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """LoRA adapters added to ``sam`` (and its decoder unfrozen with ``train_decoder``); Adam with a linear warm-up."""
-    add_lora(sam, rank=cfg.rank, blocks=cfg.blocks)
+    try:
+        add_lora(sam, rank=cfg.rank, blocks=cfg.blocks)
+    except OptionError as exc:
+        if cfg.blocks is None:
+            raise
+        raise OptionError(f"--blocks: {exc}; give blocks in that range") from None
     if cfg.train_decoder:
         sam.mask_decoder.requires_grad_(True)
     optimizer = torch.optim.Adam([p for p in sam.parameters() if p.requires_grad], lr=cfg.lr,

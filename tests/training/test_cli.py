@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from pointsam_engine.cli import main
 
 
-@pytest.mark.parametrize("blocks", ["0-99999999999", "1-x", "-3"])
+@pytest.mark.parametrize("blocks", ["0-99999999999", "1-x", "-3", "99"])  # 99: past the encoder's blocks
 def test_block_lists_that_make_no_sense_fail_in_one_line_before_anything_runs(scene, tiny_model, tmp_path, blocks):
     out = tmp_path / "x.adapter.pt"
     result = CliRunner().invoke(main, ["train", "--raster", str(scene["raster"]), "--points", str(scene["points"]),
