@@ -126,9 +126,15 @@ def test_ctrl_c_keeps_the_finished_tasks_and_resume_runs_only_the_others(many, t
     kept = {p.stem for p in work.glob("*.json")}
     assert 1 <= len(kept) < len(many["tiles"]) and all((work / f"{k}.gpkg").is_file() for k in kept)
 
-    done = subprocess.run(_batch(many["points"], out, many["tiles"][0].parent, "--resume", "--report", report),
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    resumed = subprocess.Popen(_batch(many["points"], out, many["tiles"][0].parent, "--resume", "--report", report),
+                               env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:  # in a session of its own, so that a timeout takes the batch's workers with it
+        _, stderr = resumed.communicate(timeout=600)
+    finally:
+        if resumed.poll() is None:
+            os.killpg(resumed.pid, signal.SIGKILL)
+            resumed.wait()
+    assert resumed.returncode == 0, stderr
     figures = json.loads(report.read_text())
     assert figures["reused"] == len(kept) and figures["ran"] == len(many["tiles"]) - len(kept)
     assert figures["tasks"] == len(many["tiles"]) and figures["output"] == str(out)
