@@ -27,7 +27,7 @@ from rasterio.windows import transform as window_transform
 from .config import INSTANCES
 from .errors import PointsError, RasterError
 from .output import no_pam_sidecars
-from .raster import grid_outline, on_grid
+from .raster import grid_outline, grid_position
 
 no_pam_sidecars()
 
@@ -56,7 +56,8 @@ class Grid:
     def holds(self, points: gpd.GeoSeries) -> np.ndarray:
         """Whether each point (in the grid's CRS) lies on the grid's pixels, by segment's rule."""
         centres = shapely.centroid(np.asarray(points.values))
-        return on_grid(self.transform, self.shape[1], self.shape[0], shapely.get_x(centres), shapely.get_y(centres))
+        return grid_position(self.transform, self.shape[1], self.shape[0], shapely.get_x(centres),
+                             shapely.get_y(centres))[0]
 
     @classmethod
     def from_raster(cls, path) -> "Grid":
@@ -190,9 +191,13 @@ def evaluate_files(pred_path, truth_path, points_path=None, *, raster=None, trut
     points = None
     if points_path is not None:
         points = pyogrio.read_dataframe(points_path, layer=points_layer, fid_as_index=True)
-    _check_scoreable(truth, points, grid, truth_path, points_path,
-                     f"the raster {raster}" if raster else f"the raster {pred_path} was made from")
-    return summarize([score_image(pred, truth, grid, points)])
+    grid_name = f"the raster {raster}" if raster else f"the raster {pred_path} was made from"
+    _check_scoreable(truth, points, grid, truth_path, points_path, grid_name)
+    score = score_image(pred, truth, grid, points)
+    if points is not None and score.clicks_off_raster == len(points):
+        raise PointsError(f"no point of {points_path} lies on {grid_name}; give the clicks the predictions were made "
+                          "from")
+    return summarize([score])
 
 
 def _check_scoreable(truth: gpd.GeoDataFrame, points: Optional[gpd.GeoDataFrame], grid: Grid, truth_path,
@@ -206,9 +211,6 @@ def _check_scoreable(truth: gpd.GeoDataFrame, points: Optional[gpd.GeoDataFrame]
                           "the reference polygons of that area")
     if points is not None and points.empty:
         raise PointsError(f"the points {points_path} have no features; give the clicks the predictions were made from")
-    if points is not None and not grid.holds(points.to_crs(grid.crs).geometry).any():
-        raise PointsError(f"no point of {points_path} lies on {grid_name}; give the "
-                          "clicks the predictions were made from")
 
 
 def check_inputs(pred_path, truth_path, points_path=None, *, raster=None, truth_layer=None, points_layer=None,

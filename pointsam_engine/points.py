@@ -205,6 +205,9 @@ def _groups(labels: np.ndarray, rows: np.ndarray):
             yield int(labels[group[0]]), rows[group]
 
 
+SAME_AREA_FIX = "check that the layers cover the same area and that the point layer's CRS is right"
+
+
 def locate_on_raster(table: PointTable, raster, points_name, raster_name) -> tuple[np.ndarray, dict]:
     """Which clicks lie on data of ``raster`` (a :class:`~pointsam_engine.raster.Raster`), and a reason for each other one.
 
@@ -214,7 +217,7 @@ def locate_on_raster(table: PointTable, raster, points_name, raster_name) -> tup
     on_raster, on_data = raster.on_data(table.x, table.y)
     if not on_raster.any():
         raise PointsError(f"no point of {points_name} lies inside {raster_name} (raster CRS {raster.crs.to_string()}); "
-                          "check that the layers cover the same area and that the point layer's CRS is right")
+                          f"{SAME_AREA_FIX}")
     reasons = {int(i): "outside raster" for i in np.flatnonzero(~on_raster)}
     reasons.update({int(i): "on nodata" for i in np.flatnonzero(on_raster & ~on_data)})
     return on_data, reasons

@@ -148,8 +148,7 @@ class Raster:
 
     def on_data(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """For map coordinates: whether each lies on the raster, and whether it lies on data (not nodata)."""
-        on_raster = on_grid(self.transform, self.width, self.height, x, y)
-        cols, rows = (np.asarray(v) for v in apply_affine(~self.transform, np.asarray(x, float), np.asarray(y, float)))
+        on_raster, cols, rows = grid_position(self.transform, self.width, self.height, x, y)
         on_data = np.zeros(len(cols), dtype=bool)
         idx = np.flatnonzero(on_raster)
         on_data[idx] = self.valid_at(np.floor(rows[idx]), np.floor(cols[idx]))
@@ -271,10 +270,12 @@ def cap_block_cache() -> None:
         set_gdal_config("GDAL_CACHEMAX", READ_CACHE_MB * 2**20)
 
 
-def on_grid(transform: Affine, width: int, height: int, x, y) -> np.ndarray:
-    """Whether each map coordinate lies on a grid's pixels (the right and bottom edges are the next pixels': off)."""
+def grid_position(transform: Affine, width: int, height: int, x, y) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For map coordinates: whether each lies on a grid's pixels (the right and bottom edges are the next pixels':
+    off), and its column and row (fractional) on the grid."""
     cols, rows = (np.asarray(v) for v in apply_affine(~transform, np.asarray(x, float), np.asarray(y, float)))
-    return np.isfinite(cols) & np.isfinite(rows) & (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+    on = np.isfinite(cols) & np.isfinite(rows) & (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+    return on, cols, rows
 
 
 def grid_outline(transform: Affine, width: int, height: int):

@@ -24,6 +24,7 @@ from ..chip_loop import check_cancel
 from ..config import BATCH, FAILED, SegmentConfig
 from ..errors import OptionError, PointsError, RasterError
 from ..output import check_distinct, check_file_target, check_folder, check_target, write_geopackage
+from ..points import SAME_AREA_FIX
 from .assign import Plan, plan_tasks
 from .merge import LAYERS, merge, read_task_layers
 from .sources import list_rasters
@@ -132,8 +133,7 @@ def check_runnable(plan: Plan, points) -> None:
                           f"none of the {len(plan.failed)} rasters of --rasters can be read; the first: {why}")
     unread = f" ({len(plan.failed)} other(s) could not be read, the first: {plan.failed[0][1]})" if plan.failed else ""
     raise PointsError(f"no point of {points} lies on data of the {len(plan.footprints)} readable raster(s) of "
-                      f"--rasters{unread}; check that the layers cover the same area and that the point layer's CRS "
-                      "is right")
+                      f"--rasters{unread}; {SAME_AREA_FIX}")
 
 
 def _merge_and_write(plan: Plan, outcomes: dict, work: Path, output, cfg: SegmentConfig, cancel) -> BatchResult:
