@@ -46,7 +46,9 @@ Progress = Callable[[float, str], None]
 Cancelled = Callable[[], bool]
 Run = Callable[..., subprocess.CompletedProcess]
 
-_PROBE = "import sys; print('%d.%d' % sys.version_info[:2]); import venv, ensurepip"
+# the version first, so that a Python without ensurepip still tells it; then which interpreter it really is
+_PROBE = ("import os, sys; print('%d.%d' % sys.version_info[:2]); print(os.path.realpath(sys.executable)); "
+          "print(sys.prefix); import venv, ensurepip")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class PythonCandidate:
     path: str
     version: str = ""
     problem: str = ""
+    # the interpreter behind ``path`` and its prefix: a pyenv shim and the Python it runs are one candidate,
+    # two venvs of one Python are two
+    identity: tuple = ()
 
     @property
     def usable(self) -> bool:
@@ -69,8 +74,9 @@ def probe_python(path: str, run: Run = subprocess.run) -> PythonCandidate:
         out = run([path, "-c", _PROBE], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         return PythonCandidate(path, problem=f"{path} does not run ({type(exc).__name__}); choose another Python")
-    lines = out.stdout.split()
-    version = lines[0] if lines else ""
+    lines = out.stdout.splitlines()
+    version = lines[0].strip() if lines else ""
+    identity = tuple(lines[1:3]) if len(lines) >= 3 else (os.path.realpath(path),)
     try:
         major, minor = (int(part) for part in version.split("."))
     except ValueError:
@@ -79,11 +85,11 @@ def probe_python(path: str, run: Run = subprocess.run) -> PythonCandidate:
         return PythonCandidate(path, problem=f"{path} does not run as Python ({why}); choose another one")
     if (major, minor) < MIN_PYTHON:
         return PythonCandidate(path, version, f"{path} is Python {version}; the engine needs Python 3.10 or newer: "
-                                              "choose another Python")
+                                              "choose another Python", identity)
     if out.returncode != 0:
         return PythonCandidate(path, version, f"{path} cannot create environments with pip (no ensurepip); "
-                                              f"install it with `{VENV_FIX}`, or choose another Python")
-    return PythonCandidate(path, version)
+                                              f"install it with `{VENV_FIX}`, or choose another Python", identity)
+    return PythonCandidate(path, version, identity=identity)
 
 
 def candidate_paths(chosen: str = "", which: Callable[[str], Optional[str]] = shutil.which) -> List[str]:
@@ -108,8 +114,13 @@ def candidate_paths(chosen: str = "", which: Callable[[str], Optional[str]] = sh
 
 def find_pythons(chosen: str = "", run: Run = subprocess.run,
                  which: Callable[[str], Optional[str]] = shutil.which) -> List[PythonCandidate]:
-    """Every candidate Python, probed; usable ones first (in the order of :func:`candidate_paths`)."""
-    candidates = [probe_python(path, run) for path in candidate_paths(chosen, which)]
+    """Every candidate Python, probed, each interpreter once (a pyenv shim and the Python it runs are one
+    entry, under the path found first); usable ones first (in the order of :func:`candidate_paths`)."""
+    seen, candidates = set(), []
+    for candidate in (probe_python(path, run) for path in candidate_paths(chosen, which)):
+        if not candidate.identity or candidate.identity not in seen:
+            seen.add(candidate.identity)
+            candidates.append(candidate)
     return sorted(candidates, key=lambda candidate: not candidate.usable)
 
 
