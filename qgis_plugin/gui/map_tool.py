@@ -334,6 +334,7 @@ def saving_note(layer: str) -> str:
 
 def _describe(answer: dict) -> str:
     props = answer["object"]["properties"]
-    encoded = ", a new chip was encoded" if answer.get("encoded") else ""
-    return (f"PointSAM: {props['area_m2']:,.0f} m², score {props['score']:.2f} "
-            f"({answer.get('seconds', 0):.1f} s{encoded}); Enter accepts, Esc clears")
+    # what to do next before the timing: QGIS's coordinate widget cuts the end of a long status message
+    encoded = ", chip encoded" if answer.get("encoded") else ""
+    return (f"PointSAM: {props['area_m2']:,.0f} m², score {props['score']:.2f}; Enter accepts, Esc clears "
+            f"({answer.get('seconds', 0):.1f} s{encoded})")
