@@ -40,17 +40,20 @@ from .selftrain import SelfTrainOptions
               help="Share of chips cropped from real labelled buildings in ../shared/data (Banepa's training chips, Atlanta).")
 @click.option("--real-zoom", default=",".join(str(z) for z in PretrainConfig.real_zoom), show_default=True,
               help="Range of the factor real chips are resampled by, e.g. 0.35,1.8 (below 1: coarser pixels).")
+@click.option("--encoder-depth", default=PretrainConfig.encoder_depth, show_default=True, type=click.IntRange(0),
+              help="Deepen the --init model's encoder to this many blocks first (a multiple of its depth): each block "
+                   "is followed by copies of itself that start as the identity. 0 keeps its depth.")
 @click.option("--device", default=PretrainConfig.device, show_default=True)
 @click.option("--card/--no-card", default=True, show_default=True, help="Measure quality and write the model card.")
 def pretrain(output, steps, lr, seed, scenes_per_kind, objects_per_image, init, kind_share, focal_alpha, dense_share,
-             real_share, real_zoom, device, card) -> None:
+             real_share, real_zoom, encoder_depth, device, card) -> None:
     """Train the small bundled SAM (pointsam-tiny) from scratch on generated scenes."""
     from .pretrain import pretrain as run_pretrain
 
     cfg = PretrainConfig(output=output, steps=steps, lr=lr, seed=seed, scenes_per_kind=scenes_per_kind,
                          objects_per_image=objects_per_image, init=init, device=device, focal_alpha=focal_alpha,
                          kind_share=_shares(kind_share), dense_share=dense_share, real_share=real_share,
-                         real_zoom=_zoom(real_zoom))
+                         real_zoom=_zoom(real_zoom), encoder_depth=encoder_depth)
     provenance = run_pretrain(cfg, echo=click.echo)
     if card:
         from .model_card import write_model_card

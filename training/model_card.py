@@ -72,7 +72,10 @@ def _stage_line(p: dict) -> str:
                 f"{_stage_name(p, other['sha256'])})")
     c = p["config"]
     share = c.get("kind_share") or "every rendered image alike"
-    return (f"{c['steps']} steps x {c['images_per_step']} chips of 256 px, up to {c['objects_per_image']} objects each, "
+    deepened = p.get("deepened")
+    grown = (f"encoder deepened from {deepened['from']} to {deepened['to']} blocks (each block followed by a copy "
+             "of itself that starts as the identity, `--encoder-depth`), then ") if deepened else ""
+    return (f"{grown}{c['steps']} steps x {c['images_per_step']} chips of 256 px, up to {c['objects_per_image']} objects each, "
             f"AdamW lr {c['lr']}, cosine schedule, warm-up {c['warmup']}, focal alpha {c.get('focal_alpha', 0.25)}, "
             f"kinds: {share}{_dense(c)}, seed {c['seed']}, {p['wall_minutes']} min")
 

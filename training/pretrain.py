@@ -20,12 +20,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pointsam_engine.errors import OptionError
 from pointsam_engine.masks import Prompt
 from pointsam_engine.output import atomic_path
 from pointsam_engine.sam.decode import decode_groups, embed
 from pointsam_engine.sam.model import SamArch, build_sam, file_sha256, pick_device, save_pointsam_checkpoint
 
 from .data import Sample, ScenePool
+from .deepen import deepen
 from .objective import mask_terms
 from .realdata import REAL_DATA, training_pool
 
@@ -55,6 +57,7 @@ class PretrainConfig:
     dense_share: float = 0.0  # share of buildings scenes drawn dense, with terraces (training.data.DENSE)
     real_share: float = 0.0  # share of chips cropped from real labelled imagery (training.realdata.training_pool)
     real_zoom: tuple = (0.5, 1.8)  # real chips are resampled by a factor in this range (log-uniform)
+    encoder_depth: int = 0  # with init: deepen its encoder to this many blocks first (training.deepen); 0 keeps it
 
 
 def _lr_factor(step: int, cfg: PretrainConfig) -> float:
@@ -79,15 +82,13 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)
     start = time.time()
+    sam, arch, earlier = _starting_model(cfg)
+    sam, arch, deepened = _deepened(sam, arch, cfg, echo)
+    if earlier:
+        echo(f"continuing from {cfg.init}")
     echo(f"rendering {cfg.scenes_per_kind} scenes per kind ({cfg.scene_size} px) ...")
     pool = ScenePool(("buildings", "ships"), cfg.scenes_per_kind, cfg.scene_size, cfg.seed, cfg.dense_share)
     real = training_pool(zoom=tuple(cfg.real_zoom)) if cfg.real_share > 0 else None
-    sam, earlier = build_sam(POINTSAM_TINY), None
-    if cfg.init:
-        payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
-        sam.load_state_dict(payload["state_dict"])
-        earlier = {"file": Path(cfg.init).name, "sha256": file_sha256(cfg.init), "provenance": payload.get("provenance", {})}
-        echo(f"continuing from {cfg.init}")
     sam = sam.to(device).train()
     params = sum(p.numel() for p in sam.parameters())
     echo(f"pointsam-tiny: {params / 1e6:.2f} M parameters, device {device}, {torch.get_num_threads()} threads")
@@ -98,9 +99,9 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
         optimizer.zero_grad(set_to_none=True)
         for _ in range(cfg.images_per_step):
             if real is not None and rng.random() < cfg.real_share:
-                sample = real.sample(rng, POINTSAM_TINY.image_size, cfg.objects_per_image)
+                sample = real.sample(rng, arch.image_size, cfg.objects_per_image)
             else:
-                sample = pool.sample(rng, POINTSAM_TINY.image_size, cfg.objects_per_image, cfg.kind_share)
+                sample = pool.sample(rng, arch.image_size, cfg.objects_per_image, cfg.kind_share)
             loss, iou = sample_loss(sam, sample, device, cfg.focal_alpha)
             (loss / cfg.images_per_step).backward()
             running.append(float(loss.detach()))
@@ -115,12 +116,38 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
             echo("step {step:5d}  loss {loss:.4f}  train IoU {train_iou:.3f}  lr {lr:.2e}  {minutes:.1f} min".format(**entry))
             running, running_iou = [], []
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            _save(sam, cfg, _provenance(cfg, params, start, device, log, earlier))
+            _save(sam, arch, cfg, _provenance(cfg, params, start, device, log, earlier, deepened))
             sam.train()
-    provenance = _provenance(cfg, params, start, device, log, earlier)
-    output = _save(sam, cfg, provenance)
+    provenance = _provenance(cfg, params, start, device, log, earlier, deepened)
+    output = _save(sam, arch, cfg, provenance)
     echo(f"saved {output} ({output.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(output)[:12]})")
     return provenance
+
+
+def _starting_model(cfg: PretrainConfig) -> tuple:
+    """pointsam-tiny with random weights, or the ``init`` model (its own architecture) and its record."""
+    if not cfg.init:
+        return build_sam(POINTSAM_TINY), POINTSAM_TINY, None
+    payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
+    arch = SamArch.from_dict(payload["arch"])
+    sam = build_sam(arch)
+    sam.load_state_dict(payload["state_dict"])
+    return sam, arch, {"file": Path(cfg.init).name, "sha256": file_sha256(cfg.init),
+                       "provenance": payload.get("provenance", {})}
+
+
+def _deepened(sam, arch: SamArch, cfg: PretrainConfig, echo: Callable[[str], None]) -> tuple:
+    """The model with ``cfg.encoder_depth`` encoder blocks (:func:`training.deepen.deepen`) and the record of it."""
+    if not cfg.encoder_depth or cfg.encoder_depth == arch.encoder_depth:
+        return sam, arch, None
+    if not cfg.init:
+        raise OptionError("--encoder-depth deepens the model given with --init; give --init too")
+    try:
+        deep, deep_arch = deepen(sam, arch, cfg.encoder_depth)
+    except ValueError as exc:
+        raise OptionError(f"--encoder-depth: {exc}; choose one of those") from None
+    echo(f"encoder deepened from {arch.encoder_depth} to {cfg.encoder_depth} blocks")
+    return deep, deep_arch, {"from": arch.encoder_depth, "to": cfg.encoder_depth}
 
 
 def machine(device=None) -> str:
@@ -129,9 +156,11 @@ def machine(device=None) -> str:
     return f"{line}, device {device}" if device is not None else line
 
 
-def _provenance(cfg: PretrainConfig, params: int, start: float, device, log: list, earlier=None) -> dict:
+def _provenance(cfg: PretrainConfig, params: int, start: float, device, log: list, earlier=None,
+                deepened=None) -> dict:
     return {
         "continued_from": earlier,
+        "deepened": deepened,
         "trained_by": "training/pretrain.py (pointsam pretrain)",
         "config": asdict(cfg),
         "parameters": params,
@@ -143,13 +172,13 @@ def _provenance(cfg: PretrainConfig, params: int, start: float, device, log: lis
     }
 
 
-def _save(sam, cfg: PretrainConfig, provenance: dict) -> Path:
+def _save(sam, arch: SamArch, cfg: PretrainConfig, provenance: dict) -> Path:
     """Write atomically, so an interrupted run leaves the last complete checkpoint."""
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
-    cpu_sam = build_sam(POINTSAM_TINY)
+    cpu_sam = build_sam(arch)
     cpu_sam.load_state_dict(state)
     with atomic_path(output) as tmp:
-        save_pointsam_checkpoint(cpu_sam.eval(), POINTSAM_TINY, tmp, name="pointsam-tiny", provenance=provenance)
+        save_pointsam_checkpoint(cpu_sam.eval(), arch, tmp, name="pointsam-tiny", provenance=provenance)
     return output

@@ -1,0 +1,78 @@
+"""Deepening the encoder (``pointsam pretrain --init M --encoder-depth N``): the deeper model starts out computing
+what the model it grew from computes, keeps the global blocks spread through its depth, records the growth,
+and a depth it cannot reach is refused in one line before any work."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pointsam_engine.cli import main
+from pointsam_engine.sam.model import build_sam, load_model, save_pointsam_checkpoint
+from training.deepen import deepen, deepened_arch
+from training.model_card import _stage_line
+from training.pretrain import POINTSAM_TINY, PretrainConfig, pretrain
+
+
+@pytest.fixture(scope="module")
+def shallow():
+    torch.manual_seed(3)
+    sam = build_sam(POINTSAM_TINY).eval()
+    for block in sam.image_encoder.blocks:  # trained-looking output projections: zero ones would hide a mix-up
+        for layer in (block.attn.proj, block.mlp.lin2):
+            torch.nn.init.normal_(layer.weight, std=0.05)
+            torch.nn.init.normal_(layer.bias, std=0.05)
+    return sam
+
+
+def _masks(sam, image):
+    with torch.no_grad():
+        embedding = sam.image_encoder(image)
+        sparse, dense = sam.prompt_encoder(points=(torch.tensor([[[100.0, 120.0]]]), torch.tensor([[1]])),
+                                           boxes=None, masks=None)
+        low, iou = sam.mask_decoder(embedding, sam.prompt_encoder.get_dense_pe(), sparse, dense, False)
+    return embedding, low, iou
+
+
+def test_the_deepened_model_computes_what_the_shallow_one_did(shallow):
+    deep, arch = deepen(shallow, POINTSAM_TINY, 12)
+    image = torch.randn(1, 3, 256, 256)
+    for before, after in zip(_masks(shallow, image), _masks(deep.eval(), image)):
+        assert torch.allclose(before, after, atol=1e-5), float((before - after).abs().max())
+    assert len(deep.image_encoder.blocks) == 12 and arch.encoder_depth == 12
+    grown = sum(p.numel() for p in deep.parameters()) - sum(p.numel() for p in shallow.parameters())
+    assert grown == sum(p.numel() for p in shallow.image_encoder.blocks.parameters())
+
+
+def test_each_copy_follows_its_block_with_its_attention_kind():
+    assert POINTSAM_TINY.encoder_global_attn_indexes == (2, 5)
+    assert deepened_arch(POINTSAM_TINY, 12).encoder_global_attn_indexes == (4, 5, 10, 11)
+    assert deepened_arch(POINTSAM_TINY, 18).encoder_global_attn_indexes == (6, 7, 8, 15, 16, 17)
+    for depth in (8, 3):
+        with pytest.raises(ValueError, match="multiple of its depth"):
+            deepened_arch(POINTSAM_TINY, depth)
+
+
+def test_pretrain_deepens_its_init_and_records_it(tmp_path, shallow):
+    init = tmp_path / "init.pt"
+    save_pointsam_checkpoint(shallow, POINTSAM_TINY, init, name="pointsam-tiny", provenance={"config": {}})
+    cfg = PretrainConfig(output=str(tmp_path / "deep.pt"), steps=1, images_per_step=1, objects_per_image=2,
+                         scenes_per_kind=1, scene_size=288, warmup=1, lr=0.0, init=str(init), encoder_depth=12)
+    provenance = pretrain(cfg, echo=lambda _: None)
+    deep = load_model(cfg.output, device="cpu")
+    assert deep.arch.encoder_depth == 12 and provenance["deepened"] == {"from": 6, "to": 12}
+    image = torch.randn(1, 3, 256, 256)
+    assert torch.allclose(_masks(shallow, image)[1], _masks(deep.sam, image)[1], atol=1e-5)  # lr 0: unchanged
+    assert _stage_line(provenance).startswith("encoder deepened from 6 to 12 blocks")
+
+
+@pytest.mark.parametrize("extra, named", [([], "give --init too"), (["--init", "INIT"], "not 8")])
+def test_a_depth_it_cannot_reach_is_refused_in_one_line(tmp_path, shallow, extra, named):
+    init = tmp_path / "init.pt"
+    save_pointsam_checkpoint(shallow, POINTSAM_TINY, init, name="pointsam-tiny", provenance={"config": {}})
+    out = tmp_path / "deep.pt"
+    args = ["pretrain", "--encoder-depth", "8", "--no-card", "-o", str(out), *[str(init) if a == "INIT" else a for a in extra]]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("error: --encoder-depth") and named in lines[-1], result.output
+    assert not out.exists()

@@ -1,0 +1,46 @@
+"""A deeper encoder that starts as the model it grew from ("block expansion", as LLaMA Pro grows an LLM).
+
+Each of the encoder's blocks is followed by copies of itself whose output projections (attention's ``proj``
+and the MLP's ``lin2``) start at zero: a ViT block adds its two branches to the residual stream, so such a
+copy passes its input through unchanged and the deepened model computes exactly what the shallow one did.
+Training then starts from the shallow model's quality with the capacity of the deeper one. Copies keep their
+source's attention kind (windowed or global), so the global blocks stay spread through the depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+import torch
+
+from pointsam_engine.sam.model import SamArch, build_sam
+
+
+def deepened_arch(arch: SamArch, depth: int) -> SamArch:
+    """``arch`` with ``depth`` encoder blocks, each block of ``arch`` followed by its copies."""
+    if depth < arch.encoder_depth or depth % arch.encoder_depth:
+        raise ValueError(f"an encoder of {arch.encoder_depth} blocks deepens to a multiple of its depth "
+                         f"({2 * arch.encoder_depth}, {3 * arch.encoder_depth}, ...), not {depth}")
+    factor = depth // arch.encoder_depth
+    globals_ = tuple(factor * i + j for i in arch.encoder_global_attn_indexes for j in range(factor))
+    return dataclasses.replace(arch, encoder_depth=depth, encoder_global_attn_indexes=globals_)
+
+
+def deepen(sam: torch.nn.Module, arch: SamArch, depth: int) -> Tuple[torch.nn.Module, SamArch]:
+    """A model with ``depth`` encoder blocks that computes what ``sam`` does; everything else is ``sam``'s."""
+    deep_arch = deepened_arch(arch, depth)
+    factor = depth // arch.encoder_depth
+    deep = build_sam(deep_arch, sam.pixel_mean.flatten().tolist(), sam.pixel_std.flatten().tolist())
+    outside = {k: v for k, v in sam.state_dict().items() if not k.startswith("image_encoder.blocks.")}
+    missing, unexpected = deep.load_state_dict(outside, strict=False)
+    assert not unexpected and all(k.startswith("image_encoder.blocks.") for k in missing)
+    for i, block in enumerate(sam.image_encoder.blocks):
+        for j in range(factor):
+            copy = deep.image_encoder.blocks[factor * i + j]
+            copy.load_state_dict(block.state_dict())
+            if j:
+                for layer in (copy.attn.proj, copy.mlp.lin2):
+                    torch.nn.init.zeros_(layer.weight)
+                    torch.nn.init.zeros_(layer.bias)
+    return deep, deep_arch
