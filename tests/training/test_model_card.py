@@ -62,3 +62,9 @@ def test_the_card_reports_the_measured_mask_merges(dense_mask_merges):
     for on_card, measured_here in zip((int(row.group(1)), int(row.group(2))),
                                       (dense_mask_merges[True], dense_mask_merges[False])):
         assert abs(on_card - measured_here) <= MERGES_TOLERANCE, (row.group(0), dense_mask_merges)
+
+
+def test_the_bundled_model_fits_the_package_allowance():
+    """Issue 19 lets the bundled model grow (a successor) but not past 20 MB inside the package."""
+    size = (BUNDLED_DIR / BUNDLED["pointsam-tiny"]).stat().st_size
+    assert size <= 20_000_000, f"{size / 1e6:.1f} MB"
