@@ -114,14 +114,16 @@ def candidate_paths(chosen: str = "", which: Callable[[str], Optional[str]] = sh
 
 def find_pythons(chosen: str = "", run: Run = subprocess.run,
                  which: Callable[[str], Optional[str]] = shutil.which) -> List[PythonCandidate]:
-    """Every candidate Python, probed, each interpreter once (a pyenv shim and the Python it runs are one
-    entry, under the path found first); usable ones first (in the order of :func:`candidate_paths`)."""
-    seen, candidates = set(), []
+    """Every candidate Python, probed, each interpreter once: a pyenv shim and the Python it runs are one entry,
+    under the interpreter's own path unless the shim is the user's choice (what a shim runs depends on the folder
+    and PYENV_VERSION); usable ones first (in the order of :func:`candidate_paths`)."""
+    kept: dict = {}
     for candidate in (probe_python(path, run) for path in candidate_paths(chosen, which)):
-        if not candidate.identity or candidate.identity not in seen:
-            seen.add(candidate.identity)
-            candidates.append(candidate)
-    return sorted(candidates, key=lambda candidate: not candidate.usable)
+        key = candidate.identity or (candidate.path,)
+        earlier = kept.get(key)
+        if earlier is None or (earlier.path != chosen and os.path.realpath(candidate.path) == key[0]):
+            kept[key] = candidate
+    return sorted(kept.values(), key=lambda candidate: not candidate.usable)
 
 
 def nvidia_gpu(run: Run = subprocess.run, which: Callable[[str], Optional[str]] = shutil.which) -> str:

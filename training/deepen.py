@@ -34,7 +34,8 @@ def deepen(sam: torch.nn.Module, arch: SamArch, depth: int) -> Tuple[torch.nn.Mo
     deep = build_sam(deep_arch, sam.pixel_mean.flatten().tolist(), sam.pixel_std.flatten().tolist())
     outside = {k: v for k, v in sam.state_dict().items() if not k.startswith("image_encoder.blocks.")}
     missing, unexpected = deep.load_state_dict(outside, strict=False)
-    assert not unexpected and all(k.startswith("image_encoder.blocks.") for k in missing)
+    if unexpected or not all(k.startswith("image_encoder.blocks.") for k in missing):
+        raise RuntimeError(f"the deepened model does not fit the weights outside the blocks: {unexpected or missing}")
     for i, block in enumerate(sam.image_encoder.blocks):
         for j in range(factor):
             copy = deep.image_encoder.blocks[factor * i + j]

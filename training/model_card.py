@@ -72,12 +72,17 @@ def _stage_line(p: dict) -> str:
                 f"{_stage_name(p, other['sha256'])})")
     c = p["config"]
     share = c.get("kind_share") or "every rendered image alike"
-    deepened = p.get("deepened")
-    grown = (f"encoder deepened from {deepened['from']} to {deepened['to']} blocks (each block followed by a copy "
-             "of itself that starts as the identity, `--encoder-depth`), then ") if deepened else ""
+    grown = f"{_deepening(p['deepened'])}, then " if p.get("deepened") else ""
     return (f"{grown}{c['steps']} steps x {c['images_per_step']} chips of 256 px, up to {c['objects_per_image']} objects each, "
             f"AdamW lr {c['lr']}, cosine schedule, warm-up {c['warmup']}, focal alpha {c.get('focal_alpha', 0.25)}, "
             f"kinds: {share}{_dense(c)}, seed {c['seed']}, {p['wall_minutes']} min")
+
+
+def _deepening(deepened: dict) -> str:
+    copies = deepened["to"] // deepened["from"] - 1
+    copy = "a copy of itself that starts" if copies == 1 else f"{copies} copies of itself that start"
+    return (f"encoder deepened from {deepened['from']} to {deepened['to']} blocks (each block followed by {copy} as "
+            "the identity, `--encoder-depth`)")
 
 
 def _stage_name(p: dict, sha256: str) -> str:
@@ -132,7 +137,8 @@ def write_model_card(model_path, provenance: dict, echo: Callable[[str], None] =
         "",
         "The engine's bundled model: SAM's architecture (segment-anything's ImageEncoderViT, PromptEncoder,",
         "MaskDecoder, TwoWayTransformer) at reduced size, trained from scratch by `pointsam pretrain` on the",
-        "engine's generated scenes" + (", then on a mix of them and real labelled buildings." if _real(stages) else "."),
+        "engine's generated scenes" + (", then on a mix of them and real labelled buildings" if _real(stages) else "")
+        + (", its encoder deepened on the way (the stages below)." if any(p.get("deepened") for p in stages) else "."),
         "It is small and fast for offline use on a CPU, not a replacement for SAM on every kind of imagery:",
         "pass an official checkpoint with `--model` for that.",
         "",

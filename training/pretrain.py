@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pointsam_engine.errors import OptionError
+from pointsam_engine.errors import ModelError, OptionError
 from pointsam_engine.masks import Prompt
 from pointsam_engine.output import atomic_path
 from pointsam_engine.sam.decode import decode_groups, embed
@@ -129,8 +129,11 @@ def _starting_model(cfg: PretrainConfig) -> tuple:
     if not cfg.init:
         return build_sam(POINTSAM_TINY), POINTSAM_TINY, None
     payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or "arch" not in payload:
+        raise ModelError(f"--init {cfg.init} is not a PointSAM model file; pointsam pretrain continues the models "
+                         "it wrote (pointsam-tiny and its stages)")
     arch = SamArch.from_dict(payload["arch"])
-    sam = build_sam(arch)
+    sam = build_sam(arch, payload["pixel_mean"], payload["pixel_std"])
     sam.load_state_dict(payload["state_dict"])
     return sam, arch, {"file": Path(cfg.init).name, "sha256": file_sha256(cfg.init),
                        "provenance": payload.get("provenance", {})}
@@ -138,10 +141,10 @@ def _starting_model(cfg: PretrainConfig) -> tuple:
 
 def _deepened(sam, arch: SamArch, cfg: PretrainConfig, echo: Callable[[str], None]) -> tuple:
     """The model with ``cfg.encoder_depth`` encoder blocks (:func:`training.deepen.deepen`) and the record of it."""
+    if cfg.encoder_depth and not cfg.init:
+        raise OptionError("--encoder-depth deepens the model given with --init; give --init too")
     if not cfg.encoder_depth or cfg.encoder_depth == arch.encoder_depth:
         return sam, arch, None
-    if not cfg.init:
-        raise OptionError("--encoder-depth deepens the model given with --init; give --init too")
     try:
         deep, deep_arch = deepen(sam, arch, cfg.encoder_depth)
     except ValueError as exc:
@@ -177,7 +180,7 @@ def _save(sam, arch: SamArch, cfg: PretrainConfig, provenance: dict) -> Path:
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
-    cpu_sam = build_sam(arch)
+    cpu_sam = build_sam(arch, sam.pixel_mean.flatten().tolist(), sam.pixel_std.flatten().tolist())
     cpu_sam.load_state_dict(state)
     with atomic_path(output) as tmp:
         save_pointsam_checkpoint(cpu_sam.eval(), arch, tmp, name="pointsam-tiny", provenance=provenance)

@@ -85,7 +85,7 @@ def test_find_pythons_puts_the_usable_first(tmp_path):
     assert [(c.path, c.usable) for c in found][:2] == [(str(good), True), (str(venvless), False)]
 
 
-def test_a_shim_and_the_python_it_runs_are_listed_once_but_two_venvs_twice(tmp_path):
+def test_a_shim_and_the_python_it_runs_are_listed_once_two_interpreters_twice(tmp_path):
     """A pyenv shim is a script that runs another Python: the probe asks each path which interpreter it is."""
     shim = tmp_path / "shims" / "python3"
     shim.parent.mkdir()
@@ -93,7 +93,7 @@ def test_a_shim_and_the_python_it_runs_are_listed_once_but_two_venvs_twice(tmp_p
     shim.chmod(0o755)
     real = installer.probe_python(sys.executable)
     assert installer.probe_python(str(shim)).identity == real.identity
-    twin = tmp_path / "python3.12"  # a second venv of one Python: same interpreter, another prefix
+    twin = tmp_path / "python3.12"  # the same interpreter file under another prefix is another Python
     twin.write_text("")
     answers = {str(shim): (0, "3.12\n/usr/bin/python3.12\n/usr\n"), str(twin): (0, "3.12\n/usr/bin/python3.12\n/venv\n")}
     which = lambda name: {"python3": str(shim), "python3.12": str(twin)}.get(name)  # noqa: E731
@@ -101,7 +101,18 @@ def test_a_shim_and_the_python_it_runs_are_listed_once_but_two_venvs_twice(tmp_p
     assert [c.path for c in found if c.path in answers] == [str(shim), str(twin)]
     answers[str(twin)] = answers[str(shim)]
     found = installer.find_pythons(str(shim), run=_fake_run(answers), which=which)
-    assert [c.path for c in found if c.path in answers] == [str(shim)]
+    assert [c.path for c in found if c.path in answers] == [str(shim)]  # the user's choice, though a shim
+
+
+def test_a_shim_found_on_path_gives_way_to_the_interpreter_it_runs(tmp_path):
+    shim, real = tmp_path / "shims" / "python3", tmp_path / "versions" / "python3.12"
+    for path in (shim, real):
+        path.parent.mkdir()
+        path.write_text("")
+    same = (0, f"3.12\n{real}\n{tmp_path / 'versions'}\n")
+    which = lambda name: {"python3": str(shim), "python3.12": str(real)}.get(name)  # noqa: E731
+    found = installer.find_pythons("", run=_fake_run({str(shim): same, str(real): same}), which=which)
+    assert [c.path for c in found if c.path in (str(shim), str(real))] == [str(real)]
 
 
 def test_free_disk_space_is_checked_before_anything_is_written(tmp_path):

@@ -65,14 +65,19 @@ def test_pretrain_deepens_its_init_and_records_it(tmp_path, shallow):
     assert _stage_line(provenance).startswith("encoder deepened from 6 to 12 blocks")
 
 
-@pytest.mark.parametrize("extra, named", [([], "give --init too"), (["--init", "INIT"], "not 8")])
-def test_a_depth_it_cannot_reach_is_refused_in_one_line(tmp_path, shallow, extra, named):
-    init = tmp_path / "init.pt"
+@pytest.mark.parametrize("depth, extra, named", [("8", [], "--encoder-depth deepens the model given with --init"),
+                                                 ("6", [], "--encoder-depth deepens the model given with --init"),
+                                                 ("8", ["--init", "INIT"], "--encoder-depth: an encoder of 6 blocks"),
+                                                 ("12", ["--init", "OFFICIAL"], "is not a PointSAM model file")])
+def test_a_depth_it_cannot_reach_is_refused_in_one_line(tmp_path, shallow, depth, extra, named):
+    init, official = tmp_path / "init.pt", tmp_path / "sam_vit_b.pth"
     save_pointsam_checkpoint(shallow, POINTSAM_TINY, init, name="pointsam-tiny", provenance={"config": {}})
+    torch.save(shallow.state_dict(), official)  # an official checkpoint is a bare state dict
     out = tmp_path / "deep.pt"
-    args = ["pretrain", "--encoder-depth", "8", "--no-card", "-o", str(out), *[str(init) if a == "INIT" else a for a in extra]]
+    paths = {"INIT": str(init), "OFFICIAL": str(official)}
+    args = ["pretrain", "--encoder-depth", depth, "--no-card", "-o", str(out), *[paths.get(a, a) for a in extra]]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("error: --encoder-depth") and named in lines[-1], result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], result.output
     assert not out.exists()
