@@ -58,8 +58,7 @@ class PythonCandidate:
     path: str
     version: str = ""
     problem: str = ""
-    # the interpreter behind ``path`` and its prefix: a pyenv shim and the Python it runs are one candidate,
-    # two venvs of one Python are two
+    # the interpreter behind ``path`` and its prefix: a pyenv shim and the Python it runs are one candidate
     identity: tuple = ()
 
     @property

@@ -24,7 +24,7 @@ from pointsam_engine.errors import ModelError, OptionError
 from pointsam_engine.masks import Prompt
 from pointsam_engine.output import atomic_path
 from pointsam_engine.sam.decode import decode_groups, embed
-from pointsam_engine.sam.model import SamArch, build_sam, file_sha256, pick_device, save_pointsam_checkpoint
+from pointsam_engine.sam.model import SamArch, build_sam, file_sha256, load_model, pick_device, save_pointsam_checkpoint
 
 from .data import Sample, ScenePool
 from .deepen import deepen
@@ -128,15 +128,14 @@ def _starting_model(cfg: PretrainConfig) -> tuple:
     """pointsam-tiny with random weights, or the ``init`` model (its own architecture) and its record."""
     if not cfg.init:
         return build_sam(POINTSAM_TINY), POINTSAM_TINY, None
-    payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or "arch" not in payload:
+    loaded = load_model(cfg.init, device="cpu")  # the engine's reading and checks of a model file
+    if loaded.model_type != "pointsam":
         raise ModelError(f"--init {cfg.init} is not a PointSAM model file; pointsam pretrain continues the models "
                          "it wrote (pointsam-tiny and its stages)")
-    arch = SamArch.from_dict(payload["arch"])
-    sam = build_sam(arch, payload["pixel_mean"], payload["pixel_std"])
-    sam.load_state_dict(payload["state_dict"])
-    return sam, arch, {"file": Path(cfg.init).name, "sha256": file_sha256(cfg.init),
-                       "provenance": payload.get("provenance", {})}
+    # the plain modules pretrain trains from scratch too, not the engine's inference attention
+    sam = build_sam(loaded.arch, loaded.sam.pixel_mean.flatten().tolist(), loaded.sam.pixel_std.flatten().tolist())
+    sam.load_state_dict(loaded.sam.state_dict())
+    return sam, loaded.arch, {"file": Path(cfg.init).name, "sha256": loaded.sha256, "provenance": loaded.provenance}
 
 
 def _deepened(sam, arch: SamArch, cfg: PretrainConfig, echo: Callable[[str], None]) -> tuple:

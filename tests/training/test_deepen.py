@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from pointsam_engine.cli import main
-from pointsam_engine.sam.model import build_sam, load_model, save_pointsam_checkpoint
+from pointsam_engine.sam.model import OFFICIAL_ARCHS, build_sam, load_model, save_pointsam_checkpoint
 from training.deepen import deepen, deepened_arch
 from training.model_card import _stage_line
 from training.pretrain import POINTSAM_TINY, PretrainConfig, pretrain
@@ -68,11 +68,11 @@ def test_pretrain_deepens_its_init_and_records_it(tmp_path, shallow):
 @pytest.mark.parametrize("depth, extra, named", [("8", [], "--encoder-depth deepens the model given with --init"),
                                                  ("6", [], "--encoder-depth deepens the model given with --init"),
                                                  ("8", ["--init", "INIT"], "--encoder-depth: an encoder of 6 blocks"),
-                                                 ("12", ["--init", "OFFICIAL"], "is not a PointSAM model file")])
+                                                 ("12", ["--init", "OFFICIAL"], "pass an official checkpoint or a PointSAM")])
 def test_a_depth_it_cannot_reach_is_refused_in_one_line(tmp_path, shallow, depth, extra, named):
     init, official = tmp_path / "init.pt", tmp_path / "sam_vit_b.pth"
     save_pointsam_checkpoint(shallow, POINTSAM_TINY, init, name="pointsam-tiny", provenance={"config": {}})
-    torch.save(shallow.state_dict(), official)  # an official checkpoint is a bare state dict
+    torch.save(shallow.state_dict(), official)  # a bare state dict of no official size: the engine refuses it
     out = tmp_path / "deep.pt"
     paths = {"INIT": str(init), "OFFICIAL": str(official)}
     args = ["pretrain", "--encoder-depth", depth, "--no-card", "-o", str(out), *[paths.get(a, a) for a in extra]]
@@ -81,3 +81,13 @@ def test_a_depth_it_cannot_reach_is_refused_in_one_line(tmp_path, shallow, depth
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], result.output
     assert not out.exists()
+
+
+def test_an_official_checkpoint_is_not_continued(tmp_path):
+    """pointsam pretrain continues its own models; an official SAM loads in the engine but is refused here."""
+    official, out = tmp_path / "sam_vit_b_01ec64.pth", tmp_path / "deep.pt"
+    torch.save(build_sam(OFFICIAL_ARCHS["vit_b"]).state_dict(), official)
+    result = CliRunner().invoke(main, ["pretrain", "--init", str(official), "--encoder-depth", "24", "--no-card",
+                                       "-o", str(out)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "is not a PointSAM model file" in result.output and not out.exists()
