@@ -1,10 +1,11 @@
 """A deeper encoder that starts as the model it grew from ("block expansion", as LLaMA Pro grows an LLM).
 
-Each of the encoder's blocks is followed by copies of itself whose output projections (attention's ``proj``
-and the MLP's ``lin2``) start at zero: a ViT block adds its two branches to the residual stream, so such a
-copy passes its input through unchanged and the deepened model computes exactly what the shallow one did.
-Training then starts from the shallow model's quality with the capacity of the deeper one. Copies keep their
-source's attention kind (windowed or global), so the global blocks stay spread through the depth.
+Each of the encoder's blocks is followed by copies of itself (spread evenly when the new depth is not a multiple
+of the old) whose output projections (attention's ``proj`` and the MLP's ``lin2``) start at zero: a ViT block adds
+its two branches to the residual stream, so such a copy passes its input through unchanged and the deepened model
+computes exactly what the shallow one did. Training then starts from the shallow model's quality with the capacity
+of the deeper one. Copies keep their source's attention kind (windowed or global), so the global blocks stay spread
+through the depth.
 """
 
 from __future__ import annotations
@@ -17,28 +18,34 @@ import torch
 from pointsam_engine.sam.model import SamArch, build_sam
 
 
+def copies_per_block(depth_from: int, depth_to: int) -> Tuple[int, ...]:
+    """How many blocks each of ``depth_from`` blocks becomes (itself and its copies), spread evenly."""
+    return tuple((i + 1) * depth_to // depth_from - i * depth_to // depth_from for i in range(depth_from))
+
+
 def deepened_arch(arch: SamArch, depth: int) -> SamArch:
     """``arch`` with ``depth`` encoder blocks, each block of ``arch`` followed by its copies."""
-    if depth < arch.encoder_depth or depth % arch.encoder_depth:
-        raise ValueError(f"an encoder of {arch.encoder_depth} blocks deepens to a multiple of its depth "
-                         f"({2 * arch.encoder_depth}, {3 * arch.encoder_depth}, ...), not {depth}")
-    factor = depth // arch.encoder_depth
-    globals_ = tuple(factor * i + j for i in arch.encoder_global_attn_indexes for j in range(factor))
+    if depth <= arch.encoder_depth:
+        raise ValueError(f"an encoder of {arch.encoder_depth} blocks deepens to more blocks, not {depth}")
+    starts = [0]
+    for n in copies_per_block(arch.encoder_depth, depth):
+        starts.append(starts[-1] + n)
+    globals_ = tuple(j for i in arch.encoder_global_attn_indexes for j in range(starts[i], starts[i + 1]))
     return dataclasses.replace(arch, encoder_depth=depth, encoder_global_attn_indexes=globals_)
 
 
 def deepen(sam: torch.nn.Module, arch: SamArch, depth: int) -> Tuple[torch.nn.Module, SamArch]:
     """A model with ``depth`` encoder blocks that computes what ``sam`` does; everything else is ``sam``'s."""
     deep_arch = deepened_arch(arch, depth)
-    factor = depth // arch.encoder_depth
     deep = build_sam(deep_arch, sam.pixel_mean.flatten().tolist(), sam.pixel_std.flatten().tolist())
     outside = {k: v for k, v in sam.state_dict().items() if not k.startswith("image_encoder.blocks.")}
     missing, unexpected = deep.load_state_dict(outside, strict=False)
     if unexpected or not all(k.startswith("image_encoder.blocks.") for k in missing):
         raise RuntimeError(f"the deepened model does not fit the weights outside the blocks: {unexpected or missing}")
-    for i, block in enumerate(sam.image_encoder.blocks):
-        for j in range(factor):
-            copy = deep.image_encoder.blocks[factor * i + j]
+    target = iter(deep.image_encoder.blocks)
+    for block, n in zip(sam.image_encoder.blocks, copies_per_block(arch.encoder_depth, depth)):
+        for j in range(n):
+            copy = next(target)
             copy.load_state_dict(block.state_dict())
             if j:
                 for layer in (copy.attn.proj, copy.mlp.lin2):

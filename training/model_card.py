@@ -14,6 +14,7 @@ from pointsam_engine.output import write_text
 from pointsam_engine.sam.model import build_sam, file_sha256, save_pointsam_checkpoint
 
 from .data import DENSE
+from .deepen import copies_per_block
 from .realdata import BUILDINGS, measure_real
 
 # evaluation sets: (scene kind, density, seeds never used in training)
@@ -79,9 +80,16 @@ def _stage_line(p: dict) -> str:
 
 
 def _deepening(deepened: dict) -> str:
-    copies = deepened["to"] // deepened["from"] - 1
-    copy = "a copy of itself that starts" if copies == 1 else f"{copies} copies of itself that start"
-    return (f"encoder deepened from {deepened['from']} to {deepened['to']} blocks (each block followed by {copy} as "
+    copies = sorted({n - 1 for n in copies_per_block(deepened["from"], deepened["to"])})
+    if copies == [0, 1]:
+        copy = (f"{deepened['to'] - deepened['from']} of its {deepened['from']} blocks each followed by a copy of "
+                "itself that starts")
+    elif len(copies) == 1:
+        copy = "each block followed by " + ("a copy of itself that starts" if copies == [1] else
+                                            f"{copies[0]} copies of itself that start")
+    else:
+        copy = f"each block followed by {copies[0]} or {copies[1]} copies of itself that start"
+    return (f"encoder deepened from {deepened['from']} to {deepened['to']} blocks ({copy} as "
             "the identity, `--encoder-depth`)")
 
 

@@ -147,7 +147,7 @@ def _deepened(sam, arch: SamArch, cfg: PretrainConfig, echo: Callable[[str], Non
     try:
         deep, deep_arch = deepen(sam, arch, cfg.encoder_depth)
     except ValueError as exc:
-        raise OptionError(f"--encoder-depth: {exc}; choose one of those") from None
+        raise OptionError(f"--encoder-depth: {exc}; choose a larger depth") from None
     echo(f"encoder deepened from {arch.encoder_depth} to {cfg.encoder_depth} blocks")
     return deep, deep_arch, {"from": arch.encoder_depth, "to": cfg.encoder_depth}
 

@@ -2,13 +2,15 @@
 what the model it grew from computes, keeps the global blocks spread through its depth, records the growth,
 and a depth it cannot reach is refused in one line before any work."""
 
+import dataclasses
+
 import pytest
 import torch
 from click.testing import CliRunner
 
 from pointsam_engine.cli import main
 from pointsam_engine.sam.model import OFFICIAL_ARCHS, build_sam, load_model, save_pointsam_checkpoint
-from training.deepen import deepen, deepened_arch
+from training.deepen import copies_per_block, deepen, deepened_arch
 from training.model_card import _stage_line
 from training.pretrain import POINTSAM_TINY, PretrainConfig, pretrain
 
@@ -47,9 +49,26 @@ def test_each_copy_follows_its_block_with_its_attention_kind():
     assert POINTSAM_TINY.encoder_global_attn_indexes == (2, 5)
     assert deepened_arch(POINTSAM_TINY, 12).encoder_global_attn_indexes == (4, 5, 10, 11)
     assert deepened_arch(POINTSAM_TINY, 18).encoder_global_attn_indexes == (6, 7, 8, 15, 16, 17)
-    for depth in (8, 3):
-        with pytest.raises(ValueError, match="multiple of its depth"):
+    twelve = deepened_arch(POINTSAM_TINY, 12)
+    assert deepened_arch(twelve, 18).encoder_global_attn_indexes == (6, 7, 8, 15, 16, 17)  # 4 -> 6, 5 -> 7 and 8
+    assert copies_per_block(12, 18) == (1, 2) * 6 and copies_per_block(6, 8) == (1, 1, 2, 1, 1, 2)
+    for depth in (6, 3):
+        with pytest.raises(ValueError, match="deepens to more blocks"):
             deepened_arch(POINTSAM_TINY, depth)
+
+
+def test_a_depth_that_is_not_a_multiple_spreads_the_copies_and_keeps_the_function(shallow):
+    deep, arch = deepen(shallow, POINTSAM_TINY, 8)
+    image = torch.randn(1, 3, 256, 256)
+    for before, after in zip(_masks(shallow, image), _masks(deep.eval(), image)):
+        assert torch.allclose(before, after, atol=1e-5), float((before - after).abs().max())
+    assert arch.encoder_global_attn_indexes == (2, 3, 6, 7)
+    source = [0, 1, 2, 2, 3, 4, 5, 5]  # which shallow block each deep block copies
+    for deep_block, i in zip(deep.image_encoder.blocks, source):
+        assert torch.equal(deep_block.attn.qkv.weight, shallow.image_encoder.blocks[i].attn.qkv.weight)
+    provenance = {"deepened": {"from": 6, "to": 8}, "config": dataclasses.asdict(PretrainConfig()), "wall_minutes": 1}
+    assert _stage_line(provenance).startswith(
+        "encoder deepened from 6 to 8 blocks (2 of its 6 blocks each followed by a copy of itself that starts")
 
 
 def test_pretrain_deepens_its_init_and_records_it(tmp_path, shallow):
@@ -65,9 +84,12 @@ def test_pretrain_deepens_its_init_and_records_it(tmp_path, shallow):
     assert _stage_line(provenance).startswith("encoder deepened from 6 to 12 blocks")
 
 
+TOO_SHALLOW = "--encoder-depth: an encoder of 6 blocks deepens to more blocks, not 4; choose a larger depth"
+
+
 @pytest.mark.parametrize("depth, extra, named", [("8", [], "--encoder-depth deepens the model given with --init"),
                                                  ("6", [], "--encoder-depth deepens the model given with --init"),
-                                                 ("8", ["--init", "INIT"], "--encoder-depth: an encoder of 6 blocks"),
+                                                 ("4", ["--init", "INIT"], TOO_SHALLOW),
                                                  ("12", ["--init", "OFFICIAL"], "pass an official checkpoint or a PointSAM")])
 def test_a_depth_it_cannot_reach_is_refused_in_one_line(tmp_path, shallow, depth, extra, named):
     init, official = tmp_path / "init.pt", tmp_path / "sam_vit_b.pth"
