@@ -1,15 +1,18 @@
 """Outlines side by side: none / smoothing / regularize, in one run, on real and generated scenes.
 
-Real: the Kampala OAM chips (all 27: 7 at z19, 4 at z20, 16 at z21) and Banepa chips (``--banepa`` of the
-8 in its held-out tile column, ``training.realdata.banepa_chips``), each against its OpenStreetMap footprints
-clipped to the chip, one click per footprint at its representative point (``training.realdata.chip_cases``).
+Real: the Kampala OAM chips (all 27: 7 at z19, 4 at z20, 16 at z21) and Banepa's 8 held-out chips, the sets
+of ``training.realdata.evaluation_sets`` (the model card's), each against its OpenStreetMap footprints clipped
+to the chip, one click per footprint at its representative point (``training.realdata.chip_cases``).
 Generated: a buildings scene and a ships scene (seed 7) with their truth. The bundled model segments every
 chip once per mode; "smoothing" is ``--regularize ships`` (corner cutting), "regularize" is
 ``--regularize buildings`` (``ships`` on the ships scene). Printed: mIoU and mF1 against the footprints,
 the median vertex count against the footprints', the right-angle share (corners within 10° of 90°),
 overlapping pairs, and the seconds regularization adds to vectorizing per 1,000 objects.
 
-    .venv/bin/python benchmarks/bench_outlines.py [--banepa 8]
+``--tune`` prints the same on the sets ``regularize.py``'s constants are chosen on, none of them in the default
+table: Banepa's 40 training chips and two generated buildings scenes (seeds 21 and 22).
+
+    .venv/bin/python benchmarks/bench_outlines.py [--tune]
 """
 
 from __future__ import annotations
@@ -30,17 +33,19 @@ from pointsam_engine.evaluate import Grid, score_image, summarize
 from pointsam_engine.pipeline import make_predictor
 from pointsam_engine.regularize import right_angle_share, vertex_counts
 from pointsam_engine.vectorize import overlapping
-from training.realdata import banepa_chips, chip_cases
+from training.realdata import BUILDINGS, banepa_chips, chip_cases
+from training.realdata import evaluation_sets as evaluation_sets_real
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "A_buildings_georef"
 MODES = {"none": "none", "smoothing": "ships", "regularize": "buildings"}
 
 
-def scene_cases(folder: Path):
-    for kind in ("buildings", "ships"):
-        paths = generate(kind, folder, size=512, seed=7, name=kind)
-        truth = gpd.read_file(paths["truth"])
-        yield kind, [(paths["raster"], truth, paths["points"])]
+def scene_cases(folder: Path, seeds=(7,), kinds=("buildings", "ships")):
+    for kind in kinds:
+        cases = []
+        for seed in seeds:
+            paths = generate(kind, folder / str(seed), size=512, seed=seed, name=kind)
+            cases.append((paths["raster"], gpd.read_file(paths["truth"]), paths["points"]))
+        yield kind, cases
 
 
 def measure(cases, mode: str, predictor) -> dict:
@@ -62,28 +67,37 @@ def measure(cases, mode: str, predictor) -> dict:
             "vectorize_s": seconds}
 
 
+def evaluation_sets(tmp: Path) -> list:
+    """``training.realdata``'s real sets but the dense chip (one of Kampala's), then a generated scene of each
+    kind."""
+    real = evaluation_sets_real(tmp) if BUILDINGS.is_dir() else {}
+    return ([(name, cases, "buildings") for name, cases in real.items() if name != "Kampala dense chip"]
+            + [(f"generated {kind}", cases, kind) for kind, cases in scene_cases(tmp / "scenes")])
+
+
+def tuning_sets(tmp: Path) -> list:
+    banepa = BUILDINGS / "hotosm_oam_banepa"
+    if not banepa.is_dir():
+        sys.exit(f"--tune needs Banepa's chips in {banepa}; run it where ../shared/data is")
+    chips = banepa_chips(held_out=False)
+    sets = [(f"Banepa training ({len(chips)} chips)",
+             list(chip_cases(chips, gpd.read_file(banepa / "osm_buildings.geojson"), tmp, "banepa_train")), "buildings")]
+    return sets + [(f"generated {kind} (seeds 21, 22)", cases, kind)
+                   for kind, cases in scene_cases(tmp / "tune", seeds=(21, 22), kinds=("buildings",))]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--banepa", type=int, default=8, help="how many of Banepa's held-out chips (8 at most)")
+    parser.add_argument("--tune", action="store_true",
+                        help="the sets regularize.py's constants are chosen on instead: Banepa's 40 training chips "
+                             "and generated buildings scenes of seeds 21 and 22 (none of them in the default table)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     predictor = make_predictor(SegmentConfig(device="cpu"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sets = []
-        kampala = DATA / "hotosm_oam_kampala"
-        if kampala.is_dir():
-            labels = gpd.read_file(kampala / "chips_labels_all.geojson")
-            chips = sorted((kampala / "val" / "chips").glob("*.tif")) + sorted((kampala / "train_z19" / "chips").glob("*.tif"))
-            sets.append((f"Kampala ({len(chips)} chips)", list(chip_cases(chips, labels, tmp, "kampala")), "buildings"))
-        banepa = DATA / "hotosm_oam_banepa"
-        if banepa.is_dir() and args.banepa:
-            labels = gpd.read_file(banepa / "osm_buildings.geojson")
-            chips = banepa_chips(held_out=True)[:args.banepa]
-            sets.append((f"Banepa ({len(chips)} chips)", list(chip_cases(chips, labels, tmp, "banepa")), "buildings"))
-        for kind, cases in scene_cases(tmp / "scenes"):
-            sets.append((f"generated {kind}", cases, kind))
+        sets = tuning_sets(tmp) if args.tune else evaluation_sets(tmp)
         for name, cases, kind in sets:
             base = None
             for label, mode in MODES.items():

@@ -1,13 +1,16 @@
 """Outlines an analyst keeps: regularized building footprints and smoothed ship hulls.
 
-``buildings``: right angles, notches narrower than two pixels closed, jogs flattened, holes below the hole
-threshold filled. Each footprint is fitted along a few directions: the one whose best-fitting rectangle fits
-its outline best, the dominant direction of its edges (which a leaky mask's rectangle can miss by tens of
+``buildings``: right angles where they fit, notches narrower than two pixels closed, jogs flattened, holes below
+the hole threshold filled. Each footprint is fitted along a few directions: the one whose best-fitting rectangle
+fits its outline best, the dominant direction of its edges (which a leaky mask's rectangle can miss by tens of
 degrees), and a neighbour's within 10°; along each, the simplest of its best rectangle and its right-angled
 outline with jogs flattened at several widths that fits the outline well (IoU less a cost per vertex), and of
 those the best fit is kept, a neighbour's direction preferred where it fits about as well. A simple roof is 4
-vertices. Each edge lies where it fits the outline's area best, so the regularized outlines are neither grown
-nor shrunk on average, and a footprint the raster's edge cuts off ends at that edge.
+vertices. The outline simplified at a few tolerances competes too, its corners, not right angles, costing more
+than a right-angled outline's: a footprint whose walls meet at other angles (a trapezoid the mask follows
+closely) keeps its shape rather than being squared into a rectangle that fits it worse, and neighbours do not
+take a direction from it. Each edge lies where it fits the outline's area best, so the regularized outlines are
+neither grown nor shrunk on average, and a footprint the raster's edge cuts off ends at that edge.
 ``buildingregulariser`` (the library samgeo and TerraLab use) was used first and is not any more: it took its
 direction from the staircase, tilting rectangles by a few degrees, kept pixel jogs (12-16 vertices where
 the OSM footprints have 4) and lowered mIoU against them by 0.013-0.020 (``benchmarks/bench_outlines.py``).
@@ -42,7 +45,9 @@ MODES = ("none", "buildings", "ships")
 NOTCH_PX = 1.0  # notches and spikes up to two pixels wide are removed (a morphological closing and opening)
 JOG_PX = 3.0  # walls closer than three pixels are always put on one line
 JOG_SHARES = (0.05, 0.1, 0.15, 0.2, 0.3)  # and wider jogs tried, as shares of the footprint's size (sqrt of area)
-VERTEX_COST = 0.016  # the IoU with its outline a footprint's vertex must buy (bench_outlines.py chose it)
+VERTEX_COST = 0.024  # the IoU with its outline a footprint's vertex must buy (bench_outlines.py --tune chose it) ...
+FREE_COST = 0.016  # ... and a vertex of the simplified outline, whose corners are not right angles, this on top
+FREE_SHARES = (0.03, 0.05, 0.08)  # the outline simplified by these shares of the footprint's size competes too
 NEIGHBOUR_PX = 10.0  # footprints closer than ten pixels are neighbours; ...
 NEIGHBOUR_DEG = 10.0  # ... those whose directions differ by less than 10° take one direction ...
 ALIGN_LOSS = 0.02  # ... where the smaller one's fit loses at most this by it
@@ -96,13 +101,14 @@ def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: s
 
 
 def regularize_buildings(geoms: np.ndarray, pixel: float, min_hole_area: float = 0.0) -> np.ndarray:
-    """Right-angled footprints (metric, conformal coordinates; ``pixel`` in them).
+    """Right-angled footprints where they fit (metric, conformal coordinates; ``pixel`` in them).
 
     Each footprint is fitted along its best rectangle's direction and its edges' dominant direction
     (:func:`_own_fit`), then along a larger neighbour's where :func:`_align_neighbours` says so. Along a
     direction the outline is resampled on a grid, notches are closed, and of the rectangle and the grid outline
     with its jogs flattened at several widths the one with the best IoU with the outline, less
-    :data:`VERTEX_COST` per vertex, is that direction's fit (:func:`_outline`).
+    :data:`VERTEX_COST` per vertex, is that direction's fit (:func:`_outline`). The outline simplified
+    (:func:`_simplified_fit`, :data:`FREE_COST` more per vertex) is kept where it fits better than all of them.
     """
     out = np.array(geoms, dtype=object)
     samples = {i: _samples(g, pixel) for i, g in enumerate(geoms) if g is not None and not g.is_empty}
@@ -117,21 +123,40 @@ def regularize_buildings(geoms: np.ndarray, pixel: float, min_hole_area: float =
 
 
 class _Fit(NamedTuple):
-    """A footprint's right-angled outline along ``direction`` (degrees, mod 90) and how well it fits."""
+    """A footprint's outline and how well it fits: right-angled along ``direction`` (degrees, mod 90), or, with
+    ``square`` false, its simplified outline (``direction`` is then its best right-angled fit's)."""
 
     shape: object
     fit: float
     direction: float
+    square: bool = True
 
 
 def _own_fit(geom, points: np.ndarray, cell: float, pixel: float) -> _Fit:
-    """The better fit of ``geom`` along its best rectangle's direction and along its edges' dominant direction
-    (a leaky mask's best rectangle can lie tens of degrees off the walls its edges follow)."""
+    """The best fit of ``geom`` along its best rectangle's direction and along its edges' dominant direction
+    (a leaky mask's best rectangle can lie tens of degrees off the walls its edges follow), or its outline
+    simplified (:func:`_simplified_fit`) where that fits better: walls that do not meet at right angles."""
     directions = [_dominant_angle(points, cell)]
     edges = _edge_direction(geom, pixel)
     if edges is not None and abs(_turn(edges, directions[0])) > SAME_DEG:
         directions.append(edges)
-    return max((_Fit(*_outline(geom, d, cell, pixel), d) for d in directions), key=lambda f: f.fit)
+    right_angled = max((_Fit(*_outline(geom, d, cell, pixel), d) for d in directions), key=lambda f: f.fit)
+    return max(right_angled, _simplified_fit(geom, pixel, right_angled.direction), key=lambda f: f.fit)  # ties: right
+
+
+def _simplified_fit(geom, pixel: float, direction: float) -> _Fit:
+    """``geom`` simplified by each of :data:`FREE_SHARES` of its size (at least a pixel), the one with the best
+    IoU with ``geom`` less :data:`VERTEX_COST` + :data:`FREE_COST` per vertex (a footprint whose walls meet at
+    other angles than right ones, as the mask shows them); ``direction`` is its best right-angled fit's."""
+    size = np.sqrt(geom.area)
+    candidates = [polygonal(shapely.simplify(geom, max(pixel, share * size))) for share in FREE_SHARES]
+    candidates = np.array([c for c in candidates if c is not None], dtype=object)
+    if not len(candidates):
+        return _Fit(None, -np.inf, direction, False)
+    fits = (iou(candidates, np.full(len(candidates), geom, dtype=object))
+            - (VERTEX_COST + FREE_COST) * vertex_counts(candidates))
+    best = int(np.argmax(fits))
+    return _Fit(candidates[best], float(fits[best]), direction, False)
 
 
 def _turn(direction: float, other: float) -> float:
@@ -218,6 +243,8 @@ def _align_neighbours(geoms, cells: dict, fitted: dict, pixel: float) -> dict:
     for a, b in sorted({(min(i, j), max(i, j)) for i, j in zip(live[left], live[right]) if i != j},
                        key=lambda p: -max(geoms[p[0]].area, geoms[p[1]].area)):
         big, small = (a, b) if geoms[a].area >= geoms[b].area else (b, a)
+        if not fitted[big].square:  # its walls are not square: no direction of it to follow
+            continue
         direction = fitted[big].direction
         if 0 < abs(_turn(direction, fitted[small].direction)) < NEIGHBOUR_DEG:
             if (small, direction) not in tried:  # several neighbours can offer one direction

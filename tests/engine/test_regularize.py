@@ -62,6 +62,27 @@ def test_a_rotated_rectangle_keeps_its_angle():
     assert right_angle_share([out]) == 1.0
 
 
+def test_a_footprint_whose_walls_do_not_meet_at_right_angles_keeps_its_shape():
+    trapezoid = shapely.Polygon([(25, 30), (95, 30), (80, 90), (40, 90)])  # walls at 76° and 104°
+    mask = staircase(trapezoid)
+    (out,), ious = run(mask, "buildings")
+    assert vertex_counts([out])[0] == 4
+    assert np.allclose(np.sort(corner_angles(out)), [76, 76, 104, 104], atol=3)
+    right = truth(trapezoid)
+    assert out.intersection(right).area / out.union(right).area > 0.95 and ious[0] > 0.95
+    # a rectangle's staircase of the same size still comes out square: the simplified outline costs more
+    (square,), _ = run(staircase(affinity.rotate(shapely.box(25, 30, 95, 90), 4)), "buildings")
+    assert vertex_counts([square])[0] == 4 and right_angle_share([square]) == 1.0
+
+
+def test_a_neighbour_does_not_follow_a_footprint_whose_walls_are_not_square():
+    trapezoid = shapely.Polygon([(10, 30), (70, 30), (60, 90), (20, 90)])
+    house = affinity.rotate(shapely.box(74, 40, 92, 66), 4)  # 4° off the trapezoid's base, a few pixels away
+    outs, _ = run(staircase(trapezoid, house), "buildings")
+    assert not np.allclose(np.sort(corner_angles(outs[0])), 90, atol=3)  # the trapezoid kept its shape
+    assert np.all(off_axis(outs[1]) > 2)  # the house kept its own walls, not the base's direction
+
+
 def test_two_touching_regularized_squares_do_not_overlap():
     left = affinity.rotate(shapely.box(20, 30, 60.5, 80), 12, origin=(60, 55))
     right = affinity.rotate(shapely.box(59.5, 30, 100, 80), 12, origin=(60, 55))  # overlaps the left by a pixel
@@ -228,11 +249,14 @@ def test_an_l_whose_best_rectangle_is_not_along_its_walls_keeps_its_walls():
 
 @pytest.mark.parametrize("transform, crs", [(TRANSFORM, CRS), (Affine(2.7e-6, 0, 32.59, 0, -2.7e-6, 0.35), "EPSG:4326")],
                          ids=["metres", "degrees"])  # degrees: ~0.3 m pixels at Kampala, fitted in a local frame
-def test_a_footprint_the_raster_edge_cuts_off_ends_at_the_edge(transform, crs):
+def test_a_footprint_the_raster_edge_cuts_off_ends_at_the_edge(transform, crs, monkeypatch):
     rect = affinity.rotate(shapely.box(-20, 30, 50, 70), 31, origin=(15, 50))  # a third of it off the raster
     labels = rasterize([(rect, 1)], out_shape=(120, 120), fill=0)
     mask = to_map([trace(labels == 1, 0, 0)], transform)
     extent = to_map([shapely.box(0, 0, 120, 120)], transform)[0]
+    (free,), _ = regularize(mask, mask, np.ones(1), "buildings", crs, PIXEL)
+    assert free.difference(extent).area < 1e-9 * extent.area  # its simplified outline, cut where the mask is
+    monkeypatch.setattr("pointsam_engine.regularize.FREE_SHARES", ())  # right-angled fits only: they run past
     (past,), _ = regularize(mask, mask, np.ones(1), "buildings", crs, PIXEL)
     (out,), ious = regularize(mask, mask, np.ones(1), "buildings", crs, PIXEL, extent=extent)
     assert past.difference(extent).area > 1e-3 * extent.area  # fitted alone, it runs on past the raster's edge
