@@ -88,7 +88,7 @@ _SEGMENT_OPTIONS = (
     click.option("--simplify", type=NUMBERS["simplify"].click_type(), default=SegmentConfig.simplify,
                  help="Simplification tolerance in metres, any CRS (default one pixel; 0 = none)."),
     click.option("--regularize", type=CHOICES["regularize"].click_type(), default=SegmentConfig.regularize, show_default=True,
-                 help="buildings: right-angled footprints; ships: hulls smoothed inside their box; none: traced outlines."),
+                 help=CHOICES["regularize"].help),
     click.option("--out-crs", default=None, help="CRS of the output layers (default: the raster's)."),
     click.option("--cache-dir", default=None, help="Keep image embeddings on disk here (a folder)."),
 )

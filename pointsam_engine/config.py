@@ -63,7 +63,7 @@ class SegmentConfig:
     min_area: float = 0.0  # m²: objects whose area_m2 is smaller are skipped
     max_hole_area: Optional[float] = None  # m²; None: 25 pixels
     simplify: Optional[float] = None  # metres; None: one pixel
-    regularize: str = "none"  # buildings: right angles; ships: smoothed hulls (pointsam_engine.regularize)
+    regularize: str = "none"  # what each does: options.CHOICES["regularize"].help
     # output
     out_crs: Optional[str] = None
     overwrite: bool = False  # replace layers of the run's names in an existing GeoPackage (never other layers)

@@ -78,6 +78,7 @@ class Choice:
 
     name: str
     values: Sequence[str]
+    help: str = ""  # what each value does: the CLI's help and the API's description
 
     @property
     def flag(self) -> str:
@@ -140,7 +141,9 @@ CHOICES: Dict[str, Choice] = {c.name: c for c in (
     # segment and serve: the image encoder's arithmetic (pointsam_engine.sam.precision); flag --precision
     Choice("encoder_precision", ("auto", "fp32", "bf16", "fp16", "int8", "openvino")),
     # segment: how outlines are drawn (pointsam_engine.regularize)
-    Choice("regularize", ("none", "buildings", "ships")),
+    Choice("regularize", ("none", "buildings", "ships"),
+           help="buildings: footprints with right angles where they fit the mask; ships: hulls smoothed inside "
+                "their box; none: traced outlines."),
 )}
 
 SEGMENT_NUMBERS = ("chip_scale", "calibration_iou", "min_area", "max_hole_area", "simplify", "nodata", "cache_mb",

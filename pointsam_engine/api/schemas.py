@@ -103,8 +103,7 @@ class SegmentJobRequest(RasterOptions, ModelChoice):
                                       description="Simplification tolerance in metres, whatever the CRS; "
                                                   "default one pixel, 0: none.")
     regularize: Literal[CHOICES["regularize"].values] = Field(  # type: ignore[valid-type]
-        DEFAULT.regularize, description="buildings: right-angled footprints; ships: hulls smoothed inside their box; "
-                            "none: traced outlines. Features record regularized and iou_to_mask.")
+        DEFAULT.regularize, description=CHOICES["regularize"].help + " Features record regularized and iou_to_mask.")
     out_crs: Optional[str] = Field(None, max_length=2000)
 
     _strings = field_validator("points", "points_crs", "output", "layer", "instance_field", "label_field",

@@ -49,7 +49,7 @@ from .results import RUN_LAYERS, add_result_layers, existing_layers
 
 STARTING = "starting engine…"
 KEY_REGULARIZE = "pointsam/regularize"  # the dock's last Outlines choice
-OUTLINES = (("none", "traced (none)"), ("buildings", "buildings: right angles"), ("ships", "ships: smooth hulls"))
+OUTLINES = (("none", "traced (none)"), ("buildings", "buildings: right angles where they fit"), ("ships", "ships: smooth hulls"))
 
 
 def _follow(task: BackgroundCall, client: EngineClient, job: dict) -> dict:

@@ -55,7 +55,7 @@ class SegmentPoints(EngineAlgorithm):
                                                        optional=True,
                                                        minValue=0.0))
         self.addParameter(QgsProcessingParameterEnum(
-            self.REGULARIZE, "Regularize (buildings: right angles; ships: smooth hulls)", list(self.OUTLINES),
+            self.REGULARIZE, "Regularize (buildings: right angles where they fit; ships: smooth hulls)", list(self.OUTLINES),
             defaultValue=self.OUTLINES.index(SEGMENT["regularize"])))
         self.add_model()
         for key, label, _ in self.SINKS:
