@@ -29,6 +29,7 @@ class PointSamPlugin:
         self.dock = None
         self.action = None
         self.tool = None
+        self.tool_line = None  # the message-bar item showing the digitizing tool's state
         self.digitize_bar = None  # "into: [layer]" beside the digitize action
         self.digitize_bar_action = None
         self.setup_action = None
@@ -155,10 +156,19 @@ class PointSamPlugin:
             bar.pushInfo("PointSAM", text)
 
     def _status(self, text: str) -> None:
-        status = self.iface.statusBarIface()
-        if status is None:
+        """The digitizing tool's state (what it waits for, or the last answer and what to do next) in one item of
+        the message bar above the map, updated in place and removed when empty: the status bar's message area is
+        a few words wide beside QGIS's own widgets in a 1280-px window, and cut the instruction off."""
+        bar = self.iface.messageBar()
+        if bar is None:
             return
-        if text:
-            status.showMessage(text, 0)
+        shown = self.tool_line is not None and self.tool_line in bar.items()  # the analyst may have closed it
+        if not text:
+            if shown:
+                bar.popWidget(self.tool_line)
+            self.tool_line = None
+        elif shown:
+            self.tool_line.setText(text)
         else:
-            status.clearMessage()
+            self.tool_line = bar.createMessage(text)
+            bar.pushItem(self.tool_line)

@@ -51,7 +51,7 @@ class PointSamMapTool(QgsMapTool):
 
     message = pyqtSignal(str)  # errors and hints for the message bar
     note = pyqtSignal(str)  # information for the message bar, e.g. how to save the accepted objects
-    state = pyqtSignal(str)  # what the engine is doing, or what the last answer was, for the status bar
+    state = pyqtSignal(str)  # what the engine is doing, or what the last answer was, for the message bar
 
     def __init__(self, canvas: QgsMapCanvas, raster: Callable[[], Optional[QgsRasterLayer]],
                  client: Callable[[], EngineClient], target: Callable[[], QgsVectorLayer],
@@ -178,7 +178,7 @@ class PointSamMapTool(QgsMapTool):
         self._advance()
 
     def clear(self) -> None:
-        """Forget the prompts and the preview (an answer still pending is dropped when it comes); the status line
+        """Forget the prompts and the preview (an answer still pending is dropped when it comes); the state line
         stops offering Enter for the object that is gone."""
         self.points, self.boxes, self._history, self.answer = [], [], [], None
         self._accept_wanted = False
@@ -334,7 +334,7 @@ def saving_note(layer: str) -> str:
 
 def _describe(answer: dict) -> str:
     props = answer["object"]["properties"]
-    # what to do next before the timing: QGIS's coordinate widget cuts the end of a long status message
+    # what to do next before the timing, which matters less
     encoded = ", chip encoded" if answer.get("encoded") else ""
     return (f"PointSAM: {props['area_m2']:,.0f} m², score {props['score']:.2f}; Enter accepts, Esc clears "
             f"({answer.get('seconds', 0):.1f} s{encoded})")

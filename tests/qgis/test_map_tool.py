@@ -496,6 +496,33 @@ def test_after_enter_or_esc_the_status_line_no_longer_offers_enter(qgis_app):
     canvas.unsetMapTool(tool)
 
 
+def test_the_tools_state_is_one_line_of_the_message_bar_updated_in_place(qgis_app):
+    """The status bar's message area of a 1280-px QGIS showed 'PointSAM: 135 m², sc' (a new user's screenshot):
+    the state goes to one message-bar item instead, which spans the map's width."""
+    from qgis.gui import QgsMessageBar, QgsMessageBarItem
+
+    from qgis_plugin.plugin import PointSamPlugin
+
+    class Iface:
+        bar = QgsMessageBar()
+
+        def messageBar(self):  # noqa: N802 (QGIS's name)
+            return self.bar
+
+    plugin = PointSamPlugin(Iface())
+    items = lambda: Iface.bar.findChildren(QgsMessageBarItem)  # noqa: E731
+    plugin._status("PointSAM: segmenting…")
+    plugin._status("PointSAM: 84 m², score 0.93; Enter accepts, Esc clears (0.4 s)")
+    assert [i.text() for i in items()] == ["PointSAM: 84 m², score 0.93; Enter accepts, Esc clears (0.4 s)"]
+    plugin._status("")
+    QgsApplication.processEvents()
+    assert Iface.bar.currentItem() is None
+    plugin._status("PointSAM: encoding…")
+    Iface.bar.popWidget(Iface.bar.currentItem())  # the analyst closes it; the next state shows again
+    plugin._status("PointSAM: segmenting…")
+    assert Iface.bar.currentItem() is not None and Iface.bar.currentItem().text() == "PointSAM: segmenting…"
+
+
 # the first line QGIS's message bar showed of the former note, at a 1600 px wide main window (nuhome screenshot 14)
 FIRST_LINE_AT_1600 = ("PointSAM: objects go into PointSAM digitized's edits: Ctrl+Z undoes one, Save Layer Edits "
                       "(Layer menu or the")
