@@ -115,9 +115,13 @@ def find_pythons(chosen: str = "", run: Run = subprocess.run,
                  which: Callable[[str], Optional[str]] = shutil.which) -> List[PythonCandidate]:
     """Every candidate Python, probed, each interpreter once: a pyenv shim and the Python it runs are one entry,
     under the interpreter's own path unless the shim is the user's choice (what a shim runs depends on the folder
-    and PYENV_VERSION); usable ones first (in the order of :func:`candidate_paths`)."""
+    and PYENV_VERSION); usable ones first (in the order of :func:`candidate_paths`). A name found on PATH that
+    does not run as Python (a pyenv shim of a version that is not installed) is left out: it is no Python the
+    analyst has; the analyst's own choice is listed whatever it is, with its problem."""
     kept: dict = {}
     for candidate in (probe_python(path, run) for path in candidate_paths(chosen, which)):
+        if not candidate.version and candidate.path != chosen:
+            continue
         key = candidate.identity or (candidate.path,)
         earlier = kept.get(key)
         if earlier is None or (earlier.path != chosen and os.path.realpath(candidate.path) == key[0]):

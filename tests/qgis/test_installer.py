@@ -104,6 +104,20 @@ def test_a_shim_and_the_python_it_runs_are_listed_once_two_interpreters_twice(tm
     assert [c.path for c in found if c.path in answers] == [str(shim)]  # the user's choice, though a shim
 
 
+def test_a_shim_of_a_python_not_installed_is_not_listed_unless_chosen(tmp_path):
+    """pyenv puts shims for every version it knows on PATH; one not installed answers 'command not found'."""
+    missing, good = tmp_path / "shims" / "python3.12", tmp_path / "python3"
+    missing.parent.mkdir()
+    for path in (missing, good):
+        path.write_text("")
+    answers = {str(missing): (127, ""), str(good): (0, "3.11\n")}
+    which = lambda name: {"python3": str(good), "python3.12": str(missing)}.get(name)  # noqa: E731
+    assert [c.path for c in installer.find_pythons("", run=_fake_run(answers), which=which)
+            if c.path in answers] == [str(good)]
+    chosen = installer.find_pythons(str(missing), run=_fake_run(answers), which=which)
+    assert [(c.path, c.usable) for c in chosen if c.path in answers] == [(str(good), True), (str(missing), False)]
+
+
 def test_a_shim_found_on_path_gives_way_to_the_interpreter_it_runs(tmp_path):
     shim, real = tmp_path / "shims" / "python3", tmp_path / "versions" / "python3.12"
     for path in (shim, real):
