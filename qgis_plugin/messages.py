@@ -26,6 +26,8 @@ PHRASES = ((re.compile(r"pass --overwrite to replace (it|them)"), r"confirm repl
             r"assign one to the file (Processing: Assign projection, e.g. \1)"),
            (re.compile(r"choose one with --layer"), "export the layer you mean to its own file"),
            (re.compile(r"choose another -o\b"), "choose another Output"))
+# what each --regularize value draws, in the plugin's words (the dock's Outlines list, the algorithms' parameter)
+OUTLINES = {"none": "traced (none)", "buildings": "buildings: right angles where they fit", "ships": "ships: smooth hulls"}
 VERBS = {"pass": "set", "use": "set", "give": "set", "drop": "clear"}
 OPTION = re.compile(r"(?:\b(pass|use|give|drop) )?(?<![\w-])(--?[a-z][a-z-]*)(?: (PATH|FILE)\b)?")
 STAGES = {"queued": "waiting for the engine", "starting": "starting the job", "reading": "reading the raster and points",

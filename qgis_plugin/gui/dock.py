@@ -44,12 +44,11 @@ from ..client import EngineClient
 from ..defaults import SEGMENT
 from ..errors import PluginError
 from ..layers import skipped_reasons, write_layer
-from ..messages import in_plugin_terms, parse_bands, skipped_summary, stage_text
+from ..messages import OUTLINES, in_plugin_terms, parse_bands, skipped_summary, stage_text
 from .results import RUN_LAYERS, add_result_layers, existing_layers
 
 STARTING = "starting engine…"
 KEY_REGULARIZE = "pointsam/regularize"  # the dock's last Outlines choice
-OUTLINES = (("none", "traced (none)"), ("buildings", "buildings: right angles where they fit"), ("ships", "ships: smooth hulls"))
 
 
 def _follow(task: BackgroundCall, client: EngineClient, job: dict) -> dict:
@@ -119,7 +118,7 @@ class PointSamDock(QgsDockWidget):
         self.simplify.setRange(0, 1e6)
         self.simplify.setSpecialValueText("one pixel")
         self.regularize = QComboBox()
-        for value, label in OUTLINES:
+        for value, label in OUTLINES.items():
             self.regularize.addItem(label, value)
         self.regularize.setCurrentIndex(max(self.regularize.findData(settings.value(KEY_REGULARIZE) or "none"), 0))
         self.regularize.currentIndexChanged.connect(

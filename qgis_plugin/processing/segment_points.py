@@ -26,6 +26,7 @@ from qgis.core import (
 
 from ..defaults import CHOICES, SEGMENT
 from ..layers import skipped_reasons
+from ..messages import OUTLINES as OUTLINE_LABELS
 from ..messages import skipped_summary
 from .common import CLASS_FIELD, INSTANCE_FIELD, LABEL_FIELD, POINTS, RASTER, URI, EngineAlgorithm, into_geopackage
 
@@ -55,7 +56,7 @@ class SegmentPoints(EngineAlgorithm):
                                                        optional=True,
                                                        minValue=0.0))
         self.addParameter(QgsProcessingParameterEnum(
-            self.REGULARIZE, "Regularize (buildings: right angles where they fit; ships: smooth hulls)", list(self.OUTLINES),
+            self.REGULARIZE, f"Regularize ({OUTLINE_LABELS['buildings']}; {OUTLINE_LABELS['ships']})", list(self.OUTLINES),
             defaultValue=self.OUTLINES.index(SEGMENT["regularize"])))
         self.add_model()
         for key, label, _ in self.SINKS:

@@ -1,12 +1,14 @@
 """What the dock and the algorithms say: the engine's option names become the fields' names, the Bands field is
-read with one line naming it, stages are said in words, skipped clicks are counted per reason."""
+read with one line naming it, stages are said in words, skipped clicks are counted per reason, each outline mode
+has its label."""
 
 from __future__ import annotations
 
 import pytest
 
+from qgis_plugin.defaults import CHOICES
 from qgis_plugin.errors import PluginError
-from qgis_plugin.messages import in_plugin_terms, parse_bands, skipped_summary, stage_text
+from qgis_plugin.messages import OUTLINES, in_plugin_terms, parse_bands, skipped_summary, stage_text
 
 
 @pytest.mark.parametrize("engine, plugin", [
@@ -62,3 +64,8 @@ def test_skipped_clicks_are_counted_per_reason_most_frequent_first():
     assert skipped_summary(reasons) == "5 clicks skipped: 3 outside raster, 1 on nodata, 1 empty mask"
     assert skipped_summary(["empty mask"]) == "1 click skipped: 1 empty mask"
     assert skipped_summary([]) == ""
+
+
+def test_every_outline_the_engine_draws_has_one_label():
+    assert list(OUTLINES) == list(CHOICES["regularize"])  # the dock lists them in the engine's order
+    assert len(set(OUTLINES.values())) == len(OUTLINES)
