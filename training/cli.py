@@ -41,8 +41,8 @@ from .selftrain import SelfTrainOptions
 @click.option("--real-zoom", default=",".join(str(z) for z in PretrainConfig.real_zoom), show_default=True,
               help="Range of the factor real chips are resampled by, e.g. 0.35,1.8 (below 1: coarser pixels).")
 @click.option("--encoder-depth", default=PretrainConfig.encoder_depth, show_default=True, type=click.IntRange(0),
-              help="Deepen the --init model's encoder to this many blocks first (more than it has): each block is "
-                   "followed by copies of itself, spread evenly, that start as the identity. 0 keeps its depth.")
+              help="Deepen the --init model's encoder to this many blocks first (more than it has): copies of its "
+                   "blocks, spread evenly, are inserted after them and start as the identity. 0 keeps its depth.")
 @click.option("--device", default=PretrainConfig.device, show_default=True)
 @click.option("--card/--no-card", default=True, show_default=True, help="Measure quality and write the model card.")
 def pretrain(output, steps, lr, seed, scenes_per_kind, objects_per_image, init, kind_share, focal_alpha, dense_share,

@@ -1,11 +1,11 @@
 """A deeper encoder that starts as the model it grew from ("block expansion", as LLaMA Pro grows an LLM).
 
-Each of the encoder's blocks is followed by copies of itself (spread evenly when the new depth is not a multiple
-of the old) whose output projections (attention's ``proj`` and the MLP's ``lin2``) start at zero: a ViT block adds
-its two branches to the residual stream, so such a copy passes its input through unchanged and the deepened model
-computes exactly what the shallow one did. Training then starts from the shallow model's quality with the capacity
-of the deeper one. Copies keep their source's attention kind (windowed or global), so the global blocks stay spread
-through the depth.
+Copies of the encoder's blocks are inserted after them (each block gets the same number where the new depth is a
+multiple of the old, else they are spread evenly), their output projections (attention's ``proj`` and the MLP's
+``lin2``) starting at zero: a ViT block adds its two branches to the residual stream, so such a copy passes its
+input through unchanged and the deepened model computes exactly what the shallow one did. Training then starts
+from the shallow model's quality with the capacity of the deeper one. Copies keep their source's attention kind
+(windowed or global), so the global blocks stay spread through the depth.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def copies_per_block(depth_from: int, depth_to: int) -> Tuple[int, ...]:
 
 
 def deepened_arch(arch: SamArch, depth: int) -> SamArch:
-    """``arch`` with ``depth`` encoder blocks, each block of ``arch`` followed by its copies."""
+    """``arch`` with ``depth`` encoder blocks: the blocks of ``arch``, each followed by its copies, if any."""
     if depth <= arch.encoder_depth:
-        raise ValueError(f"an encoder of {arch.encoder_depth} blocks deepens to more blocks, not {depth}")
+        raise ValueError(f"the model's encoder has {arch.encoder_depth} blocks and can only grow")
     starts = [0]
     for n in copies_per_block(arch.encoder_depth, depth):
         starts.append(starts[-1] + n)

@@ -82,7 +82,8 @@ def _stage_line(p: dict) -> str:
 def _deepening(deepened: dict) -> str:
     copies = sorted({n - 1 for n in copies_per_block(deepened["from"], deepened["to"])})
     if copies == [0, 1]:
-        copy = (f"{deepened['to'] - deepened['from']} of its {deepened['from']} blocks each followed by a copy of "
+        grown = deepened["to"] - deepened["from"]
+        copy = (f"{grown} of its {deepened['from']} blocks {'each ' if grown > 1 else ''}followed by a copy of "
                 "itself that starts")
     elif len(copies) == 1:
         copy = "each block followed by " + ("a copy of itself that starts" if copies == [1] else

@@ -147,7 +147,8 @@ def _deepened(sam, arch: SamArch, cfg: PretrainConfig, echo: Callable[[str], Non
     try:
         deep, deep_arch = deepen(sam, arch, cfg.encoder_depth)
     except ValueError as exc:
-        raise OptionError(f"--encoder-depth: {exc}; choose a larger depth") from None
+        raise OptionError(f"--encoder-depth {cfg.encoder_depth}: {exc}; choose more than {arch.encoder_depth}, "
+                          "or 0 to keep its depth") from None
     echo(f"encoder deepened from {arch.encoder_depth} to {cfg.encoder_depth} blocks")
     return deep, deep_arch, {"from": arch.encoder_depth, "to": cfg.encoder_depth}
 

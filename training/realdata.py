@@ -34,6 +34,7 @@ from .data import Sample, augment, prompts_for
 
 BUILDINGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "A_buildings_georef"
 BANEPA_HELD_OUT_X = 386695  # the easternmost tile column
+DENSE_CHIP = "Kampala dense chip"  # the name of that evaluation set, one of Kampala's 27 chips
 REAL_DATA = ("real labelled buildings: 40 Banepa z19 chips (0.13 m; OpenAerialMap imagery CC BY 4.0, HOTOSM; "
              "OpenStreetMap footprints ODbL), the easternmost tile column held out; SpaceNet 4 Atlanta sample "
              "(0.5 m, CC BY-SA 4.0) with its 43 footprints; Kampala never trained on")
@@ -173,13 +174,14 @@ def chip_cases(chips: Sequence[Path], labels: gpd.GeoDataFrame, folder: Path, ta
 
 def evaluation_sets(folder: Path, root: Path = BUILDINGS) -> Dict[str, list]:
     """The real evaluation sets, each a list of :func:`chip_cases`: every Kampala chip (27: z19, z20, z21),
-    Kampala's dense chip (the z19 validation chip, 98 buildings) and Banepa's held-out tile column."""
+    Kampala's dense chip (:data:`DENSE_CHIP`: the z19 validation chip, 79 footprints with their click on it) and
+    Banepa's held-out tile column."""
     kampala, banepa = root / "hotosm_oam_kampala", root / "hotosm_oam_banepa"
     labels = gpd.read_file(kampala / "chips_labels_all.geojson")
     every = sorted((kampala / "val" / "chips").glob("*.tif")) + sorted((kampala / "train_z19" / "chips").glob("*.tif"))
     dense = [c for c in every if c.parent.parent.name == "val" and c.stem.endswith("-19")]
     return {f"Kampala ({len(every)} chips)": list(chip_cases(every, labels, folder, "kampala")),
-            "Kampala dense chip": list(chip_cases(dense, labels, folder, "kampala_dense")),
+            DENSE_CHIP: list(chip_cases(dense, labels, folder, "kampala_dense")),
             "Banepa held-out (8 chips)": list(chip_cases(banepa_chips(True, root),
                                                           gpd.read_file(banepa / "osm_buildings.geojson"), folder,
                                                           "banepa"))}

@@ -53,7 +53,7 @@ def test_each_copy_follows_its_block_with_its_attention_kind():
     assert deepened_arch(twelve, 18).encoder_global_attn_indexes == (6, 7, 8, 15, 16, 17)  # 4 -> 6, 5 -> 7 and 8
     assert copies_per_block(12, 18) == (1, 2) * 6 and copies_per_block(6, 8) == (1, 1, 2, 1, 1, 2)
     for depth in (6, 3):
-        with pytest.raises(ValueError, match="deepens to more blocks"):
+        with pytest.raises(ValueError, match="has 6 blocks and can only grow"):
             deepened_arch(POINTSAM_TINY, depth)
 
 
@@ -71,6 +71,15 @@ def test_a_depth_that_is_not_a_multiple_spreads_the_copies_and_keeps_the_functio
         "encoder deepened from 6 to 8 blocks (2 of its 6 blocks each followed by a copy of itself that starts")
 
 
+@pytest.mark.parametrize("to, says", [(7, "1 of its 6 blocks followed by a copy of itself that starts"),
+                                      (12, "each block followed by a copy of itself that starts"),
+                                      (15, "each block followed by 1 or 2 copies of itself that start"),
+                                      (18, "each block followed by 2 copies of itself that start")])
+def test_the_card_says_how_many_copies_each_block_got(to, says):
+    provenance = {"deepened": {"from": 6, "to": to}, "config": dataclasses.asdict(PretrainConfig()), "wall_minutes": 1}
+    assert _stage_line(provenance).startswith(f"encoder deepened from 6 to {to} blocks ({says} as the identity")
+
+
 def test_pretrain_deepens_its_init_and_records_it(tmp_path, shallow):
     init = tmp_path / "init.pt"
     save_pointsam_checkpoint(shallow, POINTSAM_TINY, init, name="pointsam-tiny", provenance={"config": {}})
@@ -84,7 +93,7 @@ def test_pretrain_deepens_its_init_and_records_it(tmp_path, shallow):
     assert _stage_line(provenance).startswith("encoder deepened from 6 to 12 blocks")
 
 
-TOO_SHALLOW = "--encoder-depth: an encoder of 6 blocks deepens to more blocks, not 4; choose a larger depth"
+TOO_SHALLOW = "--encoder-depth 4: the model's encoder has 6 blocks and can only grow; choose more than 6, or 0 to keep its depth"
 
 
 @pytest.mark.parametrize("depth, extra, named", [("8", [], "--encoder-depth deepens the model given with --init"),
