@@ -48,6 +48,7 @@ JOG_SHARES = (0.05, 0.1, 0.15, 0.2, 0.3)  # and wider jogs tried, as shares of t
 VERTEX_COST = 0.024  # the IoU with its outline a footprint's vertex must buy (bench_outlines.py --tune chose it) ...
 FREE_COST = 0.016  # ... and a vertex of the simplified outline, whose corners are not right angles, this on top
 FREE_SHARES = (0.03, 0.05, 0.08)  # the outline simplified by these shares of the footprint's size competes too
+# (FREE_COST and FREE_SHARES were first tried on bench_outlines.py's table chips, then checked with --tune)
 NEIGHBOUR_PX = 10.0  # footprints closer than ten pixels are neighbours; ...
 NEIGHBOUR_DEG = 10.0  # ... those whose directions differ by less than 10° take one direction ...
 ALIGN_LOSS = 0.02  # ... where the smaller one's fit loses at most this by it
@@ -234,7 +235,8 @@ def _edge_direction(geom, pixel: float):
 def _align_neighbours(geoms, cells: dict, fitted: dict, pixel: float) -> dict:
     """Footprints closer than :data:`NEIGHBOUR_PX` pixels whose directions differ by less than
     :data:`NEIGHBOUR_DEG` take one direction: the larger one's, where the smaller one's outline along it fits
-    within :data:`ALIGN_LOSS` of its own best fit (``cells``: each footprint's sampling cell)."""
+    within :data:`ALIGN_LOSS` of its own best fit (``cells``: each footprint's sampling cell). A footprint kept
+    as its simplified outline (walls that are not square) neither gives nor takes a direction."""
     live = np.array(sorted(fitted), dtype=int)
     if len(live) < 2:
         return fitted
@@ -243,7 +245,7 @@ def _align_neighbours(geoms, cells: dict, fitted: dict, pixel: float) -> dict:
     for a, b in sorted({(min(i, j), max(i, j)) for i, j in zip(live[left], live[right]) if i != j},
                        key=lambda p: -max(geoms[p[0]].area, geoms[p[1]].area)):
         big, small = (a, b) if geoms[a].area >= geoms[b].area else (b, a)
-        if not fitted[big].square:  # its walls are not square: no direction of it to follow
+        if not (fitted[big].square and fitted[small].square):  # walls that are not square neither lead nor follow
             continue
         direction = fitted[big].direction
         if 0 < abs(_turn(direction, fitted[small].direction)) < NEIGHBOUR_DEG:

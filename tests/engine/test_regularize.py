@@ -70,7 +70,7 @@ def test_a_footprint_whose_walls_do_not_meet_at_right_angles_keeps_its_shape():
     assert np.allclose(np.sort(corner_angles(out)), [76, 76, 104, 104], atol=3)
     right = truth(trapezoid)
     assert out.intersection(right).area / out.union(right).area > 0.95 and ious[0] > 0.95
-    # a rectangle's staircase of the same size still comes out square: the simplified outline costs more
+    # a rectangle's staircase of the same size still comes out square
     (square,), _ = run(staircase(affinity.rotate(shapely.box(25, 30, 95, 90), 4)), "buildings")
     assert vertex_counts([square])[0] == 4 and right_angle_share([square]) == 1.0
 
@@ -81,6 +81,14 @@ def test_a_neighbour_does_not_follow_a_footprint_whose_walls_are_not_square():
     outs, _ = run(staircase(trapezoid, house), "buildings")
     assert not np.allclose(np.sort(corner_angles(outs[0])), 90, atol=3)  # the trapezoid kept its shape
     assert np.all(off_axis(outs[1]) > 2)  # the house kept its own walls, not the base's direction
+
+
+def test_a_footprint_whose_walls_do_not_meet_at_right_angles_takes_no_direction_from_a_larger_neighbour():
+    trapezoid = shapely.Polygon([(70, 40), (100, 40), (95.2, 70), (74.8, 70)])  # walls about 9° off square
+    house = affinity.rotate(shapely.box(10, 20, 62, 100), 1.5)  # larger, a few pixels away
+    outs, _ = run(staircase(house, trapezoid), "buildings")
+    assert right_angle_share([outs[0]]) == 1.0
+    assert np.all(np.abs(np.sort(corner_angles(outs[1])) - 90) > 5)  # the trapezoid kept its own corners
 
 
 def test_two_touching_regularized_squares_do_not_overlap():
