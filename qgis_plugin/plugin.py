@@ -54,6 +54,9 @@ class PointSamPlugin:
         self.iface.addPluginToMenu("PointSAM", self.action)
         from .gui.digitize_bar import DigitizeBar
 
+        canvas = self.iface.mapCanvas()
+        if canvas is not None:
+            canvas.mapToolSet.connect(self._tool_set)
         self.digitize_bar = DigitizeBar(self._digitized_layer)
         self.digitize_bar_action = self.iface.addToolBarWidget(self.digitize_bar)
         self._add_setup()
@@ -87,8 +90,11 @@ class PointSamPlugin:
             self.setup_dialog.reject()
             self.setup_dialog.deleteLater()
             self.setup_dialog = None
+        canvas = self.iface.mapCanvas()
+        if canvas is not None and self.action is not None:
+            canvas.mapToolSet.disconnect(self._tool_set)
         if self.tool is not None:
-            self.iface.mapCanvas().unsetMapTool(self.tool)
+            canvas.unsetMapTool(self.tool)
             self.tool = None
         if self.digitize_bar_action is not None:
             self.iface.removeToolBarIcon(self.digitize_bar_action)
@@ -141,6 +147,14 @@ class PointSamPlugin:
         self.tool.note.connect(self._inform)
         self.tool.state.connect(self._status)
         canvas.setMapTool(self.tool)
+
+    def _tool_set(self, tool, _previous=None) -> None:
+        """Another map tool took over (Pan, Identify, another plugin's): the digitize button pops out, as QGIS's
+        own tools' buttons do, so that the next press starts digitizing again instead of stopping it."""
+        if self.action is not None and self.action.isChecked() and (self.tool is None or tool is not self.tool):
+            blocked = self.action.blockSignals(True)
+            self.action.setChecked(False)
+            self.action.blockSignals(blocked)
 
     def _digitized_layer(self):
         """The default target: "PointSAM digitized" in pointsam_digitized.gpkg beside the project (or in ~)."""

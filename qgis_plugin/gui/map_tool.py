@@ -334,7 +334,6 @@ def saving_note(layer: str) -> str:
 
 def _describe(answer: dict) -> str:
     props = answer["object"]["properties"]
-    # what to do next before the timing, which matters less
-    encoded = ", chip encoded" if answer.get("encoded") else ""
+    # short enough for one line of the message bar between the docks of a 1280-px window; what to do next first
     return (f"PointSAM: {props['area_m2']:,.0f} m², score {props['score']:.2f}; Enter accepts, Esc clears "
-            f"({answer.get('seconds', 0):.1f} s{encoded})")
+            f"({answer.get('seconds', 0):.1f} s)")

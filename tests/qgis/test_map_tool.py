@@ -500,27 +500,65 @@ def test_the_tools_state_is_one_line_of_the_message_bar_updated_in_place(qgis_ap
     """The status bar's message area of a 1280-px QGIS showed 'PointSAM: 135 m², sc' (a new user's screenshot):
     the state goes to one message-bar item instead, which spans the map's width."""
     from qgis.gui import QgsMessageBar, QgsMessageBarItem
+    from qgis.PyQt import sip
 
     from qgis_plugin.plugin import PointSamPlugin
 
-    class Iface:
-        bar = QgsMessageBar()
+    bar = QgsMessageBar()
 
+    class Iface:
         def messageBar(self):  # noqa: N802 (QGIS's name)
-            return self.bar
+            return bar
 
     plugin = PointSamPlugin(Iface())
-    items = lambda: Iface.bar.findChildren(QgsMessageBarItem)  # noqa: E731
-    plugin._status("PointSAM: segmenting…")
-    plugin._status("PointSAM: 84 m², score 0.93; Enter accepts, Esc clears (0.4 s)")
-    assert [i.text() for i in items()] == ["PointSAM: 84 m², score 0.93; Enter accepts, Esc clears (0.4 s)"]
-    plugin._status("")
-    QgsApplication.processEvents()
-    assert Iface.bar.currentItem() is None
-    plugin._status("PointSAM: encoding…")
-    Iface.bar.popWidget(Iface.bar.currentItem())  # the analyst closes it; the next state shows again
-    plugin._status("PointSAM: segmenting…")
-    assert Iface.bar.currentItem() is not None and Iface.bar.currentItem().text() == "PointSAM: segmenting…"
+    try:
+        plugin._status("PointSAM: segmenting…")
+        plugin._status("PointSAM: 84 m², score 0.93; Enter accepts, Esc clears (0.4 s)")
+        texts = [item.text() for item in bar.findChildren(QgsMessageBarItem)]
+        assert texts == ["PointSAM: 84 m², score 0.93; Enter accepts, Esc clears (0.4 s)"]
+        plugin._status("")
+        QgsApplication.processEvents()
+        assert bar.currentItem() is None
+        plugin._status("PointSAM: encoding…")
+        bar.popWidget(bar.currentItem())  # the analyst closes it; the next state shows again
+        plugin._status("PointSAM: segmenting…")
+        assert bar.currentItem() is not None and bar.currentItem().text() == "PointSAM: segmenting…"
+    finally:
+        plugin.tool_line = None
+        sip.delete(bar)  # no Qt widget may outlive exitQgis()
+
+
+def test_another_map_tool_pops_the_digitize_button_out(qgis_app):
+    """A new user switched to Pan and the PointSAM button stayed pressed: its next press stopped digitizing."""
+    from qgis.gui import QgsMapToolPan
+
+    from qgis_plugin.plugin import PointSamPlugin
+
+    canvas = _canvas()
+
+    class Iface:
+        def mapCanvas(self):  # noqa: N802 (QGIS's name)
+            return canvas
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    plugin = PointSamPlugin(Iface())
+    plugin.initProcessing = lambda: None  # the session's plugin has the provider registered already
+    plugin.initGui()
+    try:
+        plugin.action.setChecked(True)
+        assert canvas.mapTool() is plugin.tool
+        pan = QgsMapToolPan(canvas)
+        canvas.setMapTool(pan)
+        assert not plugin.action.isChecked() and canvas.mapTool() is pan
+        plugin.action.setChecked(True)  # the next press digitizes again
+        assert canvas.mapTool() is plugin.tool and plugin.action.isChecked()
+    finally:
+        plugin.unload()
+        from qgis.PyQt import sip
+
+        sip.delete(canvas)  # no Qt widget may outlive exitQgis()
 
 
 # the first line QGIS's message bar showed of the former note, at a 1600 px wide main window (nuhome screenshot 14)
