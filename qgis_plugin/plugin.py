@@ -144,7 +144,6 @@ class PointSamPlugin:
         self.tool = PointSamMapTool(canvas, self.dock.raster.currentLayer, self._client, self.digitize_bar.target,
                                     self.dock.choice)
         self.tool.message.connect(self._warn)
-        self.tool.note.connect(self._inform)
         self.tool.state.connect(self._status)
         canvas.setMapTool(self.tool)
 
@@ -163,11 +162,6 @@ class PointSamPlugin:
         folder = QgsProject.instance().homePath() or os.path.expanduser("~")
         crs = self.iface.mapCanvas().mapSettings().destinationCrs()
         return digitized_layer(os.path.join(folder, DIGITIZED_FILE), crs)
-
-    def _inform(self, text: str) -> None:
-        bar = self.iface.messageBar()
-        if bar is not None:
-            bar.pushInfo("PointSAM", text)
 
     def _status(self, text: str) -> None:
         """The digitizing tool's state (what it waits for, or the last answer and what to do next) in one item of

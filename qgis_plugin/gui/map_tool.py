@@ -50,7 +50,6 @@ class PointSamMapTool(QgsMapTool):
     request (the dock's choice), ``starting()`` whether the next call must first start the engine."""
 
     message = pyqtSignal(str)  # errors and hints for the message bar
-    note = pyqtSignal(str)  # information for the message bar, e.g. how to save the accepted objects
     state = pyqtSignal(str)  # what the engine is doing, or what the last answer was, for the message bar
 
     def __init__(self, canvas: QgsMapCanvas, raster: Callable[[], Optional[QgsRasterLayer]],
@@ -233,11 +232,11 @@ class PointSamMapTool(QgsMapTool):
             self._accept_wanted = False
             self.message.emit(str(exc))
             return
-        if not self._told_about_saving:
-            self._told_about_saving = True
-            self.note.emit(saving_note(target.name()))
+        told, self._told_about_saving = self._told_about_saving, True
         self.clear()
-        self.last_result = f"PointSAM: object added to {target.name()}; click the next one"
+        # the first time, how to keep the objects; a message of its own would queue behind the state line
+        self.last_result = (f"PointSAM: object added to {target.name()}; click the next one" if told
+                            else f"PointSAM: {saving_note(target.name())}")
         self._show_state()
 
     def _predict(self, out_crs: Optional[str] = None) -> None:
@@ -327,7 +326,7 @@ def _same_crs(a: QgsCoordinateReferenceSystem, b: QgsCoordinateReferenceSystem) 
 
 
 def saving_note(layer: str) -> str:
-    """The message bar's one line after the first accepted object: where objects go and how to keep them (the
+    """The state line after the first accepted object: where objects go and how to keep them (the
     digitize action's tooltip says where Save Layer Edits is)."""
     return f"added to {layer}'s edits: Ctrl+Z undoes, Save Layer Edits saves them"
 

@@ -87,10 +87,9 @@ def _tool(canvas, client, target, starting=lambda: False):
     from qgis_plugin.gui.map_tool import PointSamMapTool
 
     tool = PointSamMapTool(canvas, FakeRaster, lambda: client, lambda: target, starting=starting)
-    tool.messages, tool.states, tool.notes = [], [], []
+    tool.messages, tool.states = [], []
     tool.message.connect(tool.messages.append)
     tool.state.connect(tool.states.append)
-    tool.note.connect(tool.notes.append)
     canvas.setMapTool(tool)
     return tool
 
@@ -208,7 +207,7 @@ def test_accept_while_pending_waits_for_the_answer_to_the_last_clicks(qgis_app):
     assert features[0]["score"] == 0.9
     assert tool.points == [] and tool.band.asGeometry().isEmpty()
     assert all(marker.numberOfVertices() == 0 for marker in tool.markers.values()), "accept clears the markers"
-    assert tool.notes and "Save Layer Edits" in tool.notes[0] and "Ctrl+Z" in tool.notes[0]
+    assert "Save Layer Edits" in tool.states[-1] and "Ctrl+Z" in tool.states[-1], "the first accept says how to keep it"
 
     assert target.isEditable(), "the object is in the edit buffer, saved with QGIS's Save Layer Edits"
     target.undoStack().undo()
@@ -487,6 +486,13 @@ def test_after_enter_or_esc_the_status_line_no_longer_offers_enter(qgis_app):
     _settle(tool)
     assert target.featureCount() == 1
     assert "Enter" not in tool.states[-1] and "added to parcels" in tool.states[-1], tool.states[-3:]
+    assert "Save Layer Edits" in tool.states[-1], "the first object: how to keep it, in the state line itself"
+
+    _click(tool, _at(canvas, 500030, 4000030))
+    _settle(tool)
+    _key(tool, Qt.Key.Key_Return)
+    _settle(tool)
+    assert target.featureCount() == 2 and tool.states[-1] == "PointSAM: object added to parcels; click the next one"
 
     _click(tool, _at(canvas, 500020, 4000020))
     _settle(tool)
