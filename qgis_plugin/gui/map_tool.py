@@ -236,7 +236,7 @@ class PointSamMapTool(QgsMapTool):
         self.clear()
         # the first time, how to keep the objects; a message of its own would queue behind the state line
         self.last_result = (f"PointSAM: object added to {target.name()}; click the next one" if told
-                            else f"PointSAM: {saving_note(target.name())}")
+                            else f"PointSAM: {SAVING_NOTE}")
         self._show_state()
 
     def _predict(self, out_crs: Optional[str] = None) -> None:
@@ -325,10 +325,9 @@ def _same_crs(a: QgsCoordinateReferenceSystem, b: QgsCoordinateReferenceSystem) 
     return a == b or (bool(a.authid()) and a.authid() == b.authid())
 
 
-def saving_note(layer: str) -> str:
-    """The state line after the first accepted object: where objects go and how to keep them (the
-    digitize action's tooltip says where Save Layer Edits is)."""
-    return f"added to {layer}'s edits: Ctrl+Z undoes, Save Layer Edits saves them"
+# the state line after the first accepted object: how to keep the objects (the digitize action's tooltip says where
+# Save Layer Edits is; the target layer is named beside the action), short enough for one line of the message bar
+SAVING_NOTE = "added; Save Layer Edits keeps it, Ctrl+Z undoes"
 
 
 def _describe(answer: dict) -> str:
