@@ -15,7 +15,7 @@ from .chip_loop import ChipRun
 from .config import SegmentConfig
 from .measure import Measurer, pixel_metres
 from .points import Instance, PointTable
-from .raster import Raster, grid_outline
+from .raster import Normalization, Raster, grid_outline
 from .regularize import regularize
 from .vectorize import (
     axis_boxes,
@@ -27,9 +27,10 @@ from .vectorize import (
     simplify_each,
     to_map,
 )
+from .walls import wall_directions
 
 
-def build_layers(ras, instances: Sequence[Instance], run: ChipRun, table: PointTable, reasons,
+def build_layers(ras, norm: Normalization, instances: Sequence[Instance], run: ChipRun, table: PointTable, reasons,
                   unattached, cfg: SegmentConfig, tolerance: float, model_label: str, raster,
                   hole_px: float = 25.0) -> tuple:
     skip_reason: Dict[int, str] = {i: "empty mask" for i, g in enumerate(run.polygons) if g is None}
@@ -43,9 +44,10 @@ def build_layers(ras, instances: Sequence[Instance], run: ChipRun, table: PointT
         geoms = remove_overlaps(geoms, run.scores[live])
     unregularized = geoms
     pixel_m = pixel_metres(ras)
+    walls = to_map(wall_directions(ras, norm, traced), ras.working_transform) if cfg.regularize == "buildings" else None
     geoms, iou_to_mask = regularize(geoms, masks, run.scores[live], cfg.regularize, ras.crs, pixel_m,
                                     min_hole_m2=hole_px * pixel_m ** 2, settle=not cfg.keep_overlaps,
-                                    extent=grid_outline(ras.transform, ras.width, ras.height))
+                                    extent=grid_outline(ras.transform, ras.width, ras.height), walls=walls)
     if cfg.regularize != "none" and not cfg.keep_overlaps:
         # the round trip through the metric frame can leave slivers in degrees: the lower score gives way
         geoms = remove_overlaps(geoms, run.scores[live])

@@ -142,8 +142,8 @@ CHOICES: Dict[str, Choice] = {c.name: c for c in (
     Choice("encoder_precision", ("auto", "fp32", "bf16", "fp16", "int8", "openvino")),
     # segment: how outlines are drawn (pointsam_engine.regularize)
     Choice("regularize", ("none", "buildings", "ships"),
-           help="buildings: footprints with right angles where they fit the mask; ships: hulls smoothed inside "
-                "their box; none: traced outlines."),
+           help="buildings: footprints with right angles where they fit the mask, along the walls the image "
+                "shows; ships: hulls smoothed inside their box; none: traced outlines."),
 )}
 
 SEGMENT_NUMBERS = ("chip_scale", "calibration_iou", "min_area", "max_hole_area", "simplify", "nodata", "cache_mb",

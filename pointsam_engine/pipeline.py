@@ -151,7 +151,7 @@ def segment(raster, points, output=None, config: Optional[SegmentConfig] = None,
             coarse = retry_coarser(raster, cfg, norm, predictor, instances, run, max_hole_px, stages, cancel, notify)
         notify(0.92, "vectorizing")
         with stages("vectorize"):
-            layers, counts = build_layers(ras, instances, run, table, reasons, unattached, cfg, tolerance,
+            layers, counts = build_layers(ras, norm, instances, run, table, reasons, unattached, cfg, tolerance,
                                            predictor.label, raster, max_hole_px)
         report = {
             "raster": str(raster), "points_path": str(points), "crs": ras.crs.to_string(),

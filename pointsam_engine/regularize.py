@@ -1,13 +1,15 @@
 """Outlines an analyst keeps: regularized building footprints and smoothed ship hulls.
 
 ``buildings``: right angles where they fit, notches narrower than two pixels closed, jogs flattened, holes below
-the hole threshold filled. Each footprint is fitted along a few directions: the one whose best-fitting rectangle
-fits its outline best, the dominant direction of its edges (which a leaky mask's rectangle can miss by tens of
-degrees), and a neighbour's within 10°; along each, the simplest of its best rectangle and its right-angled
-outline with jogs flattened at several widths that fits the outline well (IoU less a cost per vertex), and of
-those the best fit is kept, a neighbour's direction preferred where it fits about as well. A simple roof is 4
-vertices. The outline simplified at a few tolerances competes too, its corners, not right angles, costing more
-than a right-angled outline's: a footprint whose walls meet at other angles (a trapezoid the mask follows
+the hole threshold filled. Each footprint is fitted along the direction its walls run in the imagery
+(:mod:`pointsam_engine.walls`): a leaky or blobby mask's own outline can run tens of degrees off the walls,
+the roof's edges in the image do not. Without the image (or where it shows no edge) the mask gives the
+directions: the one whose best-fitting rectangle fits its outline best and the dominant direction of its edges.
+A neighbour's direction within 10° is tried too. Along a direction, the simplest of its best rectangle and its
+right-angled outline with jogs flattened at several widths that fits the outline well (IoU less a cost per
+vertex) is kept, a neighbour's direction preferred where it fits about as well. A simple roof is 4 vertices.
+The outline simplified at a few tolerances competes too, its corners, not right angles, costing more than a
+right-angled outline's: a footprint whose walls meet at other angles (a trapezoid the mask follows
 closely) keeps its shape rather than being squared into a rectangle that fits it worse, and neighbours do not
 take a direction from it. Each edge lies where it fits the outline's area best, so the regularized outlines are
 neither grown nor shrunk on average, and a footprint the raster's edge cuts off ends at that edge.
@@ -40,6 +42,7 @@ from shapely import affinity
 
 from .measure import Measurer
 from .vectorize import oriented_boxes, overlapping, polygonal, polygonal_each, trace
+from .walls import direction_of
 
 MODES = ("none", "buildings", "ships")
 NOTCH_PX = 1.0  # notches and spikes up to two pixels wide are removed (a morphological closing and opening)
@@ -59,7 +62,7 @@ WALL_PX = 2.0  # neighbours that shared a wall in their masks and lie closer tha
 
 
 def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: str, crs, pixel_m: float,
-               min_hole_m2: float = 0.0, settle: bool = True, extent=None) -> Tuple[np.ndarray, np.ndarray]:
+               min_hole_m2: float = 0.0, settle: bool = True, extent=None, walls=None) -> Tuple[np.ndarray, np.ndarray]:
     """Regularized outlines of ``geoms`` and each one's IoU with its mask.
 
     Args:
@@ -75,6 +78,8 @@ def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: s
         extent: the raster's footprint (a polygon in ``crs``); regularized outlines are cut at it, so a footprint
             the image cuts off ends where the image does instead of going on past its edge (``none`` cuts
             nothing: its outlines are the mask's, on the raster's grid).
+        walls: per object, a short segment (in ``crs``) along the direction its walls run in the imagery
+            (:func:`pointsam_engine.walls.wall_directions`), or None; ``buildings`` fits along it.
     Returns:
         ``(outlines, iou_to_mask)``; with ``none`` the outlines are ``geoms``.
     """
@@ -88,7 +93,8 @@ def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: s
     local, local_masks = to_frame(geoms), to_frame(masks)
     px = pixel_m / metres
     if mode == "buildings":
-        out = regularize_buildings(local_masks, px, min_hole_m2 / metres ** 2)
+        directions = None if walls is None else [None if w is None else direction_of(w) for w in to_frame(walls)]
+        out = regularize_buildings(local_masks, px, min_hole_m2 / metres ** 2, directions)
     else:
         out = smooth_hulls(local, px)
     if extent is not None:
@@ -101,20 +107,22 @@ def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: s
     return polygonal_each(from_frame(out)), iou(out, local_masks)
 
 
-def regularize_buildings(geoms: np.ndarray, pixel: float, min_hole_area: float = 0.0) -> np.ndarray:
+def regularize_buildings(geoms: np.ndarray, pixel: float, min_hole_area: float = 0.0, walls=None) -> np.ndarray:
     """Right-angled footprints where they fit (metric, conformal coordinates; ``pixel`` in them).
 
-    Each footprint is fitted along its best rectangle's direction and its edges' dominant direction
-    (:func:`_own_fit`), then along a larger neighbour's where :func:`_align_neighbours` says so. Along a
-    direction the outline is resampled on a grid, notches are closed, and of the rectangle and the grid outline
-    with its jogs flattened at several widths the one with the best IoU with the outline, less
+    Each footprint is fitted along its walls' direction in ``walls`` (degrees, modulo 90, or None), or where
+    there is none along its best rectangle's direction and its edges' dominant direction (:func:`_own_fit`),
+    then along a larger neighbour's where :func:`_align_neighbours` says so. Along a direction the outline is
+    resampled on a grid, notches are closed, and of the rectangle and the grid outline with its jogs flattened
+    at several widths the one with the best IoU with the outline, less
     :data:`VERTEX_COST` per vertex, is that direction's fit (:func:`_outline`). The outline simplified
     (:func:`_simplified_fit`, :data:`FREE_COST` more per vertex) is kept where it fits better than all of them.
     """
     out = np.array(geoms, dtype=object)
     samples = {i: _samples(g, pixel) for i, g in enumerate(geoms) if g is not None and not g.is_empty}
     samples = {i: s for i, s in samples.items() if len(s[0]) >= MIN_SAMPLES}
-    fitted = {i: _own_fit(geoms[i], *s, pixel) for i, s in samples.items()}
+    walls = [None] * len(geoms) if walls is None else walls
+    fitted = {i: _own_fit(geoms[i], *s, pixel, walls[i]) for i, s in samples.items()}
     cells = {i: s[1] for i, s in samples.items()}
     for i, fit in _align_neighbours(geoms, cells, fitted, pixel).items():
         shape = polygonal(fit.shape)
@@ -133,16 +141,23 @@ class _Fit(NamedTuple):
     square: bool = True
 
 
-def _own_fit(geom, points: np.ndarray, cell: float, pixel: float) -> _Fit:
-    """The best fit of ``geom`` along its best rectangle's direction and along its edges' dominant direction
-    (a leaky mask's best rectangle can lie tens of degrees off the walls its edges follow), or its outline
-    simplified (:func:`_simplified_fit`) where that fits better: walls that do not meet at right angles."""
+def _own_fit(geom, points: np.ndarray, cell: float, pixel: float, wall=None) -> _Fit:
+    """The best fit of ``geom`` along ``wall`` (its walls' direction in the image), or without it along the
+    directions its mask gives (:func:`_mask_directions`), or its outline simplified (:func:`_simplified_fit`)
+    where that fits better: walls that do not meet at right angles."""
+    directions = [wall] if wall is not None else _mask_directions(geom, points, cell, pixel)
+    right_angled = max((_Fit(*_outline(geom, d, cell, pixel), d) for d in directions), key=lambda f: f.fit)
+    return max(right_angled, _simplified_fit(geom, pixel, right_angled.direction), key=lambda f: f.fit)  # ties: right
+
+
+def _mask_directions(geom, points: np.ndarray, cell: float, pixel: float) -> list:
+    """Its best rectangle's direction and its edges' dominant direction (a leaky mask's best rectangle can lie
+    tens of degrees off the walls its edges follow)."""
     directions = [_dominant_angle(points, cell)]
     edges = _edge_direction(geom, pixel)
     if edges is not None and abs(_turn(edges, directions[0])) > SAME_DEG:
         directions.append(edges)
-    right_angled = max((_Fit(*_outline(geom, d, cell, pixel), d) for d in directions), key=lambda f: f.fit)
-    return max(right_angled, _simplified_fit(geom, pixel, right_angled.direction), key=lambda f: f.fit)  # ties: right
+    return directions
 
 
 def _simplified_fit(geom, pixel: float, direction: float) -> _Fit:
