@@ -250,13 +250,16 @@ def _compile_openvino(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torc
         compiled = _compiled(ov, xml)
     else:
         compiled = _converted_and_compiled(ov, encoder, xml)
-    requests = threading.local()  # an infer request runs one inference at a time: one per thread (Dask, the API)
+    request = compiled.create_infer_request()
+    # Threads (Dask's, the API's) take turns: the CPU runtime compiles one stream that already uses every core, so
+    # requests of their own gained nothing, and two of them running their first inference at once (which fits the
+    # dynamic input shape) can stall on few cores; a task hung there in CI.
+    turn = threading.Lock()
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        if not hasattr(requests, "request"):
-            requests.request = compiled.create_infer_request()
-        result = requests.request.infer(x.detach().cpu().numpy())
-        return torch.from_numpy(np.array(result[compiled.output(0)])).to(x.device)
+        with turn:
+            result = request.infer(x.detach().cpu().numpy())
+            return torch.from_numpy(np.array(result[compiled.output(0)])).to(x.device)  # a copy: the next call reuses
 
     return run
 
