@@ -34,7 +34,7 @@ from pointsam_engine.demo.scenes import generate
 from pointsam_engine.evaluate import Grid, score_image, summarize
 from pointsam_engine.measure import Measurer
 from pointsam_engine.pipeline import make_predictor
-from pointsam_engine.regularize import right_angle_share, vertex_counts
+from pointsam_engine.regularize import right_angle_share, turn, vertex_counts
 from pointsam_engine.vectorize import oriented_boxes, overlapping
 from training.realdata import BUILDINGS, DENSE_CHIP, banepa_chips, chip_cases, evaluation_sets
 
@@ -61,8 +61,8 @@ def walls_off(inst: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, clicks: gpd.GeoDa
     fids = hits.index.intersection(outlines.index)
     measurer = Measurer(inst.crs)
     ours = measurer.box_dimensions(oriented_boxes(outlines.loc[fids].values))[0]
-    theirs = measurer.box_dimensions(oriented_boxes(truth.to_crs(inst.crs).geometry.values[hits.loc[fids, "index_right"]]))[0]
-    return np.abs((ours - theirs + 45) % 90 - 45)
+    footprints = truth.to_crs(inst.crs).geometry.loc[hits.loc[fids, "index_right"]].values
+    return np.abs(turn(ours, measurer.box_dimensions(oriented_boxes(footprints))[0]))
 
 
 def measure(cases, mode: str, predictor) -> dict:

@@ -44,7 +44,7 @@ def build_layers(ras, norm: Normalization, instances: Sequence[Instance], run: C
         geoms = remove_overlaps(geoms, run.scores[live])
     unregularized = geoms
     pixel_m = pixel_metres(ras)
-    walls = to_map(wall_directions(ras, norm, traced), ras.working_transform) if cfg.regularize == "buildings" else None
+    walls = wall_directions(ras, norm, traced) if cfg.regularize == "buildings" else None
     geoms, iou_to_mask = regularize(geoms, masks, run.scores[live], cfg.regularize, ras.crs, pixel_m,
                                     min_hole_m2=hole_px * pixel_m ** 2, settle=not cfg.keep_overlaps,
                                     extent=grid_outline(ras.transform, ras.width, ras.height), walls=walls)

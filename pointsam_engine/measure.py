@@ -51,6 +51,16 @@ class Measurer:
         out[live] = shapely.area(shapely.transform(lonlat, lambda xy: np.column_stack(laea(xy[:, 0], xy[:, 1]))))
         return out
 
+    def ground_steps(self, origins: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """Each map-unit step (Nx2) from its origin (Nx2) as a step on the ground: metres east and north."""
+        origins = np.asarray(origins, dtype=float).reshape(-1, 2)
+        ends = origins + np.asarray(steps, dtype=float).reshape(-1, 2)
+        lon0, lat0 = self._to_lonlat.transform(origins[:, 0], origins[:, 1])
+        lon1, lat1 = self._to_lonlat.transform(ends[:, 0], ends[:, 1])
+        azimuth, _, dist = self._geod.inv(lon0, lat0, lon1, lat1)
+        azimuth = np.radians(azimuth)
+        return np.column_stack([dist * np.sin(azimuth), dist * np.cos(azimuth)])
+
     def metres_per_unit(self, x: float, y: float, step: float) -> float:
         """Ground metres one map unit spans near ``(x, y)``: the geometric mean of the east and north
         scales, measured over ``step`` map units (e.g. one pixel)."""

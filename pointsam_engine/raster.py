@@ -237,12 +237,19 @@ class Raster:
         Returns ``(image, valid)``: ``HxWx3`` uint8 and ``HxW`` bool for the chip's top-left
         ``H x W`` pixels that fall on the raster (``H, W <= size``); the model pads the rest.
         """
-        h, w = self.chip_shape(row0, col0, size)
+        return self.read_area(row0, col0, size, size, norm)
+
+    def read_area(self, row0: int, col0: int, rows: int, cols: int, norm: Normalization,
+                  step: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+        """Read the part of a ``rows x cols`` working-grid area that lies on the raster, at every ``step``-th
+        working pixel (resampled): ``(image, valid)`` as :meth:`read_chip` gives them."""
+        grid_rows, grid_cols = self.working_shape
+        h, w = min(rows, grid_rows - row0), min(cols, grid_cols - col0)
         s = self.scale
         window = Window(col0 * s, row0 * s, min(w * s, self.width - col0 * s), min(h * s, self.height - row0 * s))
-        raw = self._read(window, None if s == 1.0 else (h, w))
-        valid = self._valid(raw)
-        return norm.apply(to_amplitude(raw, norm.sar_db)), valid
+        out_shape = None if s == 1.0 and step == 1 else (math.ceil(h / step), math.ceil(w / step))
+        raw = self._read(window, out_shape)
+        return norm.apply(to_amplitude(raw, norm.sar_db)), self._valid(raw)
 
     def valid_at(self, rows: np.ndarray, cols: np.ndarray, block: int = 256) -> np.ndarray:
         """Whether each native pixel ``(row, col)`` holds data: one window read per ``block``² tile that holds

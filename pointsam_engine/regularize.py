@@ -3,7 +3,7 @@
 ``buildings``: right angles where they fit, notches narrower than two pixels closed, jogs flattened, holes below
 the hole threshold filled. Each footprint is fitted along the direction its walls run in the imagery
 (:mod:`pointsam_engine.walls`): a leaky or blobby mask's own outline can run tens of degrees off the walls,
-the roof's edges in the image do not. Without the image (or where it shows no edge) the mask gives the
+the roof's edges in the image do not. Without the image (or where it shows no one direction) the mask gives the
 directions: the one whose best-fitting rectangle fits its outline best and the dominant direction of its edges.
 A neighbour's direction within 10° is tried too. Along a direction, the simplest of its best rectangle and its
 right-angled outline with jogs flattened at several widths that fits the outline well (IoU less a cost per
@@ -32,7 +32,7 @@ is geographic), where a right angle on the ground is a right angle in coordinate
 
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import shapely
@@ -42,7 +42,6 @@ from shapely import affinity
 
 from .measure import Measurer
 from .vectorize import oriented_boxes, overlapping, polygonal, polygonal_each, trace
-from .walls import direction_of
 
 MODES = ("none", "buildings", "ships")
 NOTCH_PX = 1.0  # notches and spikes up to two pixels wide are removed (a morphological closing and opening)
@@ -62,7 +61,8 @@ WALL_PX = 2.0  # neighbours that shared a wall in their masks and lie closer tha
 
 
 def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: str, crs, pixel_m: float,
-               min_hole_m2: float = 0.0, settle: bool = True, extent=None, walls=None) -> Tuple[np.ndarray, np.ndarray]:
+               min_hole_m2: float = 0.0, settle: bool = True, extent=None,
+               walls: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Regularized outlines of ``geoms`` and each one's IoU with its mask.
 
     Args:
@@ -93,8 +93,7 @@ def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: s
     local, local_masks = to_frame(geoms), to_frame(masks)
     px = pixel_m / metres
     if mode == "buildings":
-        directions = None if walls is None else [None if w is None else direction_of(w) for w in to_frame(walls)]
-        out = regularize_buildings(local_masks, px, min_hole_m2 / metres ** 2, directions)
+        out = regularize_buildings(local_masks, px, min_hole_m2 / metres ** 2, _wall_directions(walls, to_frame))
     else:
         out = smooth_hulls(local, px)
     if extent is not None:
@@ -107,10 +106,11 @@ def regularize(geoms: np.ndarray, masks: np.ndarray, scores: np.ndarray, mode: s
     return polygonal_each(from_frame(out)), iou(out, local_masks)
 
 
-def regularize_buildings(geoms: np.ndarray, pixel: float, min_hole_area: float = 0.0, walls=None) -> np.ndarray:
+def regularize_buildings(geoms: np.ndarray, pixel: float, min_hole_area: float = 0.0,
+                         directions: Optional[Sequence[Optional[float]]] = None) -> np.ndarray:
     """Right-angled footprints where they fit (metric, conformal coordinates; ``pixel`` in them).
 
-    Each footprint is fitted along its walls' direction in ``walls`` (degrees, modulo 90, or None), or where
+    Each footprint is fitted along its walls' direction in ``directions`` (degrees, modulo 90, or None), or where
     there is none along its best rectangle's direction and its edges' dominant direction (:func:`_own_fit`),
     then along a larger neighbour's where :func:`_align_neighbours` says so. Along a direction the outline is
     resampled on a grid, notches are closed, and of the rectangle and the grid outline with its jogs flattened
@@ -121,8 +121,8 @@ def regularize_buildings(geoms: np.ndarray, pixel: float, min_hole_area: float =
     out = np.array(geoms, dtype=object)
     samples = {i: _samples(g, pixel) for i, g in enumerate(geoms) if g is not None and not g.is_empty}
     samples = {i: s for i, s in samples.items() if len(s[0]) >= MIN_SAMPLES}
-    walls = [None] * len(geoms) if walls is None else walls
-    fitted = {i: _own_fit(geoms[i], *s, pixel, walls[i]) for i, s in samples.items()}
+    directions = [None] * len(geoms) if directions is None else directions
+    fitted = {i: _own_fit(geoms[i], *s, pixel, directions[i]) for i, s in samples.items()}
     cells = {i: s[1] for i, s in samples.items()}
     for i, fit in _align_neighbours(geoms, cells, fitted, pixel).items():
         shape = polygonal(fit.shape)
@@ -155,7 +155,7 @@ def _mask_directions(geom, points: np.ndarray, cell: float, pixel: float) -> lis
     tens of degrees off the walls its edges follow)."""
     directions = [_dominant_angle(points, cell)]
     edges = _edge_direction(geom, pixel)
-    if edges is not None and abs(_turn(edges, directions[0])) > SAME_DEG:
+    if edges is not None and abs(turn(edges, directions[0])) > SAME_DEG:
         directions.append(edges)
     return directions
 
@@ -175,9 +175,27 @@ def _simplified_fit(geom, pixel: float, direction: float) -> _Fit:
     return _Fit(candidates[best], float(fits[best]), direction, False)
 
 
-def _turn(direction: float, other: float) -> float:
-    """The turn from ``other`` to ``direction`` (degrees, both mod 90), in [-45, 45)."""
+def turn(direction: float | np.ndarray, other: float | np.ndarray) -> float | np.ndarray:
+    """The turn from ``other`` to ``direction`` (degrees, both modulo 90; numbers or arrays), in [-45, 45)."""
     return (direction - other + 45) % 90 - 45
+
+
+def step_directions(steps: np.ndarray) -> np.ndarray:
+    """The direction (degrees, modulo 90) of each step (Nx2: dx, dy)."""
+    return np.degrees(np.arctan2(steps[:, 1], steps[:, 0])) % 90
+
+
+def _wall_directions(walls, to_frame) -> Optional[list]:
+    """The direction (degrees, modulo 90) of each wall segment in the metric frame (None where it has none)."""
+    if walls is None:
+        return None
+    walls = to_frame(walls)
+    live = [k for k, w in enumerate(walls) if w is not None]
+    ends = np.array([np.asarray(walls[k].coords)[:2] for k in live]).reshape(-1, 2, 2)
+    out = [None] * len(walls)
+    for k, direction in zip(live, step_directions(ends[:, 1] - ends[:, 0])):
+        out[k] = float(direction)
+    return out
 
 
 def _samples(geom, pixel: float) -> Tuple[np.ndarray, float]:
@@ -241,9 +259,9 @@ def _edge_direction(geom, pixel: float):
     if not len(steps):
         return None
     lengths = np.hypot(steps[:, 0], steps[:, 1])
-    directions = np.degrees(np.arctan2(steps[:, 1], steps[:, 0])) % 90
+    directions = step_directions(steps)
     grid = np.arange(0.0, 90.0, 0.5)
-    off = _turn(grid[:, None], directions[None])
+    off = turn(grid[:, None], directions[None])
     return float(grid[int(np.argmax((lengths * np.exp(-0.5 * (off / 3.0) ** 2)).sum(1)))])
 
 
@@ -263,7 +281,7 @@ def _align_neighbours(geoms, cells: dict, fitted: dict, pixel: float) -> dict:
         if not (fitted[big].square and fitted[small].square):  # walls that are not square neither lead nor follow
             continue
         direction = fitted[big].direction
-        if 0 < abs(_turn(direction, fitted[small].direction)) < NEIGHBOUR_DEG:
+        if 0 < abs(turn(direction, fitted[small].direction)) < NEIGHBOUR_DEG:
             if (small, direction) not in tried:  # several neighbours can offer one direction
                 tried[small, direction] = _outline(geoms[small], direction, cells[small], pixel)
             shape, fit = tried[small, direction]

@@ -253,12 +253,13 @@ def _compile_openvino(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torc
     request = compiled.create_infer_request()
     # Threads (Dask's, the API's) take turns: the CPU runtime compiles one stream that already uses every core, so
     # requests of their own gained nothing, and two of them running their first inference at once (which fits the
-    # dynamic input shape) can stall on few cores; a task hung there in CI.
+    # dynamic input shape) may stall on few cores, the state a CI task was once found hung in.
     turn = threading.Lock()
 
     def run(x: torch.Tensor) -> torch.Tensor:
+        chip = x.detach().cpu().numpy()
         with turn:
-            result = request.infer(x.detach().cpu().numpy())
+            result = request.infer(chip)
             return torch.from_numpy(np.array(result[compiled.output(0)])).to(x.device)  # a copy: the next call reuses
 
     return run

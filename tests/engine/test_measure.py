@@ -42,3 +42,13 @@ def test_areas_of_many_objects_equal_their_geodesic_areas(crs, x0, y0, step):
     geodesic = [measurer._geod.geometry_area_perimeter(shapely.orient_polygons(measurer._lonlat(g)))[0] for g in geoms]
     areas = measurer.areas(list(geoms) + [None])
     assert areas[:-1] == pytest.approx(geodesic, rel=1e-5) and areas[-1] == 0
+
+
+def test_ground_steps_are_metres_east_and_north_whatever_the_crs():
+    # UTM on its central meridian: a map metre is 1 / 0.9996 metres on the ground, east stays east
+    utm = Measurer("EPSG:32633").ground_steps([[500000.0, 6650000.0]] * 2, [[1.0, 0.0], [0.0, -1.0]])
+    assert utm[0] == pytest.approx([1 / 0.9996, 0.0], abs=1e-6) and utm[1] == pytest.approx([0.0, -1 / 0.9996], abs=1e-6)
+    # lon/lat at 60° N: a degree of longitude spans about half what a degree of latitude does
+    east, north = Measurer("EPSG:4326").ground_steps([[10.0, 60.0]] * 2, [[1e-5, 0.0], [0.0, 1e-5]])
+    assert east[1] == pytest.approx(0.0, abs=1e-6) and north[0] == pytest.approx(0.0, abs=1e-6)
+    assert east[0] / north[1] == pytest.approx(np.cos(np.radians(60)), rel=0.01)

@@ -105,6 +105,20 @@ def test_chip_scale_reads_a_larger_area_into_coarser_pixels(tmp_path):
     assert (image[:99, :, 0] == 0).all() and (image[101:, :, 0] == 200).all()
 
 
+def test_an_area_reads_its_part_on_the_raster_at_every_nth_pixel(tmp_path):
+    data = np.zeros((3, 300, 400), np.uint8)
+    data[:, 150:, :] = 200  # the lower half bright
+    data[:, :, 300:] = 100  # and a right-hand strip
+    with Raster(write_raster(tmp_path / "a.tif", data)) as r:
+        none = compute_normalization(r, "none")
+        full, valid = r.read_area(100, 250, 120, 500, none)  # runs 350 columns past the raster's right edge
+        half, _ = r.read_area(100, 250, 120, 500, none, step=2)
+    assert full.shape == (120, 150, 3) and valid.all()
+    assert half.shape == (60, 75, 3)
+    assert (half[:24, :24, 0] == 0).all() and (half[26:, :24, 0] == 200).all()  # the step from row 150 at 25
+    assert (half[:24, 27:, 0] == 100).all()  # the strip from column 300 at 25
+
+
 def test_raster_errors(tmp_path):
     with pytest.raises(RasterError, match="does not exist"):
         Raster(tmp_path / "missing.tif")

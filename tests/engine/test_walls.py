@@ -3,29 +3,60 @@
 import numpy as np
 import pytest
 import shapely
-from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from shapely import affinity
 
+from pointsam_engine import segment
 from pointsam_engine.config import SegmentConfig
 from pointsam_engine.masks import MaskPatch
 from pointsam_engine.raster import Raster, compute_normalization
+from pointsam_engine.regularize import step_directions, turn
 from pointsam_engine.vectorize import to_map, trace
-from pointsam_engine.walls import direction_of, wall_directions
+from pointsam_engine.walls import wall_directions
 from tests.conftest import SquarePredictor, pixel_centres, write_points, write_raster
 
 SIZE = 160
-METRES = (from_origin(500000.0, 4000000.0, 0.3, 0.3), "EPSG:32633")
-# Banepa's chips: lon/lat pixels, 0.3 m square on the ground, so a degree of longitude spans fewer pixels
-DEGREES = (from_origin(85.52, 27.63, 3.05e-6, 2.7e-6), "EPSG:4326")
+FRAMES = {
+    "metres": (from_origin(500000.0, 4000000.0, 0.3, 0.3), "EPSG:32633"),
+    # Banepa's chips: lon/lat pixels square on the ground (a degree of longitude spans fewer metres)
+    "degrees at 27N": (from_origin(85.52, 27.63, 3.05e-6, 2.7e-6), "EPSG:4326"),
+    # square in degrees, so twice as tall as wide on the ground: a right angle there is not one in pixels
+    "square degrees at 60N": (from_origin(10.0, 60.0, 2.7e-6, 2.7e-6), "EPSG:4326"),
+}
 
 
-def roof(angle: float, width: float = 42, height: float = 38):
-    """A roof turned ``angle`` degrees in pixel coordinates (rows down) about the raster's centre."""
-    c = SIZE / 2
-    return affinity.rotate(shapely.box(c - width / 2, c - height / 2, c + width / 2, c + height / 2), angle)
+class Ground:
+    """A raster's grid and the ground around its centre (a transverse Mercator there, metres east and north)."""
+
+    def __init__(self, frame):
+        self.transform, self.crs = FRAMES[frame]
+        x, y = self.transform @ (SIZE / 2, SIZE / 2)
+        lon, lat = Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True).transform(x, y)
+        local = f"+proj=tmerc +lat_0={lat} +lon_0={lon} +ellps=WGS84 +units=m"
+        self._to = Transformer.from_crs(self.crs, local, always_xy=True)
+        self._back = Transformer.from_crs(local, self.crs, always_xy=True)
+
+    def of_map(self, geom):
+        return shapely.transform(geom, lambda xy: np.column_stack(self._to.transform(xy[:, 0], xy[:, 1])))
+
+    def to_pixels(self, geom):
+        """A ground geometry (metres from the centre) in the raster's pixel coordinates."""
+        mapped = shapely.transform(geom, lambda xy: np.column_stack(self._back.transform(xy[:, 0], xy[:, 1])))
+        return affinity.affine_transform(mapped, (~self.transform).to_shapely())
+
+    def directions(self, geom) -> np.ndarray:
+        """The ground direction (degrees, mod 90) of each edge of a map geometry (a line or a polygon's exterior)."""
+        ground = self.of_map(geom)
+        line = ground.exterior if ground.geom_type == "Polygon" else ground
+        return step_directions(np.diff(np.asarray(line.coords), axis=0))
+
+
+def roof(ground: Ground, angle: float):
+    """A 12.6 x 11.4 m roof at the raster's centre, its walls turned ``angle`` degrees from east on the ground,
+    in pixel coordinates."""
+    return ground.to_pixels(affinity.rotate(shapely.box(-6.3, -5.7, 6.3, 5.7), angle, origin=(0, 0)))
 
 
 def leaky_blob(shape):
@@ -35,14 +66,13 @@ def leaky_blob(shape):
     return shape.buffer(-17).buffer(17).union(leak)
 
 
-def scene(path, shape, transform_crs=METRES, leak=None):
+def scene(path, ground: Ground, shape, leak=None):
     """A bright roof on darker ground (and a faint yard where ``leak`` lies), three bands."""
     image = np.full((SIZE, SIZE), 40, np.uint8)
     if leak is not None:
         image[rasterize([(leak, 1)], out_shape=image.shape).astype(bool)] = 50
     image[rasterize([(shape, 1)], out_shape=image.shape).astype(bool)] = 200
-    transform, crs = transform_crs
-    return write_raster(path, np.stack([image] * 3), crs=crs, transform=transform)
+    return write_raster(path, np.stack([image] * 3), crs=ground.crs, transform=ground.transform)
 
 
 def walls_of(path, polygons):
@@ -55,34 +85,34 @@ def traced(shape):
     return trace(rasterize([(shape, 1)], out_shape=(SIZE, SIZE)).astype(bool), 0, 0)
 
 
-def ground_directions(geom, crs) -> np.ndarray:
-    """The direction (degrees, mod 90) of each edge of ``geom`` on the ground: in a transverse Mercator
-    centred on it, where a right angle on the ground is one in coordinates."""
-    x, y = geom.centroid.coords[0]
-    if ProjCRS.from_user_input(crs).is_geographic:
-        local = f"+proj=tmerc +lat_0={y} +lon_0={x} +ellps=WGS84 +units=m"
-        move = Transformer.from_crs(crs, local, always_xy=True)
-        geom = shapely.transform(geom, lambda xy: np.column_stack(move.transform(xy[:, 0], xy[:, 1])))
-    edges = np.diff(np.asarray(geom.exterior.coords), axis=0)
-    return np.degrees(np.arctan2(edges[:, 1], edges[:, 0])) % 90
-
-
-def off(directions, expected: float) -> np.ndarray:
-    return np.abs((np.asarray(directions) - expected + 45) % 90 - 45)
-
-
+@pytest.mark.parametrize("frame", FRAMES)
 @pytest.mark.parametrize("angle", [0, 20, 37, 65])
-def test_the_walls_of_a_turned_roof_run_its_way_even_where_its_mask_is_a_leaky_blob(tmp_path, angle):
-    shape = roof(angle)
-    path = scene(tmp_path / "roof.tif", shape, leak=leaky_blob(shape))
+def test_the_walls_of_a_turned_roof_run_its_way_on_the_ground_even_where_its_mask_is_a_leaky_blob(tmp_path, angle,
+                                                                                                 frame):
+    ground = Ground(frame)
+    shape = roof(ground, angle)
+    path = scene(tmp_path / "roof.tif", ground, shape, leak=leaky_blob(shape))
     (segment,) = walls_of(path, [traced(leaky_blob(shape))])
-    assert off([direction_of(segment)], angle)[0] < 1  # pixel coordinates: rows down, as the roof was turned
-    assert segment.length == pytest.approx(1.0)
+    assert abs(turn(ground.directions(segment)[0], angle)) < 1
 
 
-def test_no_direction_where_the_image_shows_no_edge_or_there_is_no_object(tmp_path):
-    flat = write_raster(tmp_path / "flat.tif", np.full((3, SIZE, SIZE), 90, np.uint8), transform=METRES[0])
-    assert list(walls_of(flat, [traced(roof(20)), None])) == [None, None]
+def test_a_large_object_read_at_every_nth_pixel_keeps_its_direction(tmp_path, monkeypatch):
+    monkeypatch.setattr("pointsam_engine.walls.MAX_WINDOW_PX", 40)  # the roof's window, ~70 px, read at every 2nd
+    ground = Ground("square degrees at 60N")
+    shape = roof(ground, 37)
+    path = scene(tmp_path / "roof.tif", ground, shape, leak=leaky_blob(shape))
+    (segment,) = walls_of(path, [traced(leaky_blob(shape))])
+    assert abs(turn(ground.directions(segment)[0], 37)) < 1.5
+
+
+def test_no_direction_where_the_image_shows_none_or_there_is_no_object(tmp_path):
+    ground = Ground("metres")
+    flat = write_raster(tmp_path / "flat.tif", np.full((3, SIZE, SIZE), 90, np.uint8), transform=ground.transform)
+    noise = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE), dtype=np.uint8)
+    noisy = write_raster(tmp_path / "noise.tif", np.stack([noise] * 3), transform=ground.transform)
+    shape = traced(roof(ground, 20))
+    assert list(walls_of(flat, [shape, None])) == [None, None]
+    assert list(walls_of(noisy, [shape])) == [None]  # gradients every way: no one direction
 
 
 class BlobPredictor(SquarePredictor):
@@ -93,24 +123,22 @@ class BlobPredictor(SquarePredictor):
         self.blob = rasterize([(blob, 1)], out_shape=(SIZE, SIZE)).astype(bool)
 
     def square(self, prompt):
-        self.offset = np.round(prompt.points[0] - SIZE / 2).astype(int)  # the raster's centre on the chip
-        logits = np.where(self.blob, 4.0, -4.0).astype(np.float32)
-        return MaskPatch(int(self.offset[1]), int(self.offset[0]), logits, 0.9)
+        col0, row0 = np.floor(prompt.points[0]).astype(int) - SIZE // 2  # the raster's origin on the chip
+        return MaskPatch(int(row0), int(col0), np.where(self.blob, 4.0, -4.0).astype(np.float32), 0.9)
 
 
-@pytest.mark.parametrize("transform_crs", [METRES, DEGREES], ids=["metres", "degrees"])
-def test_segment_regularizes_a_leaky_blob_along_the_walls_in_the_image(tmp_path, transform_crs):
+@pytest.mark.parametrize("frame", FRAMES)
+def test_segment_regularizes_a_leaky_blob_along_the_walls_in_the_image(tmp_path, frame):
     # the blob's own best rectangle lies 14° off the roof; the image's edges give the roof's direction
-    shape = roof(20)
+    ground = Ground(frame)
+    shape = roof(ground, 20)
     blob = leaky_blob(shape)
-    transform, crs = transform_crs
-    raster = scene(tmp_path / "roof.tif", shape, transform_crs, leak=blob)
-    points = write_points(tmp_path / "clicks.gpkg", pixel_centres(transform, [(SIZE // 2, SIZE // 2)]), crs=crs)
-    from pointsam_engine import segment
-
+    raster = scene(tmp_path / "roof.tif", ground, shape, leak=blob)
+    points = write_points(tmp_path / "clicks.gpkg", pixel_centres(ground.transform, [(SIZE // 2, SIZE // 2)]),
+                          crs=ground.crs)
     inst = segment(raster, points, None, predictor=BlobPredictor(blob), regularize="buildings",
                    calibration=False).layers["instances"]
     (out,) = inst.geometry.values
-    truth = to_map([shape], transform)[0]
-    assert np.all(off(ground_directions(out, crs), ground_directions(truth, crs)[0]) < 1)
+    truth = to_map([shape], ground.transform)[0]
+    assert np.all(np.abs(turn(ground.directions(out), 20)) < 1)
     assert out.intersection(truth).area / out.union(truth).area > 0.9
