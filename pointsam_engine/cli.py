@@ -56,7 +56,7 @@ _SEGMENT_OPTIONS = (
     click.option("--overwrite", is_flag=True,
                  help="Replace layers instances, boxes, bboxes, skipped if the GeoPackage has them (never other layers)."),
     click.option("--model", default=None, help="SAM or SAM 2.1 checkpoint path (official vit_b/l/h, sam2.1_hiera_*.pt, "
-                 "or a PointSAM file) or a registered name."),
+                 "or a PointSAM file) or a registered name (default: the bundled model, pointsam models lists them)."),
     click.option("--model-type", type=CHOICES["model_type"].click_type(), default=None,
                     help="Check the checkpoint is of this type."),
     click.option("--adapter", default=None, help="Region adapter from pointsam train (for this --model)."),
