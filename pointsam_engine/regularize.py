@@ -141,11 +141,11 @@ class _Fit(NamedTuple):
     square: bool = True
 
 
-def _own_fit(geom, points: np.ndarray, cell: float, pixel: float, wall=None) -> _Fit:
-    """The best fit of ``geom`` along ``wall`` (its walls' direction in the image), or without it along the
-    directions its mask gives (:func:`_mask_directions`), or its outline simplified (:func:`_simplified_fit`)
+def _own_fit(geom, points: np.ndarray, cell: float, pixel: float, wall_direction: Optional[float] = None) -> _Fit:
+    """The best fit of ``geom`` along ``wall_direction`` (degrees: its walls' in the image), or without it along
+    the directions its mask gives (:func:`_mask_directions`), or its outline simplified (:func:`_simplified_fit`)
     where that fits better: walls that do not meet at right angles."""
-    directions = [wall] if wall is not None else _mask_directions(geom, points, cell, pixel)
+    directions = [wall_direction] if wall_direction is not None else _mask_directions(geom, points, cell, pixel)
     right_angled = max((_Fit(*_outline(geom, d, cell, pixel), d) for d in directions), key=lambda f: f.fit)
     return max(right_angled, _simplified_fit(geom, pixel, right_angled.direction), key=lambda f: f.fit)  # ties: right
 
