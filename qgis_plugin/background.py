@@ -60,13 +60,14 @@ def pending() -> int:
 
 
 def cancel_all(timeout: float = 60.0) -> int:
-    """Cancel every background call and wait (processing events, so their ``done`` runs) until they have
-    finished or ``timeout`` seconds passed; the plugin's unload calls it before it stops the engine.
+    """Cancel every background call that can be cancelled and wait (processing events, so their ``done`` runs)
+    until all have finished or ``timeout`` seconds passed; the plugin's unload calls it before it stops the engine.
     Returns how many were still running."""
     import time
 
     for task in list(_running):
-        task.cancel()
+        if task.canCancel():  # the others (stopping an engine) must run, or they leave it running unowned
+            task.cancel()
     deadline = time.monotonic() + timeout
     while _running and time.monotonic() < deadline:
         QgsApplication.processEvents()

@@ -95,9 +95,11 @@ def engine() -> Engine:
         return _engine
 
 
-def adopt_engine(process: EngineProcess) -> bool:
+def adopt_engine(process: EngineProcess) -> Tuple[bool, Optional[Engine]]:
     """Make ``process`` (started by "Set up engine…") the plugin's engine when the settings now name it, instead of
-    starting a second one; otherwise stop it. Whether it was adopted."""
+    starting a second one. Cheap: nothing is stopped here. Returns whether it was adopted and the engine the caller
+    must stop (off the GUI thread: stopping waits for the process to exit): the one it replaced, or ``process``
+    itself when the settings name another engine."""
     global _engine, _choice
     with _lock:
         choice = ("process", process.python, *process.args)
@@ -106,11 +108,9 @@ def adopt_engine(process: EngineProcess) -> bool:
         except PluginError:
             wanted = None
         if wanted != choice:
-            process.stop()
-            return False
-        stop_engine()
-        _engine, _choice = process, choice
-        return True
+            return False, process
+        replaced, (_engine, _choice) = _engine, (process, choice)
+        return True, replaced
 
 
 def _make(choice: Tuple[str, ...]) -> Engine:

@@ -86,7 +86,6 @@ class SetupDialog(QDialog):
         self.setWindowTitle("PointSAM: Set up engine")
         self.wheel = wheel
         self.task: Optional[SetupTask] = None
-        self.switching = None  # the background call that makes the set-up engine the plugin's
         self.python = QComboBox()
         self.python.setEditable(True)
         self.python.setMinimumWidth(380)
@@ -179,7 +178,7 @@ class SetupDialog(QDialog):
     def install(self) -> None:
         """Start the setup (the Install button); one run at a time."""
         python = self.python.currentText().strip()
-        if self.busy():
+        if self.task is not None:
             return
         if not python:
             self._fail("choose a Python 3.10 or newer (Browse…), or install one, then press Install")
@@ -206,43 +205,27 @@ class SetupDialog(QDialog):
             self.reject()
 
     def _done(self, task: SetupTask) -> None:
-        if task.result is None:
-            self._finish()
-            self._fail(task.error or "setup failed")
-            return
-        result = task.result
-        self.task = None
-        settings.set_value(settings.KEY_PYTHON, result.python)
-        self.stage.setText("switching the plugin to the new engine…")
-        # the engine it replaces takes a second or more to stop: not on the GUI thread (and not cancelled with the
-        # dialog, which would leave the new engine running unowned)
-        self.switching = in_background("PointSAM: switch to the new engine",
-                                       lambda call: settings.adopt_engine(result.engine),
-                                       lambda call: self._adopted(call, result), can_cancel=False)
-
-    def busy(self) -> bool:
-        """Whether a setup, or the switch to the engine it started, is still running."""
-        return self.task is not None or self.switching is not None
-
-    def _adopted(self, call, result: installer.SetupResult) -> None:
-        self.switching = None
-        self._finish()
-        if call.error is not None:
-            self._fail(call.error)
-            return
-        if not call.value:
-            self.log.appendPlainText(f"note: the plugin keeps its engine from ${settings.ENV_PYTHON} or the remote "
-                                     "engine settings, which win over the engine Python")
-        self.progress.setValue(100)
-        self.stage.setText(f"done: the plugin's engine runs from {result.python}")
-        self.diagnostics.setPlainText(diagnostics(result.health, result.python))
-        self.engine_ready.emit()
-
-    def _finish(self) -> None:
         self.task = None
         self.install_button.setEnabled(True)
         self.cancel_button.setText("Close")
         self._name_button()
+        if task.result is None:
+            self._fail(task.error or "setup failed")
+            return
+        settings.set_value(settings.KEY_PYTHON, task.result.python)
+        adopted, stale = settings.adopt_engine(task.result.engine)
+        if stale is not None:
+            # an engine takes a second or more to exit: not on the GUI thread, and not cancelled when the plugin
+            # unloads (which waits for it), so it never runs on unowned
+            in_background("PointSAM: stop the engine set up replaced", lambda call: stale.stop(), lambda call: None,
+                          can_cancel=False)
+        if not adopted:
+            self.log.appendPlainText(f"note: the plugin keeps its engine from ${settings.ENV_PYTHON} or the remote "
+                                     "engine settings, which win over the engine Python")
+        self.progress.setValue(100)
+        self.stage.setText(f"done: the plugin's engine runs from {task.result.python}")
+        self.diagnostics.setPlainText(diagnostics(task.result.health, task.result.python))
+        self.engine_ready.emit()
 
     def _fail(self, message: str) -> None:
         self.stage.setText(f"<b>{_escape(message)}</b>")

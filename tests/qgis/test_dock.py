@@ -411,10 +411,10 @@ def test_the_model_list_follows_the_engine_set_up_engine_started_in_the_backgrou
         dialog.python.setEditText(python)
         dialog.install()
         deadline = time.time() + 60
-        while dialog.busy() and time.time() < deadline:
+        while dialog.task is not None and time.time() < deadline:
             QgsApplication.processEvents()
             time.sleep(0.01)
-        assert not dialog.busy() and "done" in dialog.stage.text(), dialog.log.toPlainText()
+        assert dialog.task is None and "done" in dialog.stage.text(), dialog.log.toPlainText()
         assert plugin.dock.listing is not None, "the setup's end started a model list, and the GUI did not wait for it"
         engine.release.set()
         _wait_for(plugin.dock.listing)
@@ -428,16 +428,24 @@ def test_the_model_list_follows_the_engine_set_up_engine_started_in_the_backgrou
         catalog.forget()
 
 
-def test_set_up_engine_stops_the_engine_it_replaces_off_the_gui_thread(qgis_app, monkeypatch):
+def test_set_up_engine_stops_the_engine_it_replaces_off_the_gui_thread_and_holds_no_lock_meanwhile(qgis_app,
+                                                                                                 monkeypatch):
     """Stopping the running engine takes a second or more (it is asked to exit, then waited for): desktop QGIS froze
-    for 1.4-1.8 s at the end of a setup while it did so on the GUI thread."""
-    from qgis_plugin import installer, settings
+    for 1.4-1.8 s at the end of a setup while it did so on the GUI thread, and a click or mouse move (which asks
+    whether the engine must start, under the settings' lock) must not wait for it either."""
+    from qgis_plugin import background, installer, settings
     from qgis_plugin.gui.setup_dialog import SetupDialog
     from qgis_plugin.settings import ENV_PYTHON
 
-    python, stopped_on_gui_thread = "/usr/bin/python3", []
+    python, stopped_on_gui_thread, stopping, release = "/usr/bin/python3", [], threading.Event(), threading.Event()
     old = _SetUpEngine("/old/python", (), FakeEngine())
-    old.stop = lambda: stopped_on_gui_thread.append(threading.current_thread() is threading.main_thread())
+
+    def slow_stop():
+        stopped_on_gui_thread.append(threading.current_thread() is threading.main_thread())
+        stopping.set()
+        release.wait(30)
+
+    old.stop = slow_stop
     monkeypatch.setattr(settings, "_engine", old)
     monkeypatch.setattr(settings, "_choice", ("process", "/old/python"))
     monkeypatch.setenv(ENV_PYTHON, python)
@@ -450,13 +458,18 @@ def test_set_up_engine_stops_the_engine_it_replaces_off_the_gui_thread(qgis_app,
         dialog.python.setEditText(python)
         dialog.install()
         deadline = time.time() + 60
-        while dialog.busy() and time.time() < deadline:
+        while not stopping.is_set() and time.time() < deadline:
             QgsApplication.processEvents()
             time.sleep(0.01)
-        assert "done" in dialog.stage.text(), dialog.log.toPlainText()
-        assert stopped_on_gui_thread == [False]
-        assert settings._engine.python == python  # the set-up engine is the plugin's now
+        assert stopped_on_gui_thread == [False], "the replaced engine is stopped on a worker thread"
+        assert "done" in dialog.stage.text() and settings._engine.python == python  # adopted before the stop ends
+        assert settings._lock.acquire(timeout=5), "the stop holds no lock the GUI thread takes"
+        settings._lock.release()
+        release.set()
+        background.cancel_all()  # as the plugin's unload does: it waits for the stop rather than cancelling it
+        assert background.pending() == 0
     finally:
+        release.set()
         settings.stop_engine()
         settings.set_value(settings.KEY_PYTHON, saved)
         sip.delete(dialog)

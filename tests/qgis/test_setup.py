@@ -91,7 +91,7 @@ def test_the_setup_dialog_builds_an_environment_from_the_zip_and_repairs_it(qgis
         assert dialog.python.count() > 0, dialog.skipped.text()  # QGIS's own Python at least
         assert dialog.install_button.text() == "Install"
         dialog.install()
-        _wait(lambda: not dialog.busy())
+        _wait(lambda: dialog.task is None)
         log = dialog.log.toPlainText()
         python = str(venv / "bin" / "python")
         assert QgsSettings().value(settings.KEY_PYTHON, "") == python, log[-3000:]
@@ -108,7 +108,7 @@ def test_the_setup_dialog_builds_an_environment_from_the_zip_and_repairs_it(qgis
         shutil.rmtree(next((venv / "lib").glob("python3*/site-packages/pointsam_engine")))  # a damaged engine
         assert dialog.install_button.text() == "Repair / upgrade"
         dialog.install()
-        _wait(lambda: not dialog.busy())
+        _wait(lambda: dialog.task is None)
         log = dialog.log.toPlainText()
         assert f"repairing the environment in {venv}" in log, log[-3000:]
         assert settings.engine().client().health()["version"] == health["version"]
@@ -120,7 +120,7 @@ def test_the_setup_dialog_builds_an_environment_from_the_zip_and_repairs_it(qgis
         assert dialog.cancel_button.text() == "Cancel"
         _wait(lambda: "-m venv" in dialog.log.toPlainText())
         dialog.cancel()  # while `python -m venv` runs
-        _wait(lambda: not dialog.busy())
+        _wait(lambda: dialog.task is None)
         assert "setup cancelled" in dialog.stage.text() and dialog.cancel_button.text() == "Close"
         assert QgsSettings().value(settings.KEY_PYTHON, "") == python, "a cancelled setup changes no setting"
     finally:
@@ -149,7 +149,7 @@ def test_a_setup_that_cannot_run_says_what_to_do_in_one_line_and_changes_no_sett
     _wait(lambda: dialog.finding is None)
     dialog.python.setEditText(str(tmp_path / "python3.9"))  # a Python that is not there
     dialog.install()
-    _wait(lambda: not dialog.busy())
+    _wait(lambda: dialog.task is None)
     assert f"{tmp_path / 'python3.9'} does not run" in dialog.stage.text() and "choose another Python" in dialog.stage.text()
     assert settings.configured_python() == before and not (tmp_path / "env").exists()
     assert dialog.install_button.isEnabled() and dialog.diagnostics.toPlainText() == ""
