@@ -55,13 +55,14 @@ def scene_cases(folder: Path, seeds=(7,), kinds=("buildings", "ships")):
 def walls_off(inst: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, clicks: gpd.GeoDataFrame) -> np.ndarray:
     """How far (degrees, modulo 90, on the ground) each object's oriented box turns from the box of the footprint
     its click lies in."""
-    hits = gpd.sjoin(clicks.to_crs(inst.crs), truth.to_crs(inst.crs), predicate="within")
+    truth = truth.to_crs(inst.crs)
+    hits = gpd.sjoin(clicks.to_crs(inst.crs), truth, predicate="within")
     hits = hits[~hits.index.duplicated()]
     outlines = inst.set_index("point_fid").geometry
     fids = hits.index.intersection(outlines.index)
     measurer = Measurer(inst.crs)
     ours = measurer.box_dimensions(oriented_boxes(outlines.loc[fids].values))[0]
-    footprints = truth.to_crs(inst.crs).geometry.loc[hits.loc[fids, "index_right"]].values
+    footprints = truth.geometry.loc[hits.loc[fids, "index_right"]].values
     return np.abs(turn(ours, measurer.box_dimensions(oriented_boxes(footprints))[0]))
 
 

@@ -228,8 +228,12 @@ class Raster:
 
     def chip_shape(self, row0: int, col0: int, size: int) -> Tuple[int, int]:
         """``(H, W)`` of the image :meth:`read_chip` gives for this chip: the part of it on the raster."""
-        rows, cols = self.working_shape
-        return min(size, rows - row0), min(size, cols - col0)
+        return self.area_shape(row0, col0, size, size)
+
+    def area_shape(self, row0: int, col0: int, rows: int, cols: int) -> Tuple[int, int]:
+        """``(H, W)`` of the part of a ``rows x cols`` working-grid area that lies on the raster."""
+        grid_rows, grid_cols = self.working_shape
+        return min(rows, grid_rows - row0), min(cols, grid_cols - col0)
 
     def read_chip(self, row0: int, col0: int, size: int, norm: Normalization) -> Tuple[np.ndarray, np.ndarray]:
         """Read the part of a ``size``² working-grid chip that lies on the raster.
@@ -243,8 +247,7 @@ class Raster:
                   step: int = 1) -> Tuple[np.ndarray, np.ndarray]:
         """Read the part of a ``rows x cols`` working-grid area that lies on the raster, at every ``step``-th
         working pixel (resampled): ``(image, valid)`` as :meth:`read_chip` gives them."""
-        grid_rows, grid_cols = self.working_shape
-        h, w = min(rows, grid_rows - row0), min(cols, grid_cols - col0)
+        h, w = self.area_shape(row0, col0, rows, cols)
         s = self.scale
         window = Window(col0 * s, row0 * s, min(w * s, self.width - col0 * s), min(h * s, self.height - row0 * s))
         out_shape = None if s == 1.0 and step == 1 else (math.ceil(h / step), math.ceil(w / step))
